@@ -1,0 +1,271 @@
+//! Finding and validating cgroup v2 directories. Owns everything the blocker knows about the
+//! cgroup filesystem: where the v2 hierarchy is mounted, whether a directory is on it, and
+//! temporary child cgroups (used by `blocker doctor` and the tests).
+use std::{
+    fs::File,
+    io,
+    os::fd::{AsFd, AsRawFd as _, BorrowedFd},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+/// `statfs.f_type` of a cgroup v2 filesystem.
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+/// `statfs.f_type` of a cgroup v1 hierarchy.
+const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
+
+/// Why a cgroup directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// /proc/self/mountinfo lists no cgroup2 mount.
+    #[error(
+        "no cgroup v2 mount found in /proc/self/mountinfo: mount one with \
+         `mount -t cgroup2 none /sys/fs/cgroup/unified`, or pass --cgroup DIR"
+    )]
+    NoCgroup2Mount,
+    /// The directory does not exist.
+    #[error("cgroup directory {} does not exist: create it (mkdir) or pass an existing cgroup v2 directory", path.display())]
+    NotFound { path: PathBuf },
+    /// The path is not a directory.
+    #[error("{} is not a directory: pass a cgroup v2 directory, such as {}", path.display(), hint.display())]
+    NotADirectory { path: PathBuf, hint: PathBuf },
+    /// The directory is on cgroup v1 or on another filesystem.
+    #[error("{} is not on a cgroup v2 mount (it is on {fs}): pass a directory under {}", path.display(), hint.display())]
+    NotCgroup2 { path: PathBuf, fs: &'static str, hint: PathBuf },
+    /// Any other I/O failure on `path`.
+    #[error("cannot use cgroup directory {}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The mount point of the cgroup v2 hierarchy, read from /proc/self/mountinfo:
+/// /sys/fs/cgroup on most distributions, /sys/fs/cgroup/unified on hybrid systems.
+///
+/// # Errors
+/// [`CgroupError::NoCgroup2Mount`] when there is none.
+pub fn cgroup2_root() -> Result<PathBuf, CgroupError> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|source| CgroupError::Io { path: "/proc/self/mountinfo".into(), source })?;
+    cgroup2_mount_in(&text).ok_or(CgroupError::NoCgroup2Mount)
+}
+
+/// The first cgroup2 mount point in the text of a mountinfo file.
+#[must_use]
+pub fn cgroup2_mount_in(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        if right.split(' ').next()? != "cgroup2" {
+            return None;
+        }
+        left.split(' ').nth(4).map(|p| PathBuf::from(unescape_mountinfo(p)))
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo` octal.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            let s = std::str::from_utf8(d).ok()?;
+            u8::from_str_radix(s, 8).ok()
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(b)) => {
+                out.push(b);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An open directory that is known to be on the cgroup v2 hierarchy.
+#[derive(Debug)]
+pub struct CgroupDir {
+    path: PathBuf,
+    dir: File,
+}
+
+impl CgroupDir {
+    /// Opens `path` and checks that it is a directory on a cgroup v2 mount.
+    ///
+    /// # Errors
+    /// A [`CgroupError`] that names `path` and says how to fix it.
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self, CgroupError> {
+        let path = path.into();
+        let hint = || cgroup2_root().unwrap_or_else(|_| PathBuf::from("/sys/fs/cgroup"));
+        let meta = match std::fs::metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(CgroupError::NotFound { path });
+            }
+            Err(source) => return Err(CgroupError::Io { path, source }),
+        };
+        if !meta.is_dir() {
+            return Err(CgroupError::NotADirectory { path, hint: hint() });
+        }
+        let dir =
+            File::open(&path).map_err(|source| CgroupError::Io { path: path.clone(), source })?;
+        match fs_magic(dir.as_fd()) {
+            Ok(CGROUP2_SUPER_MAGIC) => Ok(Self { path, dir }),
+            Ok(CGROUP_SUPER_MAGIC) => {
+                Err(CgroupError::NotCgroup2 { path, fs: "cgroup v1", hint: hint() })
+            }
+            Ok(_) => Err(CgroupError::NotCgroup2 {
+                path,
+                fs: "a filesystem that is not cgroup",
+                hint: hint(),
+            }),
+            Err(source) => Err(CgroupError::Io { path, source }),
+        }
+    }
+
+    /// The path it was opened with.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The kernel's id of this cgroup (the directory's inode number), as in BPF's
+    /// `bpf_get_current_cgroup_id()`.
+    ///
+    /// # Errors
+    /// When the directory can no longer be read.
+    pub fn id(&self) -> io::Result<u64> {
+        use std::os::unix::fs::MetadataExt as _;
+        Ok(self.dir.metadata()?.ino())
+    }
+}
+
+impl AsFd for CgroupDir {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.dir.as_fd()
+    }
+}
+
+fn fs_magic(fd: BorrowedFd<'_>) -> io::Result<i64> {
+    // SAFETY: statfs is plain old data; fstatfs fills it or fails.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is a valid open descriptor and st a valid out pointer.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), &raw mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type)
+}
+
+/// A child cgroup made for a short time (a doctor check, a test), removed on drop.
+///
+/// Drop moves any processes still inside to the parent before removing the directory, so a
+/// failed test never leaves a cgroup behind.
+#[derive(Debug)]
+pub struct TempCgroup {
+    dir: CgroupDir,
+    parent: PathBuf,
+}
+
+impl TempCgroup {
+    /// Makes `<parent>/<prefix>-<pid>-<n>`, a name unique among this process's temp cgroups.
+    ///
+    /// # Errors
+    /// When the directory cannot be made or is not on cgroup v2.
+    pub fn create(parent: &Path, prefix: &str) -> Result<Self, CgroupError> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = parent.join(format!("{prefix}-{}-{n}", std::process::id()));
+        std::fs::create_dir(&path)
+            .map_err(|source| CgroupError::Io { path: path.clone(), source })?;
+        let dir = CgroupDir::open(&path).inspect_err(|_| {
+            let _ = std::fs::remove_dir(&path);
+        })?;
+        Ok(Self { dir, parent: parent.to_owned() })
+    }
+
+    /// The cgroup.
+    #[must_use]
+    pub fn dir(&self) -> &CgroupDir {
+        &self.dir
+    }
+
+    /// Its path.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Moves the process `pid` (all its threads) into this cgroup.
+    ///
+    /// # Errors
+    /// When the kernel refuses the write to cgroup.procs.
+    pub fn add_process(&self, pid: u32) -> io::Result<()> {
+        std::fs::write(self.path().join("cgroup.procs"), pid.to_string())
+    }
+
+    /// Makes a child of this cgroup, also removed on drop (before this one, by drop order).
+    ///
+    /// # Errors
+    /// As [`TempCgroup::create`].
+    pub fn child(&self, prefix: &str) -> Result<Self, CgroupError> {
+        Self::create(self.path(), prefix)
+    }
+}
+
+impl Drop for TempCgroup {
+    fn drop(&mut self) {
+        // Bounded: a cgroup with processes still exiting may take a few tries to empty.
+        for _ in 0..50 {
+            if let Ok(procs) = std::fs::read_to_string(self.path().join("cgroup.procs")) {
+                for pid in procs.split_whitespace() {
+                    let _ = std::fs::write(self.parent.join("cgroup.procs"), pid);
+                }
+            }
+            if std::fs::remove_dir(self.path()).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        eprintln!("warning: could not remove cgroup {}", self.path().display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    #[test]
+    fn finds_hybrid_mount() {
+        assert_eq!(cgroup2_mount_in(HYBRID), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+    }
+
+    #[test]
+    fn finds_unified_mount_with_optional_fields() {
+        let text =
+            "35 24 0:30 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(cgroup2_mount_in(text), Some(PathBuf::from("/sys/fs/cgroup")));
+    }
+
+    #[test]
+    fn none_without_cgroup2() {
+        assert_eq!(cgroup2_mount_in("32 31 0:29 / /a rw - cgroup cgroup rw,cpu\n"), None);
+    }
+
+    #[test]
+    fn unescapes_spaces() {
+        let text = "1 2 0:1 / /mnt/my\\040cg rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount_in(text), Some(PathBuf::from("/mnt/my cg")));
+    }
+}

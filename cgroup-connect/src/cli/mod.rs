@@ -1,0 +1,63 @@
+//! The `blocker` command line: one module per subcommand, each with its clap arguments and
+//! one function that carries it out. main() only parses and dispatches.
+//!
+//! Exit codes (documented in the README):
+//! - 0: success;
+//! - 1: a runtime failure (the kernel refused a load or attach, a doctor check failed);
+//! - 2: a usage error: a bad flag or value, such as an invalid address or cgroup directory;
+//! - 3: this machine cannot run the blocker: missing privileges or kernel support.
+use clap::{Parser, Subcommand};
+
+use crate::{cgroup::CgroupError, loader::LoadError, privileges::PrivilegeError};
+
+pub mod doctor;
+pub mod run;
+
+/// An outbound connection firewall for Linux cgroups.
+#[derive(Debug, Parser)]
+#[command(name = "blocker", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load, attach to a cgroup, block the given destinations, stay attached until SIGINT/SIGTERM.
+    Run(run::RunArgs),
+    /// Check that this machine can run (and build) the blocker.
+    Doctor,
+}
+
+/// Carries out the parsed command.
+///
+/// # Errors
+/// Whatever the subcommand fails with; [`exit_code`] maps it to the process exit code.
+pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => run::run(&args),
+        Command::Doctor => doctor::doctor(),
+    }
+}
+
+/// Exit code for a usage error.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code for a machine that cannot run the blocker.
+pub const EXIT_UNSUPPORTED: u8 = 3;
+
+/// The process exit code for a failed command: see the module docs.
+#[must_use]
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if cause.is::<CgroupError>() {
+            return EXIT_USAGE;
+        }
+        if cause.is::<PrivilegeError>()
+            || matches!(cause.downcast_ref(), Some(LoadError::Unsupported))
+        {
+            return EXIT_UNSUPPORTED;
+        }
+    }
+    1
+}

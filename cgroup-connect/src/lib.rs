@@ -1,0 +1,9 @@
+//! cgroup-connect: an outbound connection firewall for Linux cgroups.
+//!
+//! The `blocker` binary is a thin shell over this library: [`cli`] holds one module per
+//! subcommand; [`loader`] is the only code that touches aya; [`cgroup`] finds and validates
+//! cgroup v2 directories; [`privileges`] checks capabilities up front.
+pub mod cgroup;
+pub mod cli;
+pub mod loader;
+pub mod privileges;

@@ -1,0 +1,16 @@
+//! The `blocker` binary: parses arguments, runs one subcommand, maps errors to exit codes.
+use std::process::ExitCode;
+
+use cgroup_connect::cli::{self, Cli};
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli::dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("blocker: error: {err:#}");
+            ExitCode::from(cli::exit_code(&err))
+        }
+    }
+}

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Idempotent set-up for building and testing cgroup-connect on a fresh machine:
+#   - a nightly toolchain with rust-src (the BPF crate is built with -Z build-std=core),
+#   - bpf-linker, built against the nightly toolchain's own libLLVM,
+#   - the apt packages the tests and benchmarks use.
+# Each step checks first and does nothing when its result is already there.
+set -euo pipefail
+
+log() { printf 'setup: %s\n' "$*"; }
+
+# Where the libLLVM links for bpf-linker live. bpf-linker's rpath points here, so it must last.
+LLVM_LINK_DIR=${LLVM_LINK_DIR:-${CARGO_HOME:-$HOME/.cargo}/bpf-linker-llvm}
+BPF_LINKER_VERSION=${BPF_LINKER_VERSION:-0.13}
+APT_PACKAGES=(iproute2 bpftool)
+
+need_root_for_apt() {
+    if [[ $(id -u) -ne 0 ]]; then
+        log "not root: skipping apt packages (${APT_PACKAGES[*]}); run as root to install them"
+        return 1
+    fi
+}
+
+install_apt() {
+    local missing=()
+    for p in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    if [[ ${#missing[@]} -eq 0 ]]; then
+        log "apt packages present"
+        return
+    fi
+    need_root_for_apt || return 0
+    log "installing apt packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+install_nightly() {
+    if ! rustup toolchain list | grep -q '^nightly'; then
+        log "installing the nightly toolchain"
+        rustup toolchain install nightly --profile minimal
+    fi
+    if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'; then
+        log "adding rust-src to nightly"
+        rustup component add rust-src --toolchain nightly
+    else
+        log "nightly with rust-src present"
+    fi
+}
+
+install_bpf_linker() {
+    local sysroot llvm
+    sysroot=$(rustc +nightly --print sysroot)
+    llvm=$(find "$sysroot/lib" -maxdepth 1 -name 'libLLVM.so.*-rust-*' | head -n1)
+    if [[ -z $llvm ]]; then
+        log "error: no libLLVM.so.*-rust-* in $sysroot/lib; reinstall the nightly toolchain"
+        exit 1
+    fi
+    mkdir -p "$LLVM_LINK_DIR/lib"
+    ln -sfn "$llvm" "$LLVM_LINK_DIR/lib/libLLVM.so"
+    ln -sfn "$llvm" "$LLVM_LINK_DIR/lib/$(basename "$llvm")"
+    if command -v bpf-linker >/dev/null && bpf-linker --version >/dev/null 2>&1; then
+        log "bpf-linker present: $(bpf-linker --version)"
+        return
+    fi
+    local major
+    major=$(basename "$llvm" | sed -E 's/^libLLVM\.so\.([0-9]+).*/\1/')
+    log "building bpf-linker $BPF_LINKER_VERSION against $llvm (about a minute)"
+    LLVM_PREFIX="$LLVM_LINK_DIR" cargo +stable install --locked bpf-linker \
+        --version "~$BPF_LINKER_VERSION" --no-default-features --features "llvm-$major"
+}
+
+install_apt
+install_nightly
+install_bpf_linker
+log "done"
