@@ -1,8 +1,8 @@
 //! Builds the BPF crate (nightly, `-Z build-std=core`, bpf-linker) so that `cargo build` alone
-//! produces a `blocker` with the BPF object embedded; `src/loader.rs` includes it from OUT_DIR.
+//! produces a `blocker` with the BPF object embedded; `src/loader.rs` includes it from `OUT_DIR`.
 //!
 //! This does what aya-build does, plus `-C target-cpu=$BPF_CPU` (default v3), which aya-build
-//! 0.2.0 cannot pass because it replaces CARGO_ENCODED_RUSTFLAGS.
+//! 0.2.0 cannot pass because it replaces `CARGO_ENCODED_RUSTFLAGS`.
 use std::{
     env,
     path::{Path, PathBuf},

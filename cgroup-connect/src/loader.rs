@@ -18,7 +18,7 @@ static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// Why the programs could not be loaded, filled or attached.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// The kernel cannot run cgroup sock_addr programs at all.
+    /// The kernel cannot run cgroup `sock_addr` programs at all.
     #[error(
         "this kernel cannot run cgroup sock_addr BPF programs: it needs Linux 5.7 or later built \
          with CONFIG_BPF_SYSCALL=y and CONFIG_CGROUP_BPF=y (run `blocker doctor`)"
@@ -120,7 +120,7 @@ fn fill_blocked(ebpf: &mut Ebpf, blocked: &[Ipv4Addr]) -> Result<(), LoadError> 
     Ok(())
 }
 
-/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it so large maps load. Newer
+/// Kernels before 5.11 charge BPF memory to `RLIMIT_MEMLOCK`; lift it so large maps load. Newer
 /// kernels charge the memory cgroup instead, and this is harmless.
 fn raise_memlock_limit() {
     let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };

@@ -19,7 +19,7 @@ fn has(cap: Capability) -> bool {
 }
 
 /// Succeeds when the effective capabilities allow loading BPF programs and attaching them to
-/// cgroups: CAP_BPF and CAP_NET_ADMIN, or CAP_SYS_ADMIN (which implies both for BPF).
+/// cgroups: `CAP_BPF` and `CAP_NET_ADMIN`, or `CAP_SYS_ADMIN` (which implies both for BPF).
 ///
 /// # Errors
 /// [`PrivilegeError`] naming what is missing.

@@ -1,5 +1,5 @@
 //! The `blocker` command line: one module per subcommand, each with its clap arguments and
-//! one function that carries it out. main() only parses and dispatches.
+//! one function that carries it out. `main()` only parses and dispatches.
 //!
 //! Exit codes (documented in the README):
 //! - 0: success;
@@ -60,4 +60,28 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         }
     }
     1
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_error_kind() {
+        let usage = anyhow::Error::from(CgroupError::NotFound { path: PathBuf::from("/x") });
+        assert_eq!(exit_code(&usage), EXIT_USAGE);
+        let privilege = anyhow::Error::from(PrivilegeError { missing: "CAP_BPF".into() });
+        assert_eq!(exit_code(&privilege), EXIT_UNSUPPORTED);
+        let kernel = anyhow::Error::from(LoadError::Unsupported).context("starting");
+        assert_eq!(exit_code(&kernel), EXIT_UNSUPPORTED);
+        assert_eq!(exit_code(&anyhow::anyhow!("other")), 1);
+    }
+
+    #[test]
+    fn unsupported_kernel_message_says_what_is_needed() {
+        let msg = LoadError::Unsupported.to_string();
+        assert!(msg.contains("CONFIG_CGROUP_BPF") && msg.contains("5.7"), "{msg}");
+    }
 }

@@ -1,0 +1,120 @@
+//! Bad input ends with one clear message that names the value, a documented exit code, and
+//! nothing attached; `blocker doctor` passes on this machine.
+mod common;
+
+use common::{assert_nothing_attached, blocker_output, temp_cgroup};
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn invalid_ip_is_a_usage_error() {
+    require_privileges!();
+    let cg = temp_cgroup();
+    let out = blocker_output(
+        &["run", "--cgroup", cg.path().to_str().unwrap(), "--block-ip", "10.0.0.300"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = stderr(&out);
+    assert!(err.contains("10.0.0.300"), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+    assert_nothing_attached(cg.path());
+}
+
+#[test]
+fn missing_directory_is_named() {
+    require_privileges!();
+    let dir = common::cgroup_root().join("cgroup-connect-test-does-not-exist");
+    let out = blocker_output(&["run", "--cgroup", dir.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = stderr(&out);
+    assert!(err.contains(dir.to_str().unwrap()) && err.contains("does not exist"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one message: {err}");
+}
+
+/// A cgroup v1 controller directory if this machine has one, else a plain directory: both are
+/// "not on a cgroup v2 mount".
+#[test]
+fn directory_not_on_cgroup2_is_refused() {
+    require_privileges!();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let v1 = mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split(' ').next()? == "cgroup").then(|| left.split(' ').nth(4).unwrap().to_owned())
+    });
+    let plain = std::env::temp_dir();
+    let mut dirs = vec![plain.to_str().unwrap().to_owned()];
+    if let Some(v1) = v1 {
+        dirs.push(v1);
+    } else {
+        eprintln!("note: no cgroup v1 mount here; checking a plain directory only");
+    }
+    for dir in dirs {
+        let out = blocker_output(&["run", "--cgroup", &dir], None);
+        assert_eq!(out.status.code(), Some(2), "{dir}: {out:?}");
+        let err = stderr(&out);
+        assert!(err.contains(&dir) && err.contains("not on a cgroup v2 mount"), "{err}");
+    }
+}
+
+#[test]
+fn a_file_is_not_a_cgroup() {
+    require_privileges!();
+    let out = blocker_output(&["run", "--cgroup", "/proc/self/mountinfo"], None);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(stderr(&out).contains("/proc/self/mountinfo is not a directory"), "{}", stderr(&out));
+}
+
+#[test]
+fn unprivileged_user_is_told_what_is_missing() {
+    require_privileges!();
+    let cg = temp_cgroup();
+    let out = blocker_output(
+        &["run", "--cgroup", cg.path().to_str().unwrap(), "--block-ip", "127.0.0.2"],
+        Some(65534),
+    );
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = stderr(&out);
+    assert!(err.contains("CAP_BPF") && err.contains("root"), "{err}");
+    assert_nothing_attached(cg.path());
+}
+
+#[test]
+fn doctor_passes_here() {
+    require_privileges!();
+    let out = blocker_output(&["doctor"], None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "doctor failed:\n{stdout}\n{}", stderr(&out));
+    for check in [
+        "kernel",
+        "bpf-syscall",
+        "cgroup2",
+        "cgroup-bpf",
+        "btf",
+        "jit",
+        "capabilities",
+        "memlock",
+        "nightly",
+        "rust-src",
+        "bpf-linker",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.split_whitespace().nth(1) == Some(check)),
+            "no {check} line:\n{stdout}"
+        );
+    }
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+}
+
+#[test]
+fn doctor_as_unprivileged_user_fails_with_fixes() {
+    require_privileges!();
+    let out = blocker_output(&["doctor"], Some(65534));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let caps =
+        stdout.lines().find(|l| l.contains("capabilities")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(caps.starts_with("FAIL") && caps.contains("fix:"), "{caps}");
+}

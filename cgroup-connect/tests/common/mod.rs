@@ -1,0 +1,331 @@
+//! Helpers shared by the integration tests: privilege gate, temporary cgroups, the real
+//! `blocker` process under a guard, and probes that connect from a forked child moved into a
+//! cgroup (never the test runner itself: parallel tests would share the block).
+#![allow(dead_code, reason = "each test file uses a different subset")]
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+pub use cgroup_connect::cgroup::TempCgroup;
+
+/// Path of the blocker binary under test.
+pub const BLOCKER: &str = env!("CARGO_BIN_EXE_blocker");
+
+/// True when the test may use BPF. Prints why not otherwise; under CI=true a missing
+/// privilege fails the test instead, so nothing skips in CI.
+#[must_use]
+pub fn privileged() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none_or(|v| v != "true"),
+        "CI=true: privileged test cannot skip: not root"
+    );
+    eprintln!("skipping: needs root (run the tests with sudo ./scripts/test.sh)");
+    false
+}
+
+/// Skips the test (with its printed reason) when not privileged.
+#[macro_export]
+macro_rules! require_privileges {
+    () => {
+        if !common::privileged() {
+            return;
+        }
+    };
+}
+
+/// The cgroup v2 root.
+#[must_use]
+pub fn cgroup_root() -> PathBuf {
+    cgroup_connect::cgroup::cgroup2_root().unwrap_or_else(|e| panic!("cgroup v2 root: {e}"))
+}
+
+/// A fresh, uniquely named child of the cgroup v2 root, removed on drop.
+#[must_use]
+pub fn temp_cgroup() -> TempCgroup {
+    TempCgroup::create(&cgroup_root(), "cgroup-connect-test")
+        .unwrap_or_else(|e| panic!("create test cgroup: {e}"))
+}
+
+/// The programs attached to `cgroup`, as `bpftool -j cgroup show` prints them ("[]" if none).
+#[must_use]
+pub fn attached_programs(cgroup: &Path) -> String {
+    let out = Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .unwrap_or_else(|e| panic!("run bpftool (./scripts/setup.sh installs it): {e}"));
+    assert!(out.status.success(), "bpftool cgroup show {}: {out:?}", cgroup.display());
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Asserts that no BPF program is attached to `cgroup`.
+pub fn assert_nothing_attached(cgroup: &Path) {
+    let progs = attached_programs(cgroup);
+    assert!(
+        progs.is_empty() || progs == "[]",
+        "programs left attached to {}: {progs}",
+        cgroup.display()
+    );
+}
+
+/// A running `blocker run`, stopped (SIGKILL) on drop if the test did not stop it.
+pub struct Blocker {
+    child: Child,
+    /// The line that began with "attached".
+    pub attached_line: String,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Blocker {
+    /// Starts `blocker run ARGS` and waits (up to 30 s) for its `attached` line.
+    #[must_use]
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(BLOCKER)
+            .arg("run")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {BLOCKER}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) if line.starts_with("attached") => {
+                    return Self { child, attached_line: line, lines };
+                }
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        let out = child.wait_with_output().expect("collect output");
+                        panic!(
+                            "blocker {args:?} exited with {status} before attaching: {}",
+                            String::from_utf8_lossy(&out.stderr)
+                        );
+                    }
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let out = child.wait_with_output().expect("collect output");
+                    panic!(
+                        "blocker {args:?} did not attach ({e:?}): {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+            }
+        }
+    }
+
+    /// Its pid.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` and waits (up to 10 s) for the exit; returns the status and the rest of stdout.
+    pub fn stop(mut self, signal: i32) -> (ExitStatus, Vec<String>) {
+        let pid = i32::try_from(self.child.id()).expect("pid fits i32");
+        // SAFETY: pid is our own child, still unreaped.
+        unsafe { libc::kill(pid, signal) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait blocker") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "blocker did not exit within 10 s of signal {signal}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let rest = self.lines.try_iter().collect();
+        (status, rest)
+    }
+}
+
+impl Drop for Blocker {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// What a probe does from inside the cgroup.
+#[derive(Debug, Clone, Copy)]
+pub enum Probe {
+    /// TCP `connect()`.
+    TcpConnect,
+    /// UDP `connect()`.
+    UdpConnect,
+    /// UDP `sendto()` on an unconnected socket.
+    UdpSendto,
+    /// TCP `sendto()` with `MSG_FASTOPEN` on an unconnected socket.
+    TcpFastOpen,
+}
+
+/// Where a probe runs: which cgroup (None: the test runner's own) and network namespace.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Place<'a> {
+    pub cgroup: Option<&'a Path>,
+    pub netns: Option<&'a Path>,
+    /// Create the socket as `AF_INET6` even for an IPv4 destination (dual-stack, `::ffff:a.b.c.d`).
+    pub mapped: bool,
+}
+
+/// Runs `probe` toward `dst` from a forked child placed at `place`. Ok(()) when the call
+/// succeeded, Err(errno) when it failed.
+///
+/// The child moves itself into the cgroup before entering the network namespace (moving needs
+/// the cgroup2 mount, which `ip netns exec` would hide), and only makes raw syscalls.
+pub fn probe(place: Place<'_>, probe: Probe, dst: SocketAddr) -> Result<(), i32> {
+    let procs = place.cgroup.map(|cg| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(cg.join("cgroup.procs"))
+            .unwrap_or_else(|e| panic!("open {}/cgroup.procs: {e}", cg.display()))
+    });
+    let netns = place.netns.map(|ns| {
+        std::fs::File::open(ns).unwrap_or_else(|e| panic!("open netns {}: {e}", ns.display()))
+    });
+    let dst = match (dst, place.mapped) {
+        (SocketAddr::V4(v4), true) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+        (d, _) => d,
+    };
+    let addr = socket2::SockAddr::from(dst);
+    let family = if dst.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let (kind, proto) = match probe {
+        Probe::TcpConnect | Probe::TcpFastOpen => (libc::SOCK_STREAM, libc::IPPROTO_TCP),
+        Probe::UdpConnect | Probe::UdpSendto => (libc::SOCK_DGRAM, libc::IPPROTO_UDP),
+    };
+    let procs_fd = procs.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+    let netns_fd = netns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+    // SAFETY: the child calls only async-signal-safe syscalls on memory prepared before fork,
+    // then _exit()s; the parent reaps it.
+    unsafe {
+        let pid = libc::fork();
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            if let Some(fd) = procs_fd
+                && libc::write(fd, b"0".as_ptr().cast(), 1) != 1
+            {
+                libc::_exit(200);
+            }
+            if let Some(fd) = netns_fd
+                && libc::setns(fd, libc::CLONE_NEWNET) != 0
+            {
+                libc::_exit(201);
+            }
+            let s = libc::socket(family, kind, proto);
+            if s < 0 {
+                libc::_exit(202);
+            }
+            let r = match probe {
+                Probe::TcpConnect | Probe::UdpConnect => {
+                    libc::connect(s, addr.as_ptr().cast(), addr.len())
+                }
+                Probe::UdpSendto => {
+                    let n = libc::sendto(
+                        s,
+                        b"x".as_ptr().cast(),
+                        1,
+                        0,
+                        addr.as_ptr().cast(),
+                        addr.len(),
+                    );
+                    if n == 1 { 0 } else { -1 }
+                }
+                Probe::TcpFastOpen => {
+                    let n = libc::sendto(
+                        s,
+                        b"x".as_ptr().cast(),
+                        1,
+                        libc::MSG_FASTOPEN,
+                        addr.as_ptr().cast(),
+                        addr.len(),
+                    );
+                    if n >= 0 { 0 } else { -1 }
+                }
+            };
+            libc::_exit(if r == 0 { 0 } else { *libc::__errno_location() });
+        }
+        let mut status = 0;
+        assert_eq!(libc::waitpid(pid, &raw mut status, 0), pid, "waitpid");
+        assert!(libc::WIFEXITED(status), "probe child died: status {status}");
+        match libc::WEXITSTATUS(status) {
+            0 => Ok(()),
+            200 => panic!("probe could not join cgroup {:?}", place.cgroup),
+            201 => panic!("probe could not enter netns {:?}", place.netns),
+            202 => panic!("probe could not create a socket"),
+            errno => Err(errno),
+        }
+    }
+}
+
+/// A TCP connect from a child in `cgroup`.
+pub fn connect_in(cgroup: &Path, dst: SocketAddr) -> Result<(), i32> {
+    probe(Place { cgroup: Some(cgroup), ..Place::default() }, Probe::TcpConnect, dst)
+}
+
+/// A TCP listener on `ip`, port chosen by the kernel; connects to it succeed without `accept()`.
+#[must_use]
+pub fn listener(ip: &str) -> (std::net::TcpListener, SocketAddr) {
+    let l = std::net::TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("listen on {ip}: {e}"));
+    let addr = l.local_addr().expect("local addr");
+    (l, addr)
+}
+
+/// Runs the blocker to completion with `args` (it must exit within 30 s).
+#[must_use]
+pub fn blocker_output(args: &[&str], uid: Option<u32>) -> std::process::Output {
+    let mut cmd = Command::new(BLOCKER);
+    cmd.args(args).stdin(Stdio::null());
+    if let Some(uid) = uid {
+        // SAFETY: setgroups/setgid/setuid are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(uid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn blocker: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("blocker {args:?} did not exit within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("collect output")
+}
