@@ -1,6 +1,23 @@
-//! Everything the BPF programs and userspace share: map and program names, map key and value
-//! types, verdicts. This crate is the only definition of these; both sides import it so they
-//! cannot drift apart.
+//! Everything the BPF programs and userspace share: program and map names, the layout of the
+//! rule tables, verdict words, and the decision order. This crate is the only definition of
+//! these; both sides import it, so they cannot drift apart.
+//!
+//! # The rule tables
+//!
+//! Userspace compiles the rules of each address family into one table: a BPF array whose
+//! records are
+//!
+//! - record 0, the header: `key` = the number of intervals `n`, `word` = the default verdict;
+//! - records `1..=n`, the intervals: sorted, non-overlapping address ranges that together cover
+//!   the whole address space; each starts at its record's address and ends where the next
+//!   begins, and its `word` is either a verdict ([`word::DIRECT`] set) or the index of a class;
+//! - after them, the classes: runs of entries (`key` = port range, `word` = verdict with an
+//!   optional protocol) tried in order; the last entry of a run matches every port and
+//!   protocol, so a run always ends in a verdict.
+//!
+//! A decision is a binary search for the interval that holds the destination, then at most
+//! [`MAX_CLASS_LEN`] entries of its class: see [`decide`]. The whole table is swapped at once
+//! (it is an inner map of an array of maps), so every decision sees one policy or the other.
 #![no_std]
 
 /// The verdict a `cgroup/connect*` or `cgroup/sendmsg*` program returns to let the call proceed.
@@ -10,85 +27,372 @@ pub const BLOCK: i32 = 0;
 
 /// Names of the BPF programs, as the kernel and `bpftool prog` show them.
 pub mod programs {
-    /// `cgroup/connect4`: judges `connect()` on IPv4 sockets.
-    pub const CHECK_CONNECT4: &str = "check_connect4";
+    /// `cgroup/connect4`: `connect()` on IPv4 sockets (TCP, UDP), and TCP Fast Open.
+    pub const CONNECT4: &str = "check_connect4";
+    /// `cgroup/connect6`: `connect()` on IPv6 sockets, including IPv4-mapped destinations.
+    pub const CONNECT6: &str = "check_connect6";
+    /// `cgroup/sendmsg4`: `sendto()`/`sendmsg()` with a destination on unconnected IPv4 UDP
+    /// sockets, and on IPv6 sockets to IPv4-mapped destinations.
+    pub const SENDMSG4: &str = "check_sendmsg4";
+    /// `cgroup/sendmsg6`: the same on IPv6 UDP sockets.
+    pub const SENDMSG6: &str = "check_sendmsg6";
+    /// All of them, in the order they are attached.
+    pub const ALL: [&str; 4] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6];
 }
 
 /// Names of the BPF maps, as the kernel and `bpftool map` show them.
 pub mod maps {
-    /// Hash map of blocked IPv4 destinations: key [`crate::Ipv4Key`], value [`crate::BlockValue`].
-    pub const BLOCKED_ADDRS: &str = "blocked_addrs";
+    /// Array of maps with one slot: the IPv4 table ([`crate::V4Record`]s).
+    pub const RULES_V4: &str = "rules_v4";
+    /// Array of maps with one slot: the IPv6 table ([`crate::V6Record`]s).
+    pub const RULES_V6: &str = "rules_v6";
+    /// Name given to each IPv4 table userspace creates.
+    pub const TABLE_V4: &str = "table_v4";
+    /// Name given to each IPv6 table userspace creates.
+    pub const TABLE_V6: &str = "table_v6";
 }
 
-/// Capacity of [`maps::BLOCKED_ADDRS`].
-pub const BLOCKED_ADDRS_CAPACITY: u32 = 65_536;
+/// `BPF_F_MMAPABLE`: userspace writes a whole table with one copy through `mmap`.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+/// `BPF_F_INNER_MAP`: tables of any size fit the same outer map.
+pub const BPF_F_INNER_MAP: u32 = 1 << 12;
+/// Flags of every table, and of the inner-map template the BPF object declares.
+pub const TABLE_FLAGS: u32 = BPF_F_MMAPABLE | BPF_F_INNER_MAP;
 
-/// Key of [`maps::BLOCKED_ADDRS`]: an IPv4 address exactly as the kernel hands it to the program
-/// in `bpf_sock_addr.user_ip4`, i.e. the four octets in network order in memory.
+/// Binary search steps: enough for tables of up to 2^24 intervals.
+pub const MAX_SEARCH_STEPS: u32 = 24;
+/// Most intervals a table may hold.
+pub const MAX_INTERVALS: u32 = 1 << MAX_SEARCH_STEPS;
+/// Most entries of one class: how many rules with ports or a protocol may cover one address
+/// before an unconditional rule (or the default) ends the run.
+pub const MAX_CLASS_LEN: u32 = 32;
+/// Most rules per address family in one instance.
+pub const MAX_RULES_PER_FAMILY: usize = 4 << 20;
+
+/// Verdict words: what an interval or a class entry says.
 ///
-/// Read as a native `u32` this is *not* the address's numeric value on little-endian machines:
-/// build it with [`Ipv4Key::from_octets`], never from `u32::from(Ipv4Addr)`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Ipv4Key {
-    /// The `user_ip4` word: octets in network order.
-    pub addr: u32,
+/// Bit 31 ([`DIRECT`]) tells a verdict from a class index; bit 30 ([`BLOCK_BIT`]) blocks;
+/// bits 28-29 hold the protocol a class entry needs ([`Proto`]); bits 0-27 the rule id that
+/// decided (0 for the default).
+pub mod word {
+    /// The word is a verdict, not the index of a class.
+    pub const DIRECT: u32 = 1 << 31;
+    /// The verdict blocks.
+    pub const BLOCK_BIT: u32 = 1 << 30;
+    /// Where the protocol sits.
+    pub const PROTO_SHIFT: u32 = 28;
+    /// The protocol bits.
+    pub const PROTO_MASK: u32 = 3 << PROTO_SHIFT;
+    /// The rule id bits.
+    pub const RULE_MASK: u32 = (1 << PROTO_SHIFT) - 1;
+    /// Rule id of the default verdict; rules are numbered from 1.
+    pub const DEFAULT_RULE: u32 = 0;
+    /// Most rules one instance can number.
+    pub const MAX_RULE_ID: u32 = RULE_MASK;
+
+    /// A verdict word.
+    #[must_use]
+    pub const fn verdict(block: bool, proto: super::Proto, rule: u32) -> u32 {
+        DIRECT | if block { BLOCK_BIT } else { 0 } | ((proto as u32) << PROTO_SHIFT) | (rule & RULE_MASK)
+    }
+
+    /// Whether a verdict word blocks.
+    #[must_use]
+    pub const fn blocks(word: u32) -> bool {
+        word & BLOCK_BIT != 0
+    }
+
+    /// The rule that decided.
+    #[must_use]
+    pub const fn rule(word: u32) -> u32 {
+        word & RULE_MASK
+    }
 }
 
-impl Ipv4Key {
-    /// The key for the address `a.b.c.d` given as `[a, b, c, d]`.
+/// A transport protocol a rule may name.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    /// Any protocol.
+    Any = 0,
+    /// TCP (`IPPROTO_TCP`).
+    Tcp = 1,
+    /// UDP (`IPPROTO_UDP`).
+    Udp = 2,
+}
+
+impl Proto {
+    /// The protocol of a socket, from `bpf_sock_addr.protocol` (an `IPPROTO_*` number).
     #[must_use]
-    pub const fn from_octets(octets: [u8; 4]) -> Self {
-        Self { addr: u32::from_ne_bytes(octets) }
+    pub const fn from_ip_proto(ip_proto: u32) -> Self {
+        match ip_proto {
+            6 => Self::Tcp,
+            17 => Self::Udp,
+            _ => Self::Any,
+        }
     }
 
-    /// The key for the `user_ip4` word read from `bpf_sock_addr`.
-    #[must_use]
-    pub const fn from_user_ip4(user_ip4: u32) -> Self {
-        Self { addr: user_ip4 }
-    }
-
-    /// The address's octets `[a, b, c, d]`.
-    #[must_use]
-    pub const fn octets(self) -> [u8; 4] {
-        self.addr.to_ne_bytes()
+    const fn from_word(word: u32) -> Self {
+        match (word & word::PROTO_MASK) >> word::PROTO_SHIFT {
+            1 => Self::Tcp,
+            2 => Self::Udp,
+            _ => Self::Any,
+        }
     }
 }
 
-/// Value of [`maps::BLOCKED_ADDRS`]. Presence of the key blocks; the value is reserved.
+/// An inclusive port range packed in a record key: low port in the high half.
+#[must_use]
+pub const fn pack_ports(lo: u16, hi: u16) -> u32 {
+    ((lo as u32) << 16) | hi as u32
+}
+
+/// The key of a class entry that matches every port.
+pub const ALL_PORTS: u32 = pack_ports(0, u16::MAX);
+
+/// Whether a class entry (`key` = ports, `word` = verdict) matches a port and protocol.
+#[must_use]
+pub const fn entry_matches(key: u32, word: u32, port: u16, proto: Proto) -> bool {
+    let lo = (key >> 16) as u16;
+    let hi = key as u16;
+    let wanted = Proto::from_word(word);
+    port >= lo && port <= hi && (matches!(wanted, Proto::Any) || wanted as u32 == proto as u32)
+}
+
+/// The rank of a rule: among the rules that match a destination, the highest rank decides.
+///
+/// The order is the one the README documents: the longest prefix wins; at equal length a rule
+/// with a port beats one without, then a rule with a protocol beats one without, then block
+/// beats allow. Fields are compared in declaration order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Rank {
+    /// Prefix length (an address is /32 or /128).
+    pub prefix_len: u8,
+    /// The rule names a port or port range.
+    pub has_port: bool,
+    /// The rule names a protocol.
+    pub has_proto: bool,
+    /// The rule blocks.
+    pub block: bool,
+}
+
+/// One record of a table: see the crate docs for what `key` and `word` hold in each part.
+pub trait Record {
+    /// An address of this family, ordered as numbers.
+    type Addr: Ord + Copy;
+    /// Where the interval of this record starts.
+    fn start(&self) -> Self::Addr;
+    /// The header's interval count, or a class entry's packed ports.
+    fn key(&self) -> u32;
+    /// A verdict word or a class index.
+    fn word(&self) -> u32;
+}
+
+/// A record of the IPv4 table. `key` is also the interval's first address (as a number).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BlockValue {
-    /// Always 1 for now.
-    pub present: u8,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct V4Record {
+    pub key: u32,
+    pub word: u32,
+}
+
+/// A record of the IPv6 table: the interval's first address is `hi:lo` (as a number).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct V6Record {
+    pub hi: u64,
+    pub lo: u64,
+    pub key: u32,
+    pub word: u32,
+}
+
+impl Record for V4Record {
+    type Addr = u32;
+    fn start(&self) -> u32 {
+        self.key
+    }
+    fn key(&self) -> u32 {
+        self.key
+    }
+    fn word(&self) -> u32 {
+        self.word
+    }
+}
+
+impl Record for V6Record {
+    type Addr = (u64, u64);
+    fn start(&self) -> (u64, u64) {
+        (self.hi, self.lo)
+    }
+    fn key(&self) -> u32 {
+        self.key
+    }
+    fn word(&self) -> u32 {
+        self.word
+    }
+}
+
+/// The verdict word for a destination, from a table read through `get` (a map lookup in the
+/// BPF programs, a slice index in userspace and tests).
+///
+/// Returns `None` only for a malformed table (a missing record, a search that does not end in
+/// [`MAX_SEARCH_STEPS`], a class without its final entry): the programs then fail closed.
+#[inline(always)]
+pub fn decide<'a, R: Record + 'a>(
+    get: impl Fn(u32) -> Option<&'a R>,
+    addr: R::Addr,
+    port: u16,
+    proto: Proto,
+) -> Option<u32> {
+    let count = get(0)?.key();
+    // The last interval whose start is <= addr. Interval 1 starts at address 0, so it exists.
+    let mut base = 1u32;
+    let mut len = count;
+    for _ in 0..MAX_SEARCH_STEPS {
+        if len <= 1 {
+            break;
+        }
+        let half = len / 2;
+        let mid = base + half;
+        if get(mid)?.start() <= addr {
+            base = mid;
+        }
+        len -= half;
+    }
+    if len != 1 {
+        return None;
+    }
+    let word = get(base)?.word();
+    if word & word::DIRECT != 0 {
+        return Some(word);
+    }
+    for k in 0..MAX_CLASS_LEN {
+        let entry = get(word + k)?;
+        if entry_matches(entry.key(), entry.word(), port, proto) {
+            return Some(entry.word());
+        }
+    }
+    None
+}
+
+/// The numeric value of `bpf_sock_addr.user_ip4`, which holds the address in network byte
+/// order; tables are sorted by these numbers.
+#[must_use]
+#[inline(always)]
+pub const fn ip4_from_user(user_ip4: u32) -> u32 {
+    u32::from_be(user_ip4)
+}
+
+/// The numeric value of `bpf_sock_addr.user_ip6` (four words, each in network byte order) as
+/// (high, low) halves.
+#[must_use]
+#[inline(always)]
+pub const fn ip6_from_user(w: [u32; 4]) -> (u64, u64) {
+    let hi = ((u32::from_be(w[0]) as u64) << 32) | u32::from_be(w[1]) as u64;
+    let lo = ((u32::from_be(w[2]) as u64) << 32) | u32::from_be(w[3]) as u64;
+    (hi, lo)
+}
+
+/// The IPv4 address inside an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), as a number.
+#[must_use]
+#[inline(always)]
+pub const fn mapped_ip4(addr: (u64, u64)) -> Option<u32> {
+    if addr.0 == 0 && addr.1 >> 32 == 0xffff { Some(addr.1 as u32) } else { None }
+}
+
+/// The port of `bpf_sock_addr.user_port` (network byte order in the low 16 bits).
+#[must_use]
+#[inline(always)]
+pub const fn port_from_user(user_port: u32) -> u16 {
+    u16::from_be(user_port as u16)
 }
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain #[repr(C)] data without padding; every bit pattern is valid.
-    unsafe impl aya::Pod for super::Ipv4Key {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::BlockValue {}
+    unsafe impl aya::Pod for super::V4Record {}
+    // SAFETY: as above (8 + 8 + 4 + 4 bytes, 8-aligned, no padding).
+    unsafe impl aya::Pod for super::V6Record {}
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Ipv4Key;
+    use super::*;
 
     #[test]
-    fn key_is_network_order_in_memory() {
-        let key = Ipv4Key::from_octets([127, 0, 0, 2]);
-        // The kernel stores user_ip4 as the bytes on the wire: 7f 00 00 02.
-        assert_eq!(key.addr.to_ne_bytes(), [0x7f, 0, 0, 2]);
-        assert_eq!(key.octets(), [127, 0, 0, 2]);
-        // On little-endian hosts that word is not the numeric value 0x7f000002.
-        #[cfg(target_endian = "little")]
-        assert_eq!(key.addr, 0x0200_007f);
+    fn rank_orders_prefix_then_port_then_proto_then_block() {
+        let r = |prefix_len, has_port, has_proto, block| Rank { prefix_len, has_port, has_proto, block };
+        // Longest prefix first, whatever else.
+        assert!(r(24, false, false, false) > r(16, true, true, true));
+        // Equal length: a port beats a protocol and block.
+        assert!(r(24, true, false, false) > r(24, false, true, true));
+        // Then a protocol beats block.
+        assert!(r(24, false, true, false) > r(24, false, false, true));
+        // Then block beats allow.
+        assert!(r(24, false, false, true) > r(24, false, false, false));
     }
 
     #[test]
-    fn user_ip4_round_trips() {
-        let key = Ipv4Key::from_octets([93, 184, 216, 34]);
-        assert_eq!(Ipv4Key::from_user_ip4(key.addr), key);
+    fn user_words_are_network_order() {
+        // 127.0.0.2 as the kernel stores it: bytes 7f 00 00 02 in memory.
+        let user_ip4 = u32::from_ne_bytes([127, 0, 0, 2]);
+        assert_eq!(ip4_from_user(user_ip4), 0x7f00_0002);
+        let user_port = u32::from(u16::from_ne_bytes(443u16.to_be_bytes()));
+        assert_eq!(port_from_user(user_port), 443);
+        let w = [0x2001_0db8u32.to_be(), 0, 0, 1u32.to_be()];
+        assert_eq!(ip6_from_user(w), (0x2001_0db8_0000_0000, 1));
+    }
+
+    #[test]
+    fn mapped_addresses_are_recognised() {
+        assert_eq!(mapped_ip4((0, 0xffff_7f00_0001)), Some(0x7f00_0001));
+        assert_eq!(mapped_ip4((0, 0x7f00_0001)), None);
+        assert_eq!(mapped_ip4((1, 0xffff_7f00_0001)), None);
+    }
+
+    #[test]
+    fn entries_match_port_and_protocol() {
+        let tcp_443 = word::verdict(true, Proto::Tcp, 7);
+        assert!(entry_matches(pack_ports(443, 443), tcp_443, 443, Proto::Tcp));
+        assert!(!entry_matches(pack_ports(443, 443), tcp_443, 443, Proto::Udp));
+        assert!(!entry_matches(pack_ports(443, 443), tcp_443, 444, Proto::Tcp));
+        let any = word::verdict(false, Proto::Any, 0);
+        assert!(entry_matches(ALL_PORTS, any, 0, Proto::Udp));
+        assert!(entry_matches(ALL_PORTS, any, u16::MAX, Proto::Any));
+        assert_eq!(word::rule(tcp_443), 7);
+        assert!(word::blocks(tcp_443) && !word::blocks(any));
+    }
+
+    /// 10.0.0.0/8 blocks, except TCP port 443 there; default allow.
+    #[test]
+    fn decide_walks_intervals_and_classes() {
+        let allow = word::verdict(false, Proto::Any, 0);
+        let block = word::verdict(true, Proto::Any, 1);
+        let allow_443 = word::verdict(false, Proto::Tcp, 2);
+        let table = [
+            V4Record { key: 3, word: allow },                 // header: 3 intervals
+            V4Record { key: 0, word: allow },                 // [0, 10.0.0.0)
+            V4Record { key: 0x0a00_0000, word: 4 },           // [10.0.0.0, 11.0.0.0): class at 4
+            V4Record { key: 0x0b00_0000, word: allow },       // [11.0.0.0, ...]
+            V4Record { key: pack_ports(443, 443), word: allow_443 },
+            V4Record { key: ALL_PORTS, word: block },
+        ];
+        let get = |i: u32| table.get(i as usize);
+        assert_eq!(decide(get, 0x0a01_0203, 80, Proto::Tcp), Some(block));
+        assert_eq!(decide(get, 0x0a01_0203, 443, Proto::Tcp), Some(allow_443));
+        assert_eq!(decide(get, 0x0a01_0203, 443, Proto::Udp), Some(block));
+        assert_eq!(decide(get, 0x09ff_ffff, 443, Proto::Udp), Some(allow));
+        assert_eq!(decide(get, 0x0b00_0000, 1, Proto::Tcp), Some(allow));
+        assert_eq!(decide(get, u32::MAX, 1, Proto::Tcp), Some(allow));
+        assert_eq!(decide(get, 0, 1, Proto::Tcp), Some(allow));
+    }
+
+    #[test]
+    fn malformed_tables_give_none() {
+        let get = |_: u32| -> Option<&V4Record> { None };
+        assert_eq!(decide(get, 1, 1, Proto::Tcp), None);
+        // A class without its final entry.
+        let table = [V4Record { key: 1, word: 0 }, V4Record { key: 0, word: 2 }];
+        assert_eq!(decide(|i| table.get(i as usize), 5, 1, Proto::Tcp), None);
     }
 }

@@ -7,3 +7,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod loader;
 pub mod privileges;
+pub mod policy;
+pub mod resolve;
+pub mod rules;
+pub mod table;

@@ -1,24 +1,31 @@
-//! The only code that touches `aya::Ebpf`: loads the embedded BPF object, fills its maps,
-//! attaches its programs to a cgroup, and detaches them when the [`Instance`] is dropped.
-use std::net::Ipv4Addr;
+//! The only code that touches `aya::Ebpf`: loads the embedded BPF object, writes the rule
+//! tables, attaches the four programs to a cgroup, swaps tables while attached, and detaches
+//! when the [`Instance`] is dropped.
+//!
+//! Each table is a fresh BPF array sized to fit, written with one copy through `mmap`, then
+//! put into its one-slot array of maps with a single update: a decision sees either the old
+//! table or the new one, never a mix, and the kernel frees the old table once no program runs
+//! on it. A decision only reads the table of its destination's family (IPv4-mapped IPv6
+//! destinations read the IPv4 one).
+use std::{io, os::fd::AsFd as _};
 
 use aya::{
-    Ebpf, EbpfError,
-    maps::{HashMap, MapData, MapError},
+    Ebpf, EbpfError, Pod,
+    maps::{MapData, MapError, of_maps::ArrayOfMaps},
     programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, ProgramType},
     util::KernelVersion,
 };
-use cgroup_connect_common::{BLOCKED_ADDRS_CAPACITY, BlockValue, Ipv4Key, maps, programs};
+use cgroup_connect_common::{TABLE_FLAGS, maps, programs};
 
-use crate::cgroup::CgroupDir;
+use crate::{cgroup::CgroupDir, table::Tables};
 
 /// The BPF object built by build.rs from the cgroup-connect-ebpf crate.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cgroup-connect"));
 
-/// Why the programs could not be loaded, filled or attached.
+/// Why the programs could not be loaded, their tables written, or they be attached.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// The kernel cannot run cgroup `sock_addr` programs at all.
+    /// The kernel cannot run cgroup `sock_addr` programs through BPF links.
     #[error(
         "this kernel cannot run cgroup sock_addr BPF programs: it needs Linux 5.7 or later built \
          with CONFIG_BPF_SYSCALL=y and CONFIG_CGROUP_BPF=y (run `blocker doctor`)"
@@ -45,79 +52,106 @@ pub enum LoadError {
         #[source]
         source: ProgramError,
     },
-    /// More rules than the map holds.
-    #[error(
-        "{count} addresses exceed the capacity of {capacity} of map {map}: block fewer addresses"
-    )]
-    Capacity { map: &'static str, count: usize, capacity: u32 },
-    /// A map update failed.
-    #[error("updating map {map} failed")]
-    Map {
+    /// Creating or installing a table failed.
+    #[error("writing table {map} ({records} records) failed")]
+    Table {
         map: &'static str,
+        records: usize,
         #[source]
         source: MapError,
+    },
+    /// Mapping a table into memory failed.
+    #[error("mapping table {map} ({bytes} bytes) into memory failed")]
+    Mmap {
+        map: &'static str,
+        bytes: usize,
+        #[source]
+        source: io::Error,
     },
 }
 
 /// The programs, loaded and attached to one cgroup. Dropping it detaches them.
 pub struct Instance {
-    // Owns the programs and their links: dropping it detaches.
-    _ebpf: Ebpf,
+    // Owns the programs, their links and the outer maps: dropping it detaches.
+    ebpf: Ebpf,
 }
 
 impl Instance {
-    /// Loads the programs, fills `blocked_addrs` with `blocked`, then attaches to `cgroup`
-    /// through a BPF link, so programs of other tools on the same cgroup keep running.
+    /// Loads the programs, writes `tables`, then attaches connect4, connect6, sendmsg4 and
+    /// sendmsg6 to `cgroup` through BPF links, so programs of other tools on the same cgroup
+    /// keep running.
     ///
-    /// The maps are full before the first attach: the instance enforces its whole rule set from
-    /// its first decision. On error nothing stays attached (the partial `Ebpf` is dropped).
+    /// The tables are in place before the first attach: the instance enforces its whole policy
+    /// from its first decision. On error nothing stays attached (the partial `Ebpf` is
+    /// dropped, which detaches what was attached).
     ///
     /// # Errors
     /// A [`LoadError`] saying which step failed.
-    pub fn start(cgroup: &CgroupDir, blocked: &[Ipv4Addr]) -> Result<Self, LoadError> {
+    pub fn start(cgroup: &CgroupDir, tables: &Tables) -> Result<Self, LoadError> {
         let links = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 7, 0));
         if !links || !aya::sys::is_program_supported(ProgramType::CgroupSockAddr).unwrap_or(false) {
             return Err(LoadError::Unsupported);
         }
         raise_memlock_limit();
         let mut ebpf = Ebpf::load(BPF_OBJECT).map_err(LoadError::Object)?;
-        fill_blocked(&mut ebpf, blocked)?;
-        let program: &mut CgroupSockAddr = ebpf
-            .program_mut(programs::CHECK_CONNECT4)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(LoadError::Missing { kind: "program", name: programs::CHECK_CONNECT4 })?;
-        program
-            .load()
-            .map_err(|source| LoadError::Program { program: programs::CHECK_CONNECT4, source })?;
-        // On 5.7+ aya attaches through bpf_link_create, and a cgroup link always runs
-        // alongside other programs (the kernel attaches it with BPF_F_ALLOW_MULTI); it
-        // rejects any flag, so the mode must be the flag-less Single.
-        program.attach(cgroup, CgroupAttachMode::Single).map_err(|source| LoadError::Attach {
-            program: programs::CHECK_CONNECT4,
-            cgroup: cgroup.path().display().to_string(),
-            source,
-        })?;
-        Ok(Self { _ebpf: ebpf })
+        write_tables(&mut ebpf, tables)?;
+        for name in programs::ALL {
+            let program: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .and_then(|p| p.try_into().ok())
+                .ok_or(LoadError::Missing { kind: "program", name })?;
+            program.load().map_err(|source| LoadError::Program { program: name, source })?;
+            // On 5.7+ aya attaches through bpf_link_create, and a cgroup link always runs
+            // alongside other programs (the kernel attaches it with BPF_F_ALLOW_MULTI); it
+            // rejects any flag, so the mode must be the flag-less Single.
+            program.attach(cgroup, CgroupAttachMode::Single).map_err(|source| LoadError::Attach {
+                program: name,
+                cgroup: cgroup.path().display().to_string(),
+                source,
+            })?;
+        }
+        Ok(Self { ebpf })
+    }
+
+    /// Replaces the tables of both families, each in one atomic step.
+    ///
+    /// # Errors
+    /// A [`LoadError`]; the tables in force stay as they were for a family whose new table
+    /// could not be written.
+    pub fn swap(&mut self, tables: &Tables) -> Result<(), LoadError> {
+        write_tables(&mut self.ebpf, tables)
     }
 }
 
-fn fill_blocked(ebpf: &mut Ebpf, blocked: &[Ipv4Addr]) -> Result<(), LoadError> {
-    const MAP: &str = maps::BLOCKED_ADDRS;
-    if blocked.len() > BLOCKED_ADDRS_CAPACITY as usize {
-        return Err(LoadError::Capacity {
-            map: MAP,
-            count: blocked.len(),
-            capacity: BLOCKED_ADDRS_CAPACITY,
-        });
+fn write_tables(ebpf: &mut Ebpf, tables: &Tables) -> Result<(), LoadError> {
+    write_table(ebpf, maps::RULES_V4, maps::TABLE_V4, &tables.v4)?;
+    write_table(ebpf, maps::RULES_V6, maps::TABLE_V6, &tables.v6)
+}
+
+/// Creates a table holding `records`, fills it through `mmap`, and installs it in `outer`.
+fn write_table<R: Pod>(ebpf: &mut Ebpf, outer: &'static str, name: &'static str, records: &[R]) -> Result<(), LoadError> {
+    use aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY;
+    let table_err = |source| LoadError::Table { map: name, records: records.len(), source };
+    let size = size_of::<R>();
+    let entries = u32::try_from(records.len().max(1)).map_err(|_| table_err(MapError::OutOfBounds { index: u32::MAX, max_entries: u32::MAX }))?;
+    let def = aya_obj::Map::new_from_params(BPF_MAP_TYPE_ARRAY as u32, 4, u32::try_from(size).expect("small record"), entries, TABLE_FLAGS);
+    let table = MapData::create(def, name, None).map_err(table_err)?;
+    let bytes = as_bytes(records);
+    if !bytes.is_empty() {
+        // SAFETY: the map is ours alone until it is installed below, and its value area is
+        // at least `bytes.len()` long (entries * size, each record 8-aligned).
+        let mut mem = unsafe { memmap2::MmapOptions::new().len(bytes.len()).map_mut(&table.fd().as_fd()) }
+            .map_err(|source| LoadError::Mmap { map: name, bytes: bytes.len(), source })?;
+        mem.copy_from_slice(bytes);
     }
-    let map = ebpf.map_mut(MAP).ok_or(LoadError::Missing { kind: "map", name: MAP })?;
-    let mut map: HashMap<&mut MapData, Ipv4Key, BlockValue> =
-        HashMap::try_from(map).map_err(|source| LoadError::Map { map: MAP, source })?;
-    for addr in blocked {
-        map.insert(Ipv4Key::from_octets(addr.octets()), BlockValue { present: 1 }, 0)
-            .map_err(|source| LoadError::Map { map: MAP, source })?;
-    }
-    Ok(())
+    let outer_map = ebpf.map_mut(outer).ok_or(LoadError::Missing { kind: "map", name: outer })?;
+    let mut outer_map: ArrayOfMaps<&mut MapData, MapData> = ArrayOfMaps::try_from(outer_map).map_err(table_err)?;
+    outer_map.set(0, &table, 0).map_err(table_err)
+}
+
+fn as_bytes<R: Pod>(records: &[R]) -> &[u8] {
+    // SAFETY: Pod types are plain data without padding; the slice covers exactly the records.
+    unsafe { std::slice::from_raw_parts(records.as_ptr().cast(), size_of_val(records)) }
 }
 
 /// Kernels before 5.11 charge BPF memory to `RLIMIT_MEMLOCK`; lift it so large maps load. Newer

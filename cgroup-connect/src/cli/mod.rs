@@ -8,7 +8,10 @@
 //! - 3: this machine cannot run the blocker: missing privileges or kernel support.
 use clap::{Parser, Subcommand};
 
-use crate::{cgroup::CgroupError, loader::LoadError, privileges::PrivilegeError};
+use crate::{
+    cgroup::CgroupError, loader::LoadError, policy::PolicyError, privileges::PrivilegeError,
+    resolve::ResolveError, table::TableError,
+};
 
 pub mod doctor;
 pub mod run;
@@ -50,7 +53,7 @@ pub const EXIT_UNSUPPORTED: u8 = 3;
 #[must_use]
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
-        if cause.is::<CgroupError>() {
+        if cause.is::<CgroupError>() || cause.is::<PolicyError>() || cause.is::<ResolveError>() || cause.is::<TableError>() {
             return EXIT_USAGE;
         }
         if cause.is::<PrivilegeError>()

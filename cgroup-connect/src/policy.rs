@@ -1,0 +1,354 @@
+//! Where rules come from: command-line flags, list files (one rule a line) and TOML policy
+//! files. Owns reading them and reporting errors by file, line and value. The result, a
+//! [`Policy`], is what the tables are compiled from.
+use std::{
+    collections::BTreeSet,
+    fmt, io,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use cgroup_connect_common::Proto;
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::{
+    rules::{self, Action, Destination, Host, Rule, RuleError},
+    table::TableRule,
+};
+
+/// Where a rule came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A command-line flag such as `--block`.
+    Flag(&'static str),
+    /// A line of a list or policy file.
+    Line { path: PathBuf, line: usize },
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Flag(flag) => f.write_str(flag),
+            Self::Line { path, line } => write!(f, "{}:{line}", path.display()),
+        }
+    }
+}
+
+/// A rule and where it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourcedRule {
+    pub rule: Rule,
+    pub origin: Origin,
+}
+
+/// Everything that makes a policy, as given on the command line.
+#[derive(Clone, Debug, Default)]
+pub struct Sources {
+    pub block: Vec<Destination>,
+    pub allow: Vec<Destination>,
+    pub block_lists: Vec<PathBuf>,
+    pub allow_lists: Vec<PathBuf>,
+    pub policy: Option<PathBuf>,
+    /// `--default`; overrides the policy file's `default`.
+    pub default: Option<Action>,
+}
+
+impl Sources {
+    /// Whether no rule source was given at all.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.block.is_empty()
+            && self.allow.is_empty()
+            && self.block_lists.is_empty()
+            && self.allow_lists.is_empty()
+            && self.policy.is_none()
+    }
+}
+
+/// A complete policy: the default and every rule, numbered from 1 in the order read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub default: Action,
+    pub rules: Vec<SourcedRule>,
+}
+
+/// Why a policy could not be read. Each message names the file and line, or the flag.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{origin}: {error}")]
+    Rule { origin: Origin, error: RuleError },
+    #[error("{}:{line}: {message}", path.display())]
+    Toml { path: PathBuf, line: usize, message: String },
+}
+
+impl Policy {
+    /// Reads every source.
+    ///
+    /// # Errors
+    /// The first bad file, line or value, as a [`PolicyError`].
+    pub fn load(sources: &Sources) -> Result<Self, PolicyError> {
+        let mut rules = Vec::new();
+        let mut default = None;
+        for (flag, action, dests) in [("--block", Action::Block, &sources.block), ("--allow", Action::Allow, &sources.allow)] {
+            rules.extend(dests.iter().map(|d| SourcedRule { rule: Rule { action, dest: d.clone() }, origin: Origin::Flag(flag) }));
+        }
+        for path in &sources.block_lists {
+            read_list(path, Action::Block, &mut rules)?;
+        }
+        for path in &sources.allow_lists {
+            read_list(path, Action::Allow, &mut rules)?;
+        }
+        if let Some(path) = &sources.policy {
+            default = read_policy(path, &mut rules)?;
+        }
+        Ok(Self { default: sources.default.or(default).unwrap_or(Action::Allow), rules })
+    }
+
+    /// The hostnames its rules name.
+    #[must_use]
+    pub fn names(&self) -> BTreeSet<String> {
+        self.rules
+            .iter()
+            .filter_map(|r| match &r.rule.dest.host {
+                Host::Name(name) => Some(name.clone()),
+                Host::Net(_) => None,
+            })
+            .collect()
+    }
+
+    /// The rules as the table compiler takes them, with hostnames replaced by the addresses
+    /// `addrs_of` gives; rule ids are positions from 1.
+    pub fn table_rules<'a, I>(&'a self, addrs_of: impl Fn(&str) -> I + 'a) -> impl Iterator<Item = TableRule> + 'a
+    where
+        I: IntoIterator<Item = IpAddr> + 'a,
+    {
+        self.rules.iter().zip(1u32..).flat_map(move |(sourced, id)| {
+            let rule = &sourced.rule;
+            let nets: Vec<IpNet> = match &rule.dest.host {
+                Host::Net(net) => vec![*net],
+                Host::Name(name) => addrs_of(name).into_iter().map(IpNet::from).collect(),
+            };
+            nets.into_iter().map(move |net| TableRule {
+                net,
+                ports: rule.dest.ports,
+                proto: rule.dest.proto,
+                action: rule.action,
+                id,
+            })
+        })
+    }
+}
+
+fn read_text(path: &Path) -> Result<String, PolicyError> {
+    std::fs::read_to_string(path).map_err(|source| PolicyError::Read { path: path.to_owned(), source })
+}
+
+/// A list file: one rule a line; `#` starts a comment; blank lines are skipped.
+fn read_list(path: &Path, action: Action, rules: &mut Vec<SourcedRule>) -> Result<(), PolicyError> {
+    let text = read_text(path)?;
+    for (n, line) in text.lines().enumerate() {
+        let content = line.split_once('#').map_or(line, |(before, _)| before).trim();
+        if content.is_empty() {
+            continue;
+        }
+        let origin = Origin::Line { path: path.to_owned(), line: n + 1 };
+        match content.parse::<Destination>() {
+            Ok(dest) => rules.push(SourcedRule { rule: Rule { action, dest }, origin }),
+            Err(error) => return Err(PolicyError::Rule { origin, error }),
+        }
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    default: Option<Spanned<String>>,
+    #[serde(default)]
+    rule: Vec<RuleEntry>,
+    #[serde(default)]
+    list: Vec<ListEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleEntry {
+    action: Spanned<String>,
+    dst: Spanned<String>,
+    ports: Option<Spanned<PortsValue>>,
+    proto: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PortsValue {
+    Number(i64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListEntry {
+    action: Spanned<String>,
+    path: Spanned<String>,
+}
+
+/// A TOML policy file; returns its `default`, if it has one.
+fn read_policy(path: &Path, rules: &mut Vec<SourcedRule>) -> Result<Option<Action>, PolicyError> {
+    let text = read_text(path)?;
+    let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+    let file: PolicyFile = toml::from_str(&text).map_err(|e| PolicyError::Toml {
+        path: path.to_owned(),
+        line: e.span().map_or(1, |s| line_of(s.start)),
+        message: e.message().to_owned(),
+    })?;
+    let at = |span: std::ops::Range<usize>| Origin::Line { path: path.to_owned(), line: line_of(span.start) };
+    let fail = |span, error| PolicyError::Rule { origin: at(span), error };
+    let action = |v: &Spanned<String>| v.get_ref().parse::<Action>().map_err(|e| fail(v.span(), e));
+    let default = file.default.as_ref().map(action).transpose()?;
+    for entry in &file.rule {
+        let dst = entry.dst.get_ref().trim();
+        let bare = dst.strip_prefix('[').and_then(|d| d.strip_suffix(']')).unwrap_or(dst);
+        let host = rules::parse_host(dst, bare).map_err(|e| fail(entry.dst.span(), e))?;
+        let ports = match &entry.ports {
+            None => None,
+            Some(p) => {
+                let text = match p.get_ref() {
+                    PortsValue::Number(n) => n.to_string(),
+                    PortsValue::Text(t) => t.clone(),
+                };
+                Some(rules::parse_ports(dst, &text).map_err(|e| fail(p.span(), e))?)
+            }
+        };
+        let proto = match &entry.proto {
+            None => Proto::Any,
+            Some(p) => rules::parse_proto(dst, p.get_ref()).map_err(|e| fail(p.span(), e))?,
+        };
+        let dest = Destination { host, ports, proto };
+        rules.push(SourcedRule { rule: Rule { action: action(&entry.action)?, dest }, origin: at(entry.dst.span()) });
+    }
+    let base = path.parent().unwrap_or(Path::new("."));
+    for list in &file.list {
+        let list_action = action(&list.action)?;
+        read_list(&base.join(list.path.get_ref()), list_action, rules)?;
+    }
+    Ok(default)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct TempDir(PathBuf);
+    impl TempDir {
+        fn new(tag: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("cgroup-connect-policy-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+        fn write(&self, name: &str, text: &str) -> PathBuf {
+            let p = self.0.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn policy(path: PathBuf) -> Result<Policy, PolicyError> {
+        Policy::load(&Sources { policy: Some(path), ..Sources::default() })
+    }
+
+    #[test]
+    fn reads_the_documented_policy() {
+        let dir = TempDir::new("doc");
+        dir.write("drop.txt", "# comment\n\n192.0.2.1\n198.51.100.0/24:53 # trailing\n");
+        let path = dir.write(
+            "policy.toml",
+            r#"default = "deny"
+
+[[rule]]
+action = "allow"
+dst = "10.0.0.0/8"
+ports = "443"
+proto = "tcp"
+
+[[rule]]
+action = "block"
+dst = "2001:db8::/32"
+ports = 8000
+
+[[list]]
+action = "block"
+path = "drop.txt"
+"#,
+        );
+        let p = policy(path.clone()).unwrap();
+        assert_eq!(p.default, Action::Block);
+        let texts: Vec<String> = p.rules.iter().map(|r| r.rule.to_string()).collect();
+        assert_eq!(texts, ["allow tcp://10.0.0.0/8:443", "block [2001:db8::/32]:8000", "block 192.0.2.1", "block 198.51.100.0/24:53"]);
+        assert_eq!(p.rules[0].origin, Origin::Line { path: path.clone(), line: 5 });
+        assert_eq!(p.rules[3].origin.to_string(), format!("{}:4", dir.0.join("drop.txt").display()));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_value() {
+        let dir = TempDir::new("err");
+        let path = dir.write("policy.toml", "default = \"allow\"\n\n[[rule]]\naction = \"block\"\ndst = \"10.0.0.0/8\"\n\n[[rule]]\naction = \"blok\"\ndst = \"10.0.0.1\"\n");
+        let msg = policy(path).unwrap_err().to_string();
+        assert!(msg.ends_with("policy.toml:8: unknown action \"blok\": use \"block\" or \"allow\""), "{msg}");
+
+        let path = dir.write("bad-dst.toml", "[[rule]]\naction = \"block\"\ndst = \"10.0.0.300\"\n");
+        let msg = policy(path).unwrap_err().to_string();
+        assert!(msg.contains("bad-dst.toml:3:") && msg.contains("10.0.0.300"), "{msg}");
+
+        let path = dir.write("unknown-key.toml", "[[rule]]\naction = \"block\"\ndst = \"10.0.0.1\"\nport = \"80\"\n");
+        let msg = policy(path).unwrap_err().to_string();
+        assert!(msg.contains("unknown-key.toml:4:") && msg.contains("port"), "{msg}");
+
+        let path = dir.write("syntax.toml", "default = \n");
+        assert!(policy(path).unwrap_err().to_string().contains("syntax.toml:1:"));
+
+        let list = dir.write("list.txt", "10.0.0.1\n\n  10.0.0.0/33 # bad\n");
+        let err = Policy::load(&Sources { block_lists: vec![list], ..Sources::default() }).unwrap_err();
+        assert!(err.to_string().contains("list.txt:3:") && err.to_string().contains("\"33\""), "{err}");
+
+        let missing = dir.0.join("missing.txt");
+        let err = Policy::load(&Sources { allow_lists: vec![missing.clone()], ..Sources::default() }).unwrap_err();
+        assert!(err.to_string().contains(missing.to_str().unwrap()), "{err}");
+    }
+
+    #[test]
+    fn flag_default_overrides_the_file() {
+        let dir = TempDir::new("default");
+        let path = dir.write("p.toml", "default = \"deny\"\n");
+        let p = Policy::load(&Sources { policy: Some(path), default: Some(Action::Allow), ..Sources::default() }).unwrap();
+        assert_eq!(p.default, Action::Allow);
+    }
+
+    #[test]
+    fn hostnames_expand_to_their_addresses_with_one_id() {
+        let p = Policy::load(&Sources {
+            block: vec!["10.0.0.1".parse().unwrap(), "tcp://example.com:443".parse().unwrap()],
+            ..Sources::default()
+        })
+        .unwrap();
+        assert_eq!(p.names().into_iter().collect::<Vec<_>>(), ["example.com"]);
+        let addrs: Vec<IpAddr> = vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()];
+        let rules: Vec<TableRule> = p.table_rules(|_| addrs.clone()).collect();
+        assert_eq!(rules.len(), 3);
+        assert_eq!(rules.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2, 2]);
+        assert_eq!(rules[2].net.to_string(), "2001:db8::1/128");
+    }
+}

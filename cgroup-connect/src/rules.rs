@@ -1,0 +1,346 @@
+//! The rule language: `[tcp://|udp://] HOST [/LEN] [:PORT[-PORT]]`, where HOST is an IPv4
+//! address, an IPv6 address (in brackets when a port follows) or a hostname. Owns parsing and
+//! printing of rules; every error names the text it refused and says how to fix it.
+use std::{fmt, net::IpAddr, str::FromStr};
+
+use cgroup_connect_common::{Proto, Rank};
+use ipnet::IpNet;
+
+/// What a rule does to the connections it matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    Block,
+    Allow,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Block => "block",
+            Self::Allow => "allow",
+        })
+    }
+}
+
+impl FromStr for Action {
+    type Err = RuleError;
+    fn from_str(s: &str) -> Result<Self, RuleError> {
+        match s {
+            "block" | "deny" => Ok(Self::Block),
+            "allow" => Ok(Self::Allow),
+            _ => Err(RuleError::Action { value: s.to_owned() }),
+        }
+    }
+}
+
+/// Where a rule points: an address or prefix, or a hostname resolved at run time.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Host {
+    Net(IpNet),
+    Name(String),
+}
+
+/// An inclusive port range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ports {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+/// The destination part of a rule: everything but the action.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Destination {
+    pub host: Host,
+    pub ports: Option<Ports>,
+    pub proto: Proto,
+}
+
+/// A rule: an action on a destination.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Rule {
+    pub action: Action,
+    pub dest: Destination,
+}
+
+/// Why a rule's text was refused. Each message quotes the text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("empty rule: write an address, a CIDR prefix or a hostname")]
+    Empty,
+    #[error("unknown action {value:?}: use \"block\" or \"allow\"")]
+    Action { value: String },
+    #[error("unknown protocol {value:?} in {rule:?}: use tcp:// or udp://, or none for both")]
+    Proto { rule: String, value: String },
+    #[error("{value:?} in {rule:?} is neither an IP address nor a hostname")]
+    Host { rule: String, value: String },
+    #[error("prefix length {value:?} in {rule:?} must be a number from 0 to {max}")]
+    PrefixLen { rule: String, value: String, max: u8 },
+    #[error("{rule:?} has bits set after the prefix: did you mean {fixed}?")]
+    HostBits { rule: String, fixed: IpNet },
+    #[error("{rule:?}: a prefix length needs an address, not a hostname")]
+    PrefixOnName { rule: String },
+    #[error("port {value:?} in {rule:?} must be a number from 0 to 65535, or a range like 8000-8999")]
+    Port { rule: String, value: String },
+    #[error("port range {lo}-{hi} in {rule:?} is reversed: write {hi}-{lo}")]
+    ReversedPorts { rule: String, lo: u16, hi: u16 },
+    #[error("{rule:?}: put an IPv6 address in brackets when a port follows, like [2001:db8::1]:443")]
+    Brackets { rule: String },
+}
+
+impl Rule {
+    /// The rule's rank for a given prefix length (a hostname's addresses are full-length).
+    #[must_use]
+    pub fn rank(&self, prefix_len: u8) -> Rank {
+        Rank {
+            prefix_len,
+            has_port: self.dest.ports.is_some(),
+            has_proto: self.dest.proto != Proto::Any,
+            block: self.action == Action::Block,
+        }
+    }
+}
+
+impl FromStr for Destination {
+    type Err = RuleError;
+
+    fn from_str(text: &str) -> Result<Self, RuleError> {
+        let rule = text.trim();
+        if rule.is_empty() {
+            return Err(RuleError::Empty);
+        }
+        let (proto, rest) = split_proto(rule)?;
+        let (host_part, ports) = split_ports(rule, rest)?;
+        let host = parse_host(rule, host_part)?;
+        let ports = ports.map(|p| parse_ports(rule, p)).transpose()?;
+        Ok(Self { host, ports, proto })
+    }
+}
+
+fn split_proto(rule: &str) -> Result<(Proto, &str), RuleError> {
+    let Some((scheme, rest)) = rule.split_once("://") else { return Ok((Proto::Any, rule)) };
+    match scheme.to_ascii_lowercase().as_str() {
+        "tcp" => Ok((Proto::Tcp, rest)),
+        "udp" => Ok((Proto::Udp, rest)),
+        _ => Err(RuleError::Proto { rule: rule.to_owned(), value: scheme.to_owned() }),
+    }
+}
+
+/// Splits `HOST[/LEN][:PORTS]`; an IPv6 host goes in brackets when ports follow.
+fn split_ports<'a>(rule: &str, rest: &'a str) -> Result<(&'a str, Option<&'a str>), RuleError> {
+    if let Some(inner) = rest.strip_prefix('[') {
+        let (host, after) =
+            inner.split_once(']').ok_or_else(|| RuleError::Brackets { rule: rule.to_owned() })?;
+        return match after {
+            "" => Ok((host, None)),
+            _ => after
+                .strip_prefix(':')
+                .map(|p| (host, Some(p)))
+                .ok_or_else(|| RuleError::Port { rule: rule.to_owned(), value: after.to_owned() }),
+        };
+    }
+    match rest.matches(':').count() {
+        0 => Ok((rest, None)),
+        1 => {
+            let (host, ports) = rest.split_once(':').expect("one colon");
+            Ok((host, Some(ports)))
+        }
+        // An unbracketed IPv6 address: no port can follow.
+        _ => Ok((rest, None)),
+    }
+}
+
+/// Parses `HOST[/LEN]`: an address, a CIDR prefix without host bits, or a hostname.
+pub fn parse_host(rule: &str, text: &str) -> Result<Host, RuleError> {
+    let (addr, len) = match text.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (text, None),
+    };
+    if let Ok(ip) = addr.parse::<IpAddr>() {
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let len = match len {
+            None => max,
+            Some(l) => l.parse::<u8>().ok().filter(|&n| n <= max).ok_or_else(|| {
+                if ip.is_ipv6() && l.contains(':') {
+                    RuleError::Brackets { rule: rule.to_owned() }
+                } else {
+                    RuleError::PrefixLen { rule: rule.to_owned(), value: l.to_owned(), max }
+                }
+            })?,
+        };
+        let net = IpNet::new(ip, len).expect("length checked");
+        if net.trunc() != net {
+            return Err(RuleError::HostBits { rule: rule.to_owned(), fixed: net.trunc() });
+        }
+        return Ok(Host::Net(net));
+    }
+    if !is_hostname(addr) {
+        return Err(RuleError::Host { rule: rule.to_owned(), value: addr.to_owned() });
+    }
+    if len.is_some() {
+        return Err(RuleError::PrefixOnName { rule: rule.to_owned() });
+    }
+    Ok(Host::Name(addr.trim_end_matches('.').to_ascii_lowercase()))
+}
+
+/// RFC 1123 names; at least one label must not be all digits, so `10.0.0.300` is no name.
+fn is_hostname(s: &str) -> bool {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(label_ok)
+        && s.split('.').any(|l| !l.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Parses `PORT` or `PORT-PORT`.
+pub fn parse_ports(rule: &str, text: &str) -> Result<Ports, RuleError> {
+    let port = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .map_err(|_| RuleError::Port { rule: rule.to_owned(), value: text.to_owned() })
+    };
+    let (lo, hi) = match text.split_once('-') {
+        Some((lo, hi)) => (port(lo)?, port(hi)?),
+        None => {
+            let p = port(text)?;
+            (p, p)
+        }
+    };
+    if lo > hi {
+        return Err(RuleError::ReversedPorts { rule: rule.to_owned(), lo, hi });
+    }
+    Ok(Ports { lo, hi })
+}
+
+/// Parses `tcp` or `udp`.
+pub fn parse_proto(rule: &str, text: &str) -> Result<Proto, RuleError> {
+    match text.to_ascii_lowercase().as_str() {
+        "tcp" => Ok(Proto::Tcp),
+        "udp" => Ok(Proto::Udp),
+        _ => Err(RuleError::Proto { rule: rule.to_owned(), value: text.to_owned() }),
+    }
+}
+
+impl fmt::Display for Ports {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.lo == self.hi { write!(f, "{}", self.lo) } else { write!(f, "{}-{}", self.lo, self.hi) }
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.proto {
+            Proto::Tcp => f.write_str("tcp://")?,
+            Proto::Udp => f.write_str("udp://")?,
+            Proto::Any => {}
+        }
+        let host = match &self.host {
+            Host::Name(name) => name.clone(),
+            Host::Net(net) if net.prefix_len() == net.max_prefix_len() => net.addr().to_string(),
+            Host::Net(net) => net.to_string(),
+        };
+        match self.ports {
+            Some(ports) if host.contains(':') => write!(f, "[{host}]:{ports}"),
+            Some(ports) => write!(f, "{host}:{ports}"),
+            None => f.write_str(&host),
+        }
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.action, self.dest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn dest(s: &str) -> Destination {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    fn net(s: &str) -> Host {
+        Host::Net(s.parse().unwrap())
+    }
+
+    #[test]
+    fn parses_the_documented_examples() {
+        let d = dest("10.0.0.0/8");
+        assert_eq!((d.host, d.ports, d.proto), (net("10.0.0.0/8"), None, Proto::Any));
+        let d = dest("192.0.2.7:443");
+        assert_eq!((d.host, d.ports), (net("192.0.2.7/32"), Some(Ports { lo: 443, hi: 443 })));
+        let d = dest("udp://198.51.100.0/24:53");
+        assert_eq!((d.host, d.ports, d.proto), (net("198.51.100.0/24"), Some(Ports { lo: 53, hi: 53 }), Proto::Udp));
+        assert_eq!(dest("2001:db8::1").host, net("2001:db8::1/128"));
+        let d = dest("[2001:db8::/32]:8000-8999");
+        assert_eq!((d.host, d.ports), (net("2001:db8::/32"), Some(Ports { lo: 8000, hi: 8999 })));
+        let d = dest("example.com:443");
+        assert_eq!((d.host, d.ports), (Host::Name("example.com".into()), Some(Ports { lo: 443, hi: 443 })));
+        assert_eq!(dest("tcp://[::1]:22").proto, Proto::Tcp);
+        assert_eq!(dest("localhost").host, Host::Name("localhost".into()));
+        assert_eq!(dest("0.0.0.0/0").host, net("0.0.0.0/0"));
+        assert_eq!(dest("::/0").host, net("::/0"));
+    }
+
+    #[test]
+    fn errors_name_the_value() {
+        let err = |s: &str| s.parse::<Destination>().unwrap_err();
+        assert!(matches!(err("10.0.0.300"), RuleError::Host { value, .. } if value == "10.0.0.300"));
+        assert!(matches!(err("10.0.0.0/33"), RuleError::PrefixLen { max: 32, .. }));
+        assert!(matches!(err("10.1.2.3/8"), RuleError::HostBits { fixed, .. } if fixed.to_string() == "10.0.0.0/8"));
+        assert!(matches!(err("example.com/24"), RuleError::PrefixOnName { .. }));
+        assert!(matches!(err("1.2.3.4:70000"), RuleError::Port { .. }));
+        assert!(matches!(err("1.2.3.4:"), RuleError::Port { .. }));
+        assert!(matches!(err("1.2.3.4:9-1"), RuleError::ReversedPorts { lo: 9, hi: 1, .. }));
+        assert!(matches!(err("http://1.2.3.4"), RuleError::Proto { value, .. } if value == "http"));
+        assert!(matches!(err("2001:db8::/32:443"), RuleError::Brackets { .. }));
+        assert!(matches!(err("[2001:db8::1"), RuleError::Brackets { .. }));
+        assert!(matches!(err("  "), RuleError::Empty));
+        assert!(matches!(err("bad_host!"), RuleError::Host { .. }));
+        let msg = err("10.1.2.3/8").to_string();
+        assert!(msg.contains("10.1.2.3/8") && msg.contains("10.0.0.0/8"), "{msg}");
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for s in ["10.0.0.0/8", "192.0.2.7:443", "udp://198.51.100.0/24:53", "2001:db8::1", "[2001:db8::/32]:8000-8999", "example.com:443", "tcp://[::1]:22"] {
+            assert_eq!(dest(s).to_string(), s);
+        }
+    }
+
+    proptest! {
+        /// The parser never panics, and whatever it accepts prints back to an equal rule.
+        #[test]
+        fn parse_never_panics_and_round_trips(s in "\\PC{0,40}") {
+            if let Ok(d) = s.parse::<Destination>() {
+                prop_assert_eq!(d.to_string().parse::<Destination>(), Ok(d));
+            }
+        }
+
+        #[test]
+        fn structured_rules_round_trip(
+            v6 in any::<bool>(), a in any::<u128>(), len in 0u8..=128, ports in proptest::option::of((any::<u16>(), any::<u16>())), proto in 0u8..3,
+        ) {
+            let net: IpNet = if v6 {
+                IpNet::new(std::net::Ipv6Addr::from(a).into(), len).unwrap().trunc()
+            } else {
+                IpNet::new(std::net::Ipv4Addr::from(a as u32).into(), len % 33).unwrap().trunc()
+            };
+            let d = Destination {
+                host: Host::Net(net),
+                ports: ports.map(|(x, y)| Ports { lo: x.min(y), hi: x.max(y) }),
+                proto: [Proto::Any, Proto::Tcp, Proto::Udp][usize::from(proto)],
+            };
+            prop_assert_eq!(d.to_string().parse::<Destination>(), Ok(d));
+        }
+    }
+}

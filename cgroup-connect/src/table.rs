@@ -1,0 +1,410 @@
+//! Compiles rules into the per-family tables the BPF programs search (layout in the common
+//! crate's docs): sorted, non-overlapping intervals that cover the address space, each with a
+//! verdict or a class of port/protocol entries in decision order.
+//!
+//! CIDR prefixes nest or are disjoint, so one sweep in address order with a stack of the
+//! prefixes that contain the current position finds, for every interval, the rules that cover
+//! it; their order is [`Rank`]'s, the one documented for operators.
+use std::{collections::HashMap, net::IpAddr};
+
+use cgroup_connect_common::{
+    ALL_PORTS, MAX_CLASS_LEN, MAX_INTERVALS, MAX_RULES_PER_FAMILY, Proto, Rank, V4Record,
+    V6Record, pack_ports, word,
+};
+use ipnet::IpNet;
+
+use crate::rules::{Action, Ports};
+
+/// One rule as the compiler sees it: a concrete prefix (hostnames already resolved).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableRule {
+    pub net: IpNet,
+    pub ports: Option<Ports>,
+    pub proto: Proto,
+    pub action: Action,
+    /// The rule's id, reported by events and counters; 0 is the default.
+    pub id: u32,
+}
+
+/// Why rules could not be compiled: capacity limits, all checked before anything attaches.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error("{count} {family} rules exceed the capacity of {MAX_RULES_PER_FAMILY} per address family")]
+    TooManyRules { family: &'static str, count: usize },
+    #[error("the {family} rules make {count} intervals, more than the {MAX_INTERVALS} a table holds")]
+    TooManyIntervals { family: &'static str, count: usize },
+    #[error(
+        "{count} rules with ports or protocols cover {net} (at most {MAX_CLASS_LEN}): \
+         merge port ranges or add a plain rule for {net}"
+    )]
+    ClassTooLong { net: IpNet, count: usize },
+    #[error("rule id {id} is larger than the most an instance can number ({})", word::MAX_RULE_ID)]
+    RuleId { id: u32 },
+}
+
+/// Both families' tables, ready to write.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Tables {
+    pub v4: Vec<V4Record>,
+    pub v6: Vec<V6Record>,
+    /// Rules (resolved prefixes) per family.
+    pub v4_rules: usize,
+    pub v6_rules: usize,
+}
+
+/// The verdict word of the default action.
+#[must_use]
+pub fn default_word(default: Action) -> u32 {
+    word::verdict(default == Action::Block, Proto::Any, word::DEFAULT_RULE)
+}
+
+/// Compiles `rules` with `default` for destinations no rule matches.
+///
+/// # Errors
+/// A [`TableError`] when a capacity limit is exceeded.
+pub fn compile(default: Action, rules: impl IntoIterator<Item = TableRule>) -> Result<Tables, TableError> {
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for rule in rules {
+        if rule.id > word::MAX_RULE_ID {
+            return Err(TableError::RuleId { id: rule.id });
+        }
+        let spec = Spec::new(&rule);
+        if rule.net.addr().is_ipv4() { v4.push(spec) } else { v6.push(spec) }
+    }
+    let (v4_rules, v6_rules) = (v4.len(), v6.len());
+    let dw = default_word(default);
+    let v4 = compile_family("IPv4", u128::from(u32::MAX), dw, v4)?
+        .into_records(|start, key, word| V4Record { key: if key == START { start as u32 } else { key }, word }, dw);
+    let v6 = compile_family("IPv6", u128::MAX, dw, v6)?.into_records(
+        |start, key, word| V6Record {
+            hi: (start >> 64) as u64,
+            lo: start as u64,
+            key: if key == START { 0 } else { key },
+            word,
+        },
+        dw,
+    );
+    Ok(Tables { v4, v6, v4_rules, v6_rules })
+}
+
+/// A rule reduced to what the sweep needs.
+#[derive(Clone, Copy, Debug)]
+struct Spec {
+    start: u128,
+    end: u128,
+    net: IpNet,
+    rank: Rank,
+    /// Class entry: packed ports and verdict word.
+    entry: (u32, u32),
+}
+
+impl Spec {
+    fn new(rule: &TableRule) -> Self {
+        let (start, end) = match rule.net {
+            IpNet::V4(n) => (u128::from(u32::from(n.network())), u128::from(u32::from(n.broadcast()))),
+            IpNet::V6(n) => (u128::from(n.network()), u128::from(n.broadcast())),
+        };
+        let rank = Rank {
+            prefix_len: rule.net.prefix_len(),
+            has_port: rule.ports.is_some(),
+            has_proto: rule.proto != Proto::Any,
+            block: rule.action == Action::Block,
+        };
+        let ports = rule.ports.map_or(ALL_PORTS, |p| pack_ports(p.lo, p.hi));
+        let entry = (ports, word::verdict(rule.action == Action::Block, rule.proto, rule.id));
+        Self { start, end, net: rule.net, rank, entry }
+    }
+}
+
+/// Marks an interval record, whose key is its start address.
+const START: u32 = u32::MAX;
+
+/// What an interval holds before record indices are known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    Direct(u32),
+    Class(u32),
+}
+
+struct Compiled {
+    intervals: Vec<(u128, Slot)>,
+    classes: Vec<Vec<(u32, u32)>>,
+}
+
+fn is_unconditional(entry: (u32, u32)) -> bool {
+    entry.0 == ALL_PORTS && entry.1 & word::PROTO_MASK == 0
+}
+
+fn compile_family(family: &'static str, max: u128, default: u32, mut specs: Vec<Spec>) -> Result<Compiled, TableError> {
+    if specs.len() > MAX_RULES_PER_FAMILY {
+        return Err(TableError::TooManyRules { family, count: specs.len() });
+    }
+    // Address order; a prefix before the longer ones it contains; within a prefix, rank order.
+    specs.sort_unstable_by(|a, b| {
+        a.start.cmp(&b.start).then(a.rank.prefix_len.cmp(&b.rank.prefix_len)).then(b.rank.cmp(&a.rank))
+    });
+    let mut out = Compiled { intervals: vec![(0, Slot::Direct(default))], classes: Vec::new() };
+    let mut interned: HashMap<Vec<(u32, u32)>, u32> = HashMap::new();
+    // The prefixes containing the current position: (end, class entries, slot).
+    let mut stack: Vec<(u128, Vec<(u32, u32)>, Slot)> = Vec::new();
+    let default_class = vec![(ALL_PORTS, default)];
+    let emit = |intervals: &mut Vec<(u128, Slot)>, at: u128, slot: Slot| match intervals.last_mut() {
+        Some(last) if last.0 == at => last.1 = slot,
+        _ => intervals.push((at, slot)),
+    };
+    let pop_until = |stack: &mut Vec<(u128, Vec<(u32, u32)>, Slot)>, intervals: &mut Vec<(u128, Slot)>, before: Option<u128>| {
+        while let Some(&(end, _, _)) = stack.last() {
+            if before.is_some_and(|b| end >= b) {
+                break;
+            }
+            stack.pop();
+            if end < max {
+                emit(intervals, end + 1, stack.last().map_or(Slot::Direct(default), |t| t.2));
+            }
+        }
+    };
+    let mut i = 0;
+    while i < specs.len() {
+        let Spec { start, end, net, .. } = specs[i];
+        let group_end = specs[i..].iter().position(|s| s.start != start || s.end != end).map_or(specs.len(), |n| i + n);
+        pop_until(&mut stack, &mut out.intervals, Some(start));
+        let parent = stack.last().map_or(&default_class, |t| &t.1);
+        let mut class: Vec<(u32, u32)> = Vec::new();
+        for entry in specs[i..group_end].iter().map(|s| s.entry).chain(parent.iter().copied()) {
+            class.push(entry);
+            if is_unconditional(entry) {
+                break;
+            }
+        }
+        if class.len() > MAX_CLASS_LEN as usize {
+            return Err(TableError::ClassTooLong { net, count: class.len() - 1 });
+        }
+        let slot = if class.len() == 1 {
+            Slot::Direct(class[0].1)
+        } else {
+            let next = u32::try_from(out.classes.len()).expect("classes fewer than intervals");
+            let id = *interned.entry(class.clone()).or_insert_with(|| {
+                out.classes.push(class.clone());
+                next
+            });
+            Slot::Class(id)
+        };
+        emit(&mut out.intervals, start, slot);
+        stack.push((end, class, slot));
+        i = group_end;
+    }
+    pop_until(&mut stack, &mut out.intervals, None);
+    out.intervals.dedup_by(|later, earlier| later.1 == earlier.1);
+    if out.intervals.len() > MAX_INTERVALS as usize {
+        return Err(TableError::TooManyIntervals { family, count: out.intervals.len() });
+    }
+    Ok(out)
+}
+
+impl Compiled {
+    /// Header, intervals, then classes, as records made by `record(start, key, word)`.
+    fn into_records<R>(self, record: impl Fn(u128, u32, u32) -> R, default: u32) -> Vec<R> {
+        let n = u32::try_from(self.intervals.len()).expect("checked against MAX_INTERVALS");
+        let mut offsets = Vec::with_capacity(self.classes.len());
+        let mut next = 1 + n;
+        for class in &self.classes {
+            offsets.push(next);
+            next += u32::try_from(class.len()).expect("class length checked");
+        }
+        let mut records = Vec::with_capacity(next as usize);
+        records.push(record(0, n, default));
+        for (start, slot) in self.intervals {
+            let word = match slot {
+                Slot::Direct(w) => w,
+                Slot::Class(id) => offsets[id as usize],
+            };
+            records.push(record(start, START, word));
+        }
+        for (key, word) in self.classes.into_iter().flatten() {
+            records.push(record(0, key, word));
+        }
+        records
+    }
+}
+
+/// The verdict word for a destination, looked up in compiled tables the way the BPF programs
+/// do (IPv4-mapped IPv6 addresses by the IPv4 table).
+#[must_use]
+pub fn lookup(tables: &Tables, addr: IpAddr, port: u16, proto: Proto) -> Option<u32> {
+    use cgroup_connect_common::{decide, mapped_ip4};
+    match addr {
+        IpAddr::V4(a) => decide(|i| tables.v4.get(i as usize), u32::from(a), port, proto),
+        IpAddr::V6(a) => {
+            let n = u128::from(a);
+            let halves = ((n >> 64) as u64, n as u64);
+            match mapped_ip4(halves) {
+                Some(v4) => decide(|i| tables.v4.get(i as usize), v4, port, proto),
+                None => decide(|i| tables.v6.get(i as usize), halves, port, proto),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn rule(id: u32, action: Action, net: &str, ports: Option<(u16, u16)>, proto: Proto) -> TableRule {
+        TableRule { net: net.parse().unwrap(), ports: ports.map(|(lo, hi)| Ports { lo, hi }), proto, action, id }
+    }
+
+    /// The documented decision, by brute force over the rules.
+    fn oracle(default: Action, rules: &[TableRule], addr: IpAddr, port: u16, proto: Proto) -> (bool, u32) {
+        let addr = match addr {
+            IpAddr::V6(a) => a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4),
+            a @ IpAddr::V4(_) => a,
+        };
+        rules
+            .iter()
+            .filter(|r| r.net.contains(&addr))
+            .filter(|r| r.ports.is_none_or(|p| (p.lo..=p.hi).contains(&port)))
+            .filter(|r| r.proto == Proto::Any || r.proto == proto)
+            .max_by_key(|r| (Spec::new(r).rank, std::cmp::Reverse(r.id)))
+            .map_or((default == Action::Block, 0), |r| (r.action == Action::Block, r.id))
+    }
+
+    fn check(default: Action, rules: &[TableRule], addr: IpAddr, port: u16, proto: Proto) {
+        let tables = compile(default, rules.iter().copied()).unwrap();
+        let got = lookup(&tables, addr, port, proto).expect("well-formed table");
+        let want = oracle(default, rules, addr, port, proto);
+        assert_eq!(word::blocks(got), want.0, "{addr}:{port} {proto:?} with {rules:?}");
+    }
+
+    #[test]
+    fn empty_rules_give_the_default() {
+        for default in [Action::Allow, Action::Block] {
+            let t = compile(default, []).unwrap();
+            assert_eq!(t.v4.len(), 2, "header and one interval");
+            let w = lookup(&t, "1.2.3.4".parse().unwrap(), 1, Proto::Tcp).unwrap();
+            assert_eq!(word::blocks(w), default == Action::Block);
+            assert_eq!(word::rule(w), 0);
+        }
+    }
+
+    #[test]
+    fn prefix_edges() {
+        let rules = [rule(1, Action::Block, "10.0.0.0/8", None, Proto::Any)];
+        for (addr, blocked) in [("9.255.255.255", false), ("10.0.0.0", true), ("10.255.255.255", true), ("11.0.0.0", false)] {
+            check(Action::Allow, &rules, addr.parse().unwrap(), 80, Proto::Tcp);
+            let w = lookup(&compile(Action::Allow, rules).unwrap(), addr.parse().unwrap(), 80, Proto::Tcp).unwrap();
+            assert_eq!(word::blocks(w), blocked, "{addr}");
+        }
+        let all = [rule(1, Action::Block, "0.0.0.0/0", None, Proto::Any), rule(2, Action::Block, "::/0", None, Proto::Any)];
+        for addr in ["0.0.0.0", "255.255.255.255", "::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"] {
+            let w = lookup(&compile(Action::Allow, all).unwrap(), addr.parse().unwrap(), 1, Proto::Udp).unwrap();
+            assert!(word::blocks(w), "{addr}");
+        }
+    }
+
+    #[test]
+    fn allowlist_with_blocks_inside() {
+        let rules = [
+            rule(1, Action::Allow, "10.0.0.0/8", None, Proto::Any),
+            rule(2, Action::Block, "10.1.0.0/16", None, Proto::Any),
+            rule(3, Action::Allow, "10.1.2.3/32", Some((443, 443)), Proto::Tcp),
+        ];
+        let t = compile(Action::Block, rules).unwrap();
+        let at = |a: &str, port, proto| word::rule(lookup(&t, a.parse().unwrap(), port, proto).unwrap());
+        assert_eq!(at("10.2.0.1", 80, Proto::Tcp), 1);
+        assert_eq!(at("10.1.0.1", 80, Proto::Tcp), 2);
+        assert_eq!(at("10.1.2.3", 443, Proto::Tcp), 3);
+        assert_eq!(at("10.1.2.3", 443, Proto::Udp), 2);
+        assert_eq!(at("11.0.0.1", 443, Proto::Tcp), 0);
+        assert_eq!(at("::ffff:10.1.2.3", 443, Proto::Tcp), 3, "mapped addresses use the IPv4 table");
+    }
+
+    #[test]
+    fn ties_follow_the_documented_order() {
+        // Same prefix: port beats no port, protocol beats none, block beats allow.
+        let rules = [
+            rule(1, Action::Allow, "192.0.2.0/24", None, Proto::Any),
+            rule(2, Action::Block, "192.0.2.0/24", None, Proto::Udp),
+            rule(3, Action::Allow, "192.0.2.0/24", Some((53, 53)), Proto::Any),
+            rule(4, Action::Block, "192.0.2.0/24", Some((53, 53)), Proto::Any),
+        ];
+        let t = compile(Action::Allow, rules).unwrap();
+        let at = |port, proto| word::rule(lookup(&t, "192.0.2.9".parse().unwrap(), port, proto).unwrap());
+        assert_eq!(at(53, Proto::Udp), 4);
+        assert_eq!(at(54, Proto::Udp), 2);
+        assert_eq!(at(54, Proto::Tcp), 1);
+    }
+
+    #[test]
+    fn too_many_port_rules_on_one_address_are_refused() {
+        let rules: Vec<_> = (0..=MAX_CLASS_LEN).map(|i| rule(i + 1, Action::Block, "192.0.2.1/32", Some((i as u16, i as u16)), Proto::Any)).collect();
+        let err = compile(Action::Allow, rules).unwrap_err();
+        assert!(err.to_string().contains("192.0.2.1/32"), "{err}");
+    }
+
+    #[test]
+    fn a_million_host_rules_compile_to_one_interval_pair_each() {
+        let rules = (0..1_000_000u32).map(|i| TableRule {
+            net: IpNet::new(std::net::Ipv4Addr::from(0x0a00_0000 + i * 2).into(), 32).unwrap(),
+            ports: None,
+            proto: Proto::Any,
+            action: Action::Block,
+            id: i + 1,
+        });
+        let t = compile(Action::Allow, rules).unwrap();
+        assert_eq!(t.v4_rules, 1_000_000);
+        assert_eq!(t.v4.len(), 1 + 2_000_001);
+        let w = lookup(&t, "10.0.0.200".parse().unwrap(), 1, Proto::Tcp).unwrap();
+        assert_eq!((word::blocks(w), word::rule(w)), (true, 101));
+        assert!(!word::blocks(lookup(&t, "10.0.0.201".parse().unwrap(), 1, Proto::Tcp).unwrap()));
+    }
+
+    fn arb_rule(v6: bool) -> impl Strategy<Value = TableRule> {
+        // Few distinct values, so that rules overlap and tie often.
+        let ports = proptest::option::of((0u16..4, 0u16..4).prop_map(|(a, b)| (a.min(b) * 100, a.max(b) * 100 + 50)));
+        (any::<u8>(), 0u8..=8, ports, 0usize..3, any::<bool>(), 1u32..1000).prop_map(move |(a, len, ports, proto, block, id)| {
+            let net: IpNet = if v6 {
+                IpNet::new(std::net::Ipv6Addr::from(u128::from(a & 0xf0) << 120).into(), len * 2).unwrap().trunc()
+            } else {
+                IpNet::new(std::net::Ipv4Addr::from(u32::from(a & 0xf0) << 24).into(), len * 4).unwrap().trunc()
+            };
+            TableRule {
+                net,
+                ports: ports.map(|(lo, hi)| Ports { lo, hi }),
+                proto: [Proto::Any, Proto::Tcp, Proto::Udp][proto],
+                action: if block { Action::Block } else { Action::Allow },
+                id,
+            }
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// The compiled table decides exactly as the documented rule order says.
+        #[test]
+        fn compiled_table_matches_the_oracle(
+            v6 in any::<bool>(),
+            rules in proptest::collection::vec(arb_rule(false), 0..12),
+            rules6 in proptest::collection::vec(arb_rule(true), 0..12),
+            probes in proptest::collection::vec((any::<u8>(), any::<u8>(), 0u16..500, 1usize..3), 1..20),
+            deny in any::<bool>(),
+        ) {
+            let default = if deny { Action::Block } else { Action::Allow };
+            let all: Vec<_> = rules.iter().chain(&rules6).copied().collect();
+            let tables = compile(default, all.iter().copied()).unwrap();
+            for (hi, lo, port, proto) in probes {
+                let proto = [Proto::Any, Proto::Tcp, Proto::Udp][proto];
+                let addr: IpAddr = if v6 {
+                    std::net::Ipv6Addr::from((u128::from(hi) << 120) | u128::from(lo)).into()
+                } else {
+                    std::net::Ipv4Addr::from((u32::from(hi) << 24) | u32::from(lo)).into()
+                };
+                let got = lookup(&tables, addr, port, proto).expect("well-formed");
+                let want = oracle(default, &all, addr, port, proto);
+                prop_assert_eq!(word::blocks(got), want.0, "{}:{} {:?}", addr, port, proto);
+            }
+        }
+    }
+}
