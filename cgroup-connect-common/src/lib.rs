@@ -19,6 +19,10 @@
 //! [`MAX_CLASS_LEN`] entries of its class: see [`decide`]. The whole table is swapped at once
 //! (it is an inner map of an array of maps), so every decision sees one policy or the other.
 #![no_std]
+#![expect(
+    clippy::inline_always,
+    reason = "the BPF programs inline these into straight-line, verifiable code"
+)]
 
 /// The verdict a `cgroup/connect*` or `cgroup/sendmsg*` program returns to let the call proceed.
 pub const ALLOW: i32 = 1;
@@ -93,7 +97,10 @@ pub mod word {
     /// A verdict word.
     #[must_use]
     pub const fn verdict(block: bool, proto: super::Proto, rule: u32) -> u32 {
-        DIRECT | if block { BLOCK_BIT } else { 0 } | ((proto as u32) << PROTO_SHIFT) | (rule & RULE_MASK)
+        DIRECT
+            | if block { BLOCK_BIT } else { 0 }
+            | ((proto as u32) << PROTO_SHIFT)
+            | (rule & RULE_MASK)
     }
 
     /// Whether a verdict word blocks.
@@ -152,6 +159,7 @@ pub const ALL_PORTS: u32 = pack_ports(0, u16::MAX);
 
 /// Whether a class entry (`key` = ports, `word` = verdict) matches a port and protocol.
 #[must_use]
+#[expect(clippy::cast_possible_truncation, reason = "unpacks two u16 halves")]
 pub const fn entry_matches(key: u32, word: u32, port: u16, proto: Proto) -> bool {
     let lo = (key >> 16) as u16;
     let hi = key as u16;
@@ -295,6 +303,7 @@ pub const fn ip6_from_user(w: [u32; 4]) -> (u64, u64) {
 
 /// The IPv4 address inside an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), as a number.
 #[must_use]
+#[expect(clippy::cast_possible_truncation, reason = "the low 32 bits are the IPv4 address")]
 #[inline(always)]
 pub const fn mapped_ip4(addr: (u64, u64)) -> Option<u32> {
     if addr.0 == 0 && addr.1 >> 32 == 0xffff { Some(addr.1 as u32) } else { None }
@@ -302,6 +311,7 @@ pub const fn mapped_ip4(addr: (u64, u64)) -> Option<u32> {
 
 /// The port of `bpf_sock_addr.user_port` (network byte order in the low 16 bits).
 #[must_use]
+#[expect(clippy::cast_possible_truncation, reason = "the port is the low 16 bits")]
 #[inline(always)]
 pub const fn port_from_user(user_port: u32) -> u16 {
     u16::from_be(user_port as u16)
@@ -321,7 +331,12 @@ mod tests {
 
     #[test]
     fn rank_orders_prefix_then_port_then_proto_then_block() {
-        let r = |prefix_len, has_port, has_proto, block| Rank { prefix_len, has_port, has_proto, block };
+        let r = |prefix_len, has_port, has_proto, block| Rank {
+            prefix_len,
+            has_port,
+            has_proto,
+            block,
+        };
         // Longest prefix first, whatever else.
         assert!(r(24, false, false, false) > r(16, true, true, true));
         // Equal length: a port beats a protocol and block.
@@ -370,10 +385,10 @@ mod tests {
         let block = word::verdict(true, Proto::Any, 1);
         let allow_443 = word::verdict(false, Proto::Tcp, 2);
         let table = [
-            V4Record { key: 3, word: allow },                 // header: 3 intervals
-            V4Record { key: 0, word: allow },                 // [0, 10.0.0.0)
-            V4Record { key: 0x0a00_0000, word: 4 },           // [10.0.0.0, 11.0.0.0): class at 4
-            V4Record { key: 0x0b00_0000, word: allow },       // [11.0.0.0, ...]
+            V4Record { key: 3, word: allow },           // header: 3 intervals
+            V4Record { key: 0, word: allow },           // [0, 10.0.0.0)
+            V4Record { key: 0x0a00_0000, word: 4 },     // [10.0.0.0, 11.0.0.0): class at 4
+            V4Record { key: 0x0b00_0000, word: allow }, // [11.0.0.0, ...]
             V4Record { key: pack_ports(443, 443), word: allow_443 },
             V4Record { key: ALL_PORTS, word: block },
         ];

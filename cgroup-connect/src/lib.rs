@@ -6,8 +6,8 @@
 pub mod cgroup;
 pub mod cli;
 pub mod loader;
-pub mod privileges;
 pub mod policy;
+pub mod privileges;
 pub mod resolve;
 pub mod rules;
 pub mod table;

@@ -104,10 +104,12 @@ impl Instance {
             // On 5.7+ aya attaches through bpf_link_create, and a cgroup link always runs
             // alongside other programs (the kernel attaches it with BPF_F_ALLOW_MULTI); it
             // rejects any flag, so the mode must be the flag-less Single.
-            program.attach(cgroup, CgroupAttachMode::Single).map_err(|source| LoadError::Attach {
-                program: name,
-                cgroup: cgroup.path().display().to_string(),
-                source,
+            program.attach(cgroup, CgroupAttachMode::Single).map_err(|source| {
+                LoadError::Attach {
+                    program: name,
+                    cgroup: cgroup.path().display().to_string(),
+                    source,
+                }
             })?;
         }
         Ok(Self { ebpf })
@@ -129,23 +131,37 @@ fn write_tables(ebpf: &mut Ebpf, tables: &Tables) -> Result<(), LoadError> {
 }
 
 /// Creates a table holding `records`, fills it through `mmap`, and installs it in `outer`.
-fn write_table<R: Pod>(ebpf: &mut Ebpf, outer: &'static str, name: &'static str, records: &[R]) -> Result<(), LoadError> {
+fn write_table<R: Pod>(
+    ebpf: &mut Ebpf,
+    outer: &'static str,
+    name: &'static str,
+    records: &[R],
+) -> Result<(), LoadError> {
     use aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY;
     let table_err = |source| LoadError::Table { map: name, records: records.len(), source };
     let size = size_of::<R>();
-    let entries = u32::try_from(records.len().max(1)).map_err(|_| table_err(MapError::OutOfBounds { index: u32::MAX, max_entries: u32::MAX }))?;
-    let def = aya_obj::Map::new_from_params(BPF_MAP_TYPE_ARRAY as u32, 4, u32::try_from(size).expect("small record"), entries, TABLE_FLAGS);
+    let entries = u32::try_from(records.len().max(1))
+        .map_err(|_| table_err(MapError::OutOfBounds { index: u32::MAX, max_entries: u32::MAX }))?;
+    let def = aya_obj::Map::new_from_params(
+        BPF_MAP_TYPE_ARRAY as u32,
+        4,
+        u32::try_from(size).expect("small record"),
+        entries,
+        TABLE_FLAGS,
+    );
     let table = MapData::create(def, name, None).map_err(table_err)?;
     let bytes = as_bytes(records);
     if !bytes.is_empty() {
         // SAFETY: the map is ours alone until it is installed below, and its value area is
         // at least `bytes.len()` long (entries * size, each record 8-aligned).
-        let mut mem = unsafe { memmap2::MmapOptions::new().len(bytes.len()).map_mut(&table.fd().as_fd()) }
-            .map_err(|source| LoadError::Mmap { map: name, bytes: bytes.len(), source })?;
+        let mut mem =
+            unsafe { memmap2::MmapOptions::new().len(bytes.len()).map_mut(&table.fd().as_fd()) }
+                .map_err(|source| LoadError::Mmap { map: name, bytes: bytes.len(), source })?;
         mem.copy_from_slice(bytes);
     }
     let outer_map = ebpf.map_mut(outer).ok_or(LoadError::Missing { kind: "map", name: outer })?;
-    let mut outer_map: ArrayOfMaps<&mut MapData, MapData> = ArrayOfMaps::try_from(outer_map).map_err(table_err)?;
+    let mut outer_map: ArrayOfMaps<&mut MapData, MapData> =
+        ArrayOfMaps::try_from(outer_map).map_err(table_err)?;
     outer_map.set(0, &table, 0).map_err(table_err)
 }
 

@@ -97,8 +97,13 @@ impl Policy {
     pub fn load(sources: &Sources) -> Result<Self, PolicyError> {
         let mut rules = Vec::new();
         let mut default = None;
-        for (flag, action, dests) in [("--block", Action::Block, &sources.block), ("--allow", Action::Allow, &sources.allow)] {
-            rules.extend(dests.iter().map(|d| SourcedRule { rule: Rule { action, dest: d.clone() }, origin: Origin::Flag(flag) }));
+        for (flag, action, dests) in
+            [("--block", Action::Block, &sources.block), ("--allow", Action::Allow, &sources.allow)]
+        {
+            rules.extend(dests.iter().map(|d| SourcedRule {
+                rule: Rule { action, dest: d.clone() },
+                origin: Origin::Flag(flag),
+            }));
         }
         for path in &sources.block_lists {
             read_list(path, Action::Block, &mut rules)?;
@@ -126,7 +131,10 @@ impl Policy {
 
     /// The rules as the table compiler takes them, with hostnames replaced by the addresses
     /// `addrs_of` gives; rule ids are positions from 1.
-    pub fn table_rules<'a, I>(&'a self, addrs_of: impl Fn(&str) -> I + 'a) -> impl Iterator<Item = TableRule> + 'a
+    pub fn table_rules<'a, I>(
+        &'a self,
+        addrs_of: impl Fn(&str) -> I + 'a,
+    ) -> impl Iterator<Item = TableRule> + 'a
     where
         I: IntoIterator<Item = IpAddr> + 'a,
     {
@@ -148,7 +156,8 @@ impl Policy {
 }
 
 fn read_text(path: &Path) -> Result<String, PolicyError> {
-    std::fs::read_to_string(path).map_err(|source| PolicyError::Read { path: path.to_owned(), source })
+    std::fs::read_to_string(path)
+        .map_err(|source| PolicyError::Read { path: path.to_owned(), source })
 }
 
 /// A list file: one rule a line; `#` starts a comment; blank lines are skipped.
@@ -210,7 +219,10 @@ fn read_policy(path: &Path, rules: &mut Vec<SourcedRule>) -> Result<Option<Actio
         line: e.span().map_or(1, |s| line_of(s.start)),
         message: e.message().to_owned(),
     })?;
-    let at = |span: std::ops::Range<usize>| Origin::Line { path: path.to_owned(), line: line_of(span.start) };
+    let at = |span: std::ops::Range<usize>| Origin::Line {
+        path: path.to_owned(),
+        line: line_of(span.start),
+    };
     let fail = |span, error| PolicyError::Rule { origin: at(span), error };
     let action = |v: &Spanned<String>| v.get_ref().parse::<Action>().map_err(|e| fail(v.span(), e));
     let default = file.default.as_ref().map(action).transpose()?;
@@ -232,8 +244,11 @@ fn read_policy(path: &Path, rules: &mut Vec<SourcedRule>) -> Result<Option<Actio
             None => Proto::Any,
             Some(p) => rules::parse_proto(dst, p.get_ref()).map_err(|e| fail(p.span(), e))?,
         };
-        let dest = Destination { host, ports, proto };
-        rules.push(SourcedRule { rule: Rule { action: action(&entry.action)?, dest }, origin: at(entry.dst.span()) });
+        let destination = Destination { host, ports, proto };
+        rules.push(SourcedRule {
+            rule: Rule { action: action(&entry.action)?, dest: destination },
+            origin: at(entry.dst.span()),
+        });
     }
     let base = path.parent().unwrap_or(Path::new("."));
     for list in &file.list {
@@ -250,7 +265,8 @@ mod tests {
     struct TempDir(PathBuf);
     impl TempDir {
         fn new(tag: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!("cgroup-connect-policy-{tag}-{}", std::process::id()));
+            let dir = std::env::temp_dir()
+                .join(format!("cgroup-connect-policy-{tag}-{}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             Self(dir)
         }
@@ -297,9 +313,20 @@ path = "drop.txt"
         let p = policy(path.clone()).unwrap();
         assert_eq!(p.default, Action::Block);
         let texts: Vec<String> = p.rules.iter().map(|r| r.rule.to_string()).collect();
-        assert_eq!(texts, ["allow tcp://10.0.0.0/8:443", "block [2001:db8::/32]:8000", "block 192.0.2.1", "block 198.51.100.0/24:53"]);
+        assert_eq!(
+            texts,
+            [
+                "allow tcp://10.0.0.0/8:443",
+                "block [2001:db8::/32]:8000",
+                "block 192.0.2.1",
+                "block 198.51.100.0/24:53"
+            ]
+        );
         assert_eq!(p.rules[0].origin, Origin::Line { path: path.clone(), line: 5 });
-        assert_eq!(p.rules[3].origin.to_string(), format!("{}:4", dir.0.join("drop.txt").display()));
+        assert_eq!(
+            p.rules[3].origin.to_string(),
+            format!("{}:4", dir.0.join("drop.txt").display())
+        );
     }
 
     #[test]
@@ -307,13 +334,20 @@ path = "drop.txt"
         let dir = TempDir::new("err");
         let path = dir.write("policy.toml", "default = \"allow\"\n\n[[rule]]\naction = \"block\"\ndst = \"10.0.0.0/8\"\n\n[[rule]]\naction = \"blok\"\ndst = \"10.0.0.1\"\n");
         let msg = policy(path).unwrap_err().to_string();
-        assert!(msg.ends_with("policy.toml:8: unknown action \"blok\": use \"block\" or \"allow\""), "{msg}");
+        assert!(
+            msg.ends_with("policy.toml:8: unknown action \"blok\": use \"block\" or \"allow\""),
+            "{msg}"
+        );
 
-        let path = dir.write("bad-dst.toml", "[[rule]]\naction = \"block\"\ndst = \"10.0.0.300\"\n");
+        let path =
+            dir.write("bad-dst.toml", "[[rule]]\naction = \"block\"\ndst = \"10.0.0.300\"\n");
         let msg = policy(path).unwrap_err().to_string();
         assert!(msg.contains("bad-dst.toml:3:") && msg.contains("10.0.0.300"), "{msg}");
 
-        let path = dir.write("unknown-key.toml", "[[rule]]\naction = \"block\"\ndst = \"10.0.0.1\"\nport = \"80\"\n");
+        let path = dir.write(
+            "unknown-key.toml",
+            "[[rule]]\naction = \"block\"\ndst = \"10.0.0.1\"\nport = \"80\"\n",
+        );
         let msg = policy(path).unwrap_err().to_string();
         assert!(msg.contains("unknown-key.toml:4:") && msg.contains("port"), "{msg}");
 
@@ -321,11 +355,17 @@ path = "drop.txt"
         assert!(policy(path).unwrap_err().to_string().contains("syntax.toml:1:"));
 
         let list = dir.write("list.txt", "10.0.0.1\n\n  10.0.0.0/33 # bad\n");
-        let err = Policy::load(&Sources { block_lists: vec![list], ..Sources::default() }).unwrap_err();
-        assert!(err.to_string().contains("list.txt:3:") && err.to_string().contains("\"33\""), "{err}");
+        let err =
+            Policy::load(&Sources { block_lists: vec![list], ..Sources::default() }).unwrap_err();
+        assert!(
+            err.to_string().contains("list.txt:3:") && err.to_string().contains("\"33\""),
+            "{err}"
+        );
 
         let missing = dir.0.join("missing.txt");
-        let err = Policy::load(&Sources { allow_lists: vec![missing.clone()], ..Sources::default() }).unwrap_err();
+        let err =
+            Policy::load(&Sources { allow_lists: vec![missing.clone()], ..Sources::default() })
+                .unwrap_err();
         assert!(err.to_string().contains(missing.to_str().unwrap()), "{err}");
     }
 
@@ -333,7 +373,12 @@ path = "drop.txt"
     fn flag_default_overrides_the_file() {
         let dir = TempDir::new("default");
         let path = dir.write("p.toml", "default = \"deny\"\n");
-        let p = Policy::load(&Sources { policy: Some(path), default: Some(Action::Allow), ..Sources::default() }).unwrap();
+        let p = Policy::load(&Sources {
+            policy: Some(path),
+            default: Some(Action::Allow),
+            ..Sources::default()
+        })
+        .unwrap();
         assert_eq!(p.default, Action::Allow);
     }
 

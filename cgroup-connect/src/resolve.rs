@@ -13,7 +13,7 @@ use std::{
 use hickory_resolver::{TokioResolver, config::LookupIpStrategy};
 
 /// Longest time between two resolutions of a name.
-pub const MAX_REFRESH: Duration = Duration::from_secs(300);
+pub const MAX_REFRESH: Duration = Duration::from_mins(5);
 /// Shortest time between two resolutions of a name, whatever its TTL.
 pub const MIN_REFRESH: Duration = Duration::from_secs(5);
 
@@ -51,8 +51,14 @@ impl Names {
     /// # Errors
     /// A [`ResolveError`] for the first name that does not resolve: a blocker that starts
     /// without the addresses of a block rule would silently let them through.
+    ///
+    /// # Panics
+    /// Never: every name it looks up is one it holds.
     pub async fn resolve(names: impl IntoIterator<Item = String>) -> Result<Self, ResolveError> {
-        let mut this = Self { resolver: None, names: names.into_iter().map(|n| (n, NameState::default())).collect() };
+        let mut this = Self {
+            resolver: None,
+            names: names.into_iter().map(|n| (n, NameState::default())).collect(),
+        };
         if this.names.is_empty() {
             return Ok(this);
         }
@@ -80,7 +86,8 @@ impl Names {
             return Err(ResolveError::Empty { name: name.to_owned() });
         }
         let now = Instant::now();
-        let ttl = answer.valid_until().saturating_duration_since(now).clamp(MIN_REFRESH, MAX_REFRESH);
+        let ttl =
+            answer.valid_until().saturating_duration_since(now).clamp(MIN_REFRESH, MAX_REFRESH);
         Ok((addrs, now + ttl))
     }
 
@@ -97,24 +104,36 @@ impl Names {
 
     /// Re-resolves the names that are due. Returns whether any name's addresses changed.
     /// Failures are reported on stderr and keep the name's addresses.
+    ///
+    /// # Panics
+    /// Never: every name it looks up is one it holds.
     pub async fn refresh(&mut self) -> bool {
         let now = Instant::now();
-        let due: Vec<String> =
-            self.names.iter().filter(|(_, s)| s.refresh_at.is_some_and(|t| t <= now)).map(|(n, _)| n.clone()).collect();
+        let due: Vec<String> = self
+            .names
+            .iter()
+            .filter(|(_, s)| s.refresh_at.is_some_and(|t| t <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
         let mut changed = false;
         for name in due {
             let result = self.lookup(&name).await;
             let state = self.names.get_mut(&name).expect("known name");
             match result {
                 Ok((addrs, until)) => {
-                    let before: BTreeSet<IpAddr> = state.latest.union(&state.previous).copied().collect();
+                    let before: BTreeSet<IpAddr> =
+                        state.latest.union(&state.previous).copied().collect();
                     state.previous = std::mem::replace(&mut state.latest, addrs);
-                    let after: BTreeSet<IpAddr> = state.latest.union(&state.previous).copied().collect();
+                    let after: BTreeSet<IpAddr> =
+                        state.latest.union(&state.previous).copied().collect();
                     changed |= before != after;
                     state.refresh_at = Some(until);
                 }
                 Err(e) => {
-                    eprintln!("blocker: warning: {:#}; keeping its addresses", anyhow::Error::from(e));
+                    eprintln!(
+                        "blocker: warning: {:#}; keeping its addresses",
+                        anyhow::Error::from(e)
+                    );
                     state.refresh_at = Some(now + MIN_REFRESH.max(Duration::from_secs(30)));
                 }
             }

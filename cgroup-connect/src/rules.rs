@@ -79,11 +79,15 @@ pub enum RuleError {
     HostBits { rule: String, fixed: IpNet },
     #[error("{rule:?}: a prefix length needs an address, not a hostname")]
     PrefixOnName { rule: String },
-    #[error("port {value:?} in {rule:?} must be a number from 0 to 65535, or a range like 8000-8999")]
+    #[error(
+        "port {value:?} in {rule:?} must be a number from 0 to 65535, or a range like 8000-8999"
+    )]
     Port { rule: String, value: String },
     #[error("port range {lo}-{hi} in {rule:?} is reversed: write {hi}-{lo}")]
     ReversedPorts { rule: String, lo: u16, hi: u16 },
-    #[error("{rule:?}: put an IPv6 address in brackets when a port follows, like [2001:db8::1]:443")]
+    #[error(
+        "{rule:?}: put an IPv6 address in brackets when a port follows, like [2001:db8::1]:443"
+    )]
     Brackets { rule: String },
 }
 
@@ -138,18 +142,20 @@ fn split_ports<'a>(rule: &str, rest: &'a str) -> Result<(&'a str, Option<&'a str
                 .ok_or_else(|| RuleError::Port { rule: rule.to_owned(), value: after.to_owned() }),
         };
     }
-    match rest.matches(':').count() {
-        0 => Ok((rest, None)),
-        1 => {
-            let (host, ports) = rest.split_once(':').expect("one colon");
-            Ok((host, Some(ports)))
-        }
-        // An unbracketed IPv6 address: no port can follow.
+    // Two colons or more: an unbracketed IPv6 address, which no port can follow.
+    match rest.split_once(':') {
+        Some((host, ports)) if !ports.contains(':') => Ok((host, Some(ports))),
         _ => Ok((rest, None)),
     }
 }
 
 /// Parses `HOST[/LEN]`: an address, a CIDR prefix without host bits, or a hostname.
+///
+/// # Errors
+/// A [`RuleError`] that quotes `rule`.
+///
+/// # Panics
+/// Never: the prefix length is checked before use.
 pub fn parse_host(rule: &str, text: &str) -> Result<Host, RuleError> {
     let (addr, len) = match text.split_once('/') {
         Some((a, l)) => (a, Some(l)),
@@ -198,18 +204,20 @@ fn is_hostname(s: &str) -> bool {
 }
 
 /// Parses `PORT` or `PORT-PORT`.
+///
+/// # Errors
+/// A [`RuleError`] that quotes `rule`.
 pub fn parse_ports(rule: &str, text: &str) -> Result<Ports, RuleError> {
     let port = |p: &str| {
         p.trim()
             .parse::<u16>()
             .map_err(|_| RuleError::Port { rule: rule.to_owned(), value: text.to_owned() })
     };
-    let (lo, hi) = match text.split_once('-') {
-        Some((lo, hi)) => (port(lo)?, port(hi)?),
-        None => {
-            let p = port(text)?;
-            (p, p)
-        }
+    let (lo, hi) = if let Some((lo, hi)) = text.split_once('-') {
+        (port(lo)?, port(hi)?)
+    } else {
+        let p = port(text)?;
+        (p, p)
     };
     if lo > hi {
         return Err(RuleError::ReversedPorts { rule: rule.to_owned(), lo, hi });
@@ -218,6 +226,9 @@ pub fn parse_ports(rule: &str, text: &str) -> Result<Ports, RuleError> {
 }
 
 /// Parses `tcp` or `udp`.
+///
+/// # Errors
+/// A [`RuleError`] that quotes `rule`.
 pub fn parse_proto(rule: &str, text: &str) -> Result<Proto, RuleError> {
     match text.to_ascii_lowercase().as_str() {
         "tcp" => Ok(Proto::Tcp),
@@ -228,7 +239,11 @@ pub fn parse_proto(rule: &str, text: &str) -> Result<Proto, RuleError> {
 
 impl fmt::Display for Ports {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.lo == self.hi { write!(f, "{}", self.lo) } else { write!(f, "{}-{}", self.lo, self.hi) }
+        if self.lo == self.hi {
+            write!(f, "{}", self.lo)
+        } else {
+            write!(f, "{}-{}", self.lo, self.hi)
+        }
     }
 }
 
@@ -279,12 +294,18 @@ mod tests {
         let d = dest("192.0.2.7:443");
         assert_eq!((d.host, d.ports), (net("192.0.2.7/32"), Some(Ports { lo: 443, hi: 443 })));
         let d = dest("udp://198.51.100.0/24:53");
-        assert_eq!((d.host, d.ports, d.proto), (net("198.51.100.0/24"), Some(Ports { lo: 53, hi: 53 }), Proto::Udp));
+        assert_eq!(
+            (d.host, d.ports, d.proto),
+            (net("198.51.100.0/24"), Some(Ports { lo: 53, hi: 53 }), Proto::Udp)
+        );
         assert_eq!(dest("2001:db8::1").host, net("2001:db8::1/128"));
         let d = dest("[2001:db8::/32]:8000-8999");
         assert_eq!((d.host, d.ports), (net("2001:db8::/32"), Some(Ports { lo: 8000, hi: 8999 })));
         let d = dest("example.com:443");
-        assert_eq!((d.host, d.ports), (Host::Name("example.com".into()), Some(Ports { lo: 443, hi: 443 })));
+        assert_eq!(
+            (d.host, d.ports),
+            (Host::Name("example.com".into()), Some(Ports { lo: 443, hi: 443 }))
+        );
         assert_eq!(dest("tcp://[::1]:22").proto, Proto::Tcp);
         assert_eq!(dest("localhost").host, Host::Name("localhost".into()));
         assert_eq!(dest("0.0.0.0/0").host, net("0.0.0.0/0"));
@@ -294,9 +315,13 @@ mod tests {
     #[test]
     fn errors_name_the_value() {
         let err = |s: &str| s.parse::<Destination>().unwrap_err();
-        assert!(matches!(err("10.0.0.300"), RuleError::Host { value, .. } if value == "10.0.0.300"));
+        assert!(
+            matches!(err("10.0.0.300"), RuleError::Host { value, .. } if value == "10.0.0.300")
+        );
         assert!(matches!(err("10.0.0.0/33"), RuleError::PrefixLen { max: 32, .. }));
-        assert!(matches!(err("10.1.2.3/8"), RuleError::HostBits { fixed, .. } if fixed.to_string() == "10.0.0.0/8"));
+        assert!(
+            matches!(err("10.1.2.3/8"), RuleError::HostBits { fixed, .. } if fixed.to_string() == "10.0.0.0/8")
+        );
         assert!(matches!(err("example.com/24"), RuleError::PrefixOnName { .. }));
         assert!(matches!(err("1.2.3.4:70000"), RuleError::Port { .. }));
         assert!(matches!(err("1.2.3.4:"), RuleError::Port { .. }));
@@ -312,7 +337,15 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        for s in ["10.0.0.0/8", "192.0.2.7:443", "udp://198.51.100.0/24:53", "2001:db8::1", "[2001:db8::/32]:8000-8999", "example.com:443", "tcp://[::1]:22"] {
+        for s in [
+            "10.0.0.0/8",
+            "192.0.2.7:443",
+            "udp://198.51.100.0/24:53",
+            "2001:db8::1",
+            "[2001:db8::/32]:8000-8999",
+            "example.com:443",
+            "tcp://[::1]:22",
+        ] {
             assert_eq!(dest(s).to_string(), s);
         }
     }
@@ -333,7 +366,7 @@ mod tests {
             let net: IpNet = if v6 {
                 IpNet::new(std::net::Ipv6Addr::from(a).into(), len).unwrap().trunc()
             } else {
-                IpNet::new(std::net::Ipv4Addr::from(a as u32).into(), len % 33).unwrap().trunc()
+                IpNet::new(std::net::Ipv4Addr::from(a.to_be_bytes()[12..].try_into().map(u32::from_be_bytes).unwrap()).into(), len % 33).unwrap().trunc()
             };
             let d = Destination {
                 host: Host::Net(net),

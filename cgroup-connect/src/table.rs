@@ -8,8 +8,8 @@
 use std::{collections::HashMap, net::IpAddr};
 
 use cgroup_connect_common::{
-    ALL_PORTS, MAX_CLASS_LEN, MAX_INTERVALS, MAX_RULES_PER_FAMILY, Proto, Rank, V4Record,
-    V6Record, pack_ports, word,
+    ALL_PORTS, MAX_CLASS_LEN, MAX_INTERVALS, MAX_RULES_PER_FAMILY, Proto, Rank, V4Record, V6Record,
+    pack_ports, word,
 };
 use ipnet::IpNet;
 
@@ -29,9 +29,13 @@ pub struct TableRule {
 /// Why rules could not be compiled: capacity limits, all checked before anything attaches.
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
-    #[error("{count} {family} rules exceed the capacity of {MAX_RULES_PER_FAMILY} per address family")]
+    #[error(
+        "{count} {family} rules exceed the capacity of {MAX_RULES_PER_FAMILY} per address family"
+    )]
     TooManyRules { family: &'static str, count: usize },
-    #[error("the {family} rules make {count} intervals, more than the {MAX_INTERVALS} a table holds")]
+    #[error(
+        "the {family} rules make {count} intervals, more than the {MAX_INTERVALS} a table holds"
+    )]
     TooManyIntervals { family: &'static str, count: usize },
     #[error(
         "{count} rules with ports or protocols cover {net} (at most {MAX_CLASS_LEN}): \
@@ -62,7 +66,13 @@ pub fn default_word(default: Action) -> u32 {
 ///
 /// # Errors
 /// A [`TableError`] when a capacity limit is exceeded.
-pub fn compile(default: Action, rules: impl IntoIterator<Item = TableRule>) -> Result<Tables, TableError> {
+///
+/// # Panics
+/// Never: sizes are checked against the limits before they are narrowed.
+pub fn compile(
+    default: Action,
+    rules: impl IntoIterator<Item = TableRule>,
+) -> Result<Tables, TableError> {
     let (mut v4, mut v6) = (Vec::new(), Vec::new());
     for rule in rules {
         if rule.id > word::MAX_RULE_ID {
@@ -73,14 +83,21 @@ pub fn compile(default: Action, rules: impl IntoIterator<Item = TableRule>) -> R
     }
     let (v4_rules, v6_rules) = (v4.len(), v6.len());
     let dw = default_word(default);
-    let v4 = compile_family("IPv4", u128::from(u32::MAX), dw, v4)?
-        .into_records(|start, key, word| V4Record { key: if key == START { start as u32 } else { key }, word }, dw);
-    let v6 = compile_family("IPv6", u128::MAX, dw, v6)?.into_records(
-        |start, key, word| V6Record {
-            hi: (start >> 64) as u64,
-            lo: start as u64,
-            key: if key == START { 0 } else { key },
+    let v4 = compile_family("IPv4", u128::from(u32::MAX), dw, v4)?.into_records(
+        |start, key, word| V4Record {
+            key: if key == START {
+                u32::try_from(start).expect("IPv4 addresses fit u32")
+            } else {
+                key
+            },
             word,
+        },
+        dw,
+    );
+    let v6 = compile_family("IPv6", u128::MAX, dw, v6)?.into_records(
+        |start, key, word| {
+            let (hi, lo) = halves(start);
+            V6Record { hi, lo, key: if key == START { 0 } else { key }, word }
         },
         dw,
     );
@@ -95,13 +112,15 @@ struct Spec {
     net: IpNet,
     rank: Rank,
     /// Class entry: packed ports and verdict word.
-    entry: (u32, u32),
+    entry: Entry,
 }
 
 impl Spec {
     fn new(rule: &TableRule) -> Self {
         let (start, end) = match rule.net {
-            IpNet::V4(n) => (u128::from(u32::from(n.network())), u128::from(u32::from(n.broadcast()))),
+            IpNet::V4(n) => {
+                (u128::from(u32::from(n.network())), u128::from(u32::from(n.broadcast())))
+            }
             IpNet::V6(n) => (u128::from(n.network()), u128::from(n.broadcast())),
         };
         let rank = Rank {
@@ -116,6 +135,22 @@ impl Spec {
     }
 }
 
+/// An IPv6 address as the (high, low) halves the table stores.
+#[expect(clippy::cast_possible_truncation, reason = "splits 128 bits into two 64-bit halves")]
+fn halves(n: u128) -> (u64, u64) {
+    ((n >> 64) as u64, n as u64)
+}
+
+/// A class entry: packed ports and verdict word.
+type Entry = (u32, u32);
+
+/// A prefix that contains the sweep's position: where it ends, its class, its slot.
+struct Frame {
+    end: u128,
+    class: Vec<Entry>,
+    slot: Slot,
+}
+
 /// Marks an interval record, whose key is its start address.
 const START: u32 = u32::MAX;
 
@@ -128,48 +163,61 @@ enum Slot {
 
 struct Compiled {
     intervals: Vec<(u128, Slot)>,
-    classes: Vec<Vec<(u32, u32)>>,
+    classes: Vec<Vec<Entry>>,
 }
 
-fn is_unconditional(entry: (u32, u32)) -> bool {
+fn is_unconditional(entry: Entry) -> bool {
     entry.0 == ALL_PORTS && entry.1 & word::PROTO_MASK == 0
 }
 
-fn compile_family(family: &'static str, max: u128, default: u32, mut specs: Vec<Spec>) -> Result<Compiled, TableError> {
+fn compile_family(
+    family: &'static str,
+    max: u128,
+    default: u32,
+    mut specs: Vec<Spec>,
+) -> Result<Compiled, TableError> {
     if specs.len() > MAX_RULES_PER_FAMILY {
         return Err(TableError::TooManyRules { family, count: specs.len() });
     }
     // Address order; a prefix before the longer ones it contains; within a prefix, rank order.
     specs.sort_unstable_by(|a, b| {
-        a.start.cmp(&b.start).then(a.rank.prefix_len.cmp(&b.rank.prefix_len)).then(b.rank.cmp(&a.rank))
+        a.start
+            .cmp(&b.start)
+            .then(a.rank.prefix_len.cmp(&b.rank.prefix_len))
+            .then(b.rank.cmp(&a.rank))
     });
     let mut out = Compiled { intervals: vec![(0, Slot::Direct(default))], classes: Vec::new() };
-    let mut interned: HashMap<Vec<(u32, u32)>, u32> = HashMap::new();
-    // The prefixes containing the current position: (end, class entries, slot).
-    let mut stack: Vec<(u128, Vec<(u32, u32)>, Slot)> = Vec::new();
+    let mut interned: HashMap<Vec<Entry>, u32> = HashMap::new();
+    let mut stack: Vec<Frame> = Vec::new();
     let default_class = vec![(ALL_PORTS, default)];
-    let emit = |intervals: &mut Vec<(u128, Slot)>, at: u128, slot: Slot| match intervals.last_mut() {
+    let emit = |intervals: &mut Vec<(u128, Slot)>, at: u128, slot: Slot| match intervals.last_mut()
+    {
         Some(last) if last.0 == at => last.1 = slot,
         _ => intervals.push((at, slot)),
     };
-    let pop_until = |stack: &mut Vec<(u128, Vec<(u32, u32)>, Slot)>, intervals: &mut Vec<(u128, Slot)>, before: Option<u128>| {
-        while let Some(&(end, _, _)) = stack.last() {
+    let pop_until = |stack: &mut Vec<Frame>,
+                     intervals: &mut Vec<(u128, Slot)>,
+                     before: Option<u128>| {
+        while let Some(&Frame { end, .. }) = stack.last() {
             if before.is_some_and(|b| end >= b) {
                 break;
             }
             stack.pop();
             if end < max {
-                emit(intervals, end + 1, stack.last().map_or(Slot::Direct(default), |t| t.2));
+                emit(intervals, end + 1, stack.last().map_or(Slot::Direct(default), |f| f.slot));
             }
         }
     };
     let mut i = 0;
     while i < specs.len() {
         let Spec { start, end, net, .. } = specs[i];
-        let group_end = specs[i..].iter().position(|s| s.start != start || s.end != end).map_or(specs.len(), |n| i + n);
+        let group_end = specs[i..]
+            .iter()
+            .position(|s| s.start != start || s.end != end)
+            .map_or(specs.len(), |n| i + n);
         pop_until(&mut stack, &mut out.intervals, Some(start));
-        let parent = stack.last().map_or(&default_class, |t| &t.1);
-        let mut class: Vec<(u32, u32)> = Vec::new();
+        let parent = stack.last().map_or(&default_class, |f| &f.class);
+        let mut class: Vec<Entry> = Vec::new();
         for entry in specs[i..group_end].iter().map(|s| s.entry).chain(parent.iter().copied()) {
             class.push(entry);
             if is_unconditional(entry) {
@@ -190,7 +238,7 @@ fn compile_family(family: &'static str, max: u128, default: u32, mut specs: Vec<
             Slot::Class(id)
         };
         emit(&mut out.intervals, start, slot);
-        stack.push((end, class, slot));
+        stack.push(Frame { end, class, slot });
         i = group_end;
     }
     pop_until(&mut stack, &mut out.intervals, None);
@@ -235,8 +283,7 @@ pub fn lookup(tables: &Tables, addr: IpAddr, port: u16, proto: Proto) -> Option<
     match addr {
         IpAddr::V4(a) => decide(|i| tables.v4.get(i as usize), u32::from(a), port, proto),
         IpAddr::V6(a) => {
-            let n = u128::from(a);
-            let halves = ((n >> 64) as u64, n as u64);
+            let halves = halves(u128::from(a));
             match mapped_ip4(halves) {
                 Some(v4) => decide(|i| tables.v4.get(i as usize), v4, port, proto),
                 None => decide(|i| tables.v6.get(i as usize), halves, port, proto),
@@ -251,12 +298,30 @@ mod tests {
 
     use super::*;
 
-    fn rule(id: u32, action: Action, net: &str, ports: Option<(u16, u16)>, proto: Proto) -> TableRule {
-        TableRule { net: net.parse().unwrap(), ports: ports.map(|(lo, hi)| Ports { lo, hi }), proto, action, id }
+    fn rule(
+        id: u32,
+        action: Action,
+        net: &str,
+        ports: Option<(u16, u16)>,
+        proto: Proto,
+    ) -> TableRule {
+        TableRule {
+            net: net.parse().unwrap(),
+            ports: ports.map(|(lo, hi)| Ports { lo, hi }),
+            proto,
+            action,
+            id,
+        }
     }
 
     /// The documented decision, by brute force over the rules.
-    fn oracle(default: Action, rules: &[TableRule], addr: IpAddr, port: u16, proto: Proto) -> (bool, u32) {
+    fn oracle(
+        default: Action,
+        rules: &[TableRule],
+        addr: IpAddr,
+        port: u16,
+        proto: Proto,
+    ) -> (bool, u32) {
         let addr = match addr {
             IpAddr::V6(a) => a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4),
             a @ IpAddr::V4(_) => a,
@@ -291,14 +356,31 @@ mod tests {
     #[test]
     fn prefix_edges() {
         let rules = [rule(1, Action::Block, "10.0.0.0/8", None, Proto::Any)];
-        for (addr, blocked) in [("9.255.255.255", false), ("10.0.0.0", true), ("10.255.255.255", true), ("11.0.0.0", false)] {
+        for (addr, blocked) in [
+            ("9.255.255.255", false),
+            ("10.0.0.0", true),
+            ("10.255.255.255", true),
+            ("11.0.0.0", false),
+        ] {
             check(Action::Allow, &rules, addr.parse().unwrap(), 80, Proto::Tcp);
-            let w = lookup(&compile(Action::Allow, rules).unwrap(), addr.parse().unwrap(), 80, Proto::Tcp).unwrap();
+            let w = lookup(
+                &compile(Action::Allow, rules).unwrap(),
+                addr.parse().unwrap(),
+                80,
+                Proto::Tcp,
+            )
+            .unwrap();
             assert_eq!(word::blocks(w), blocked, "{addr}");
         }
-        let all = [rule(1, Action::Block, "0.0.0.0/0", None, Proto::Any), rule(2, Action::Block, "::/0", None, Proto::Any)];
-        for addr in ["0.0.0.0", "255.255.255.255", "::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"] {
-            let w = lookup(&compile(Action::Allow, all).unwrap(), addr.parse().unwrap(), 1, Proto::Udp).unwrap();
+        let all = [
+            rule(1, Action::Block, "0.0.0.0/0", None, Proto::Any),
+            rule(2, Action::Block, "::/0", None, Proto::Any),
+        ];
+        for addr in ["0.0.0.0", "255.255.255.255", "::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"]
+        {
+            let w =
+                lookup(&compile(Action::Allow, all).unwrap(), addr.parse().unwrap(), 1, Proto::Udp)
+                    .unwrap();
             assert!(word::blocks(w), "{addr}");
         }
     }
@@ -311,13 +393,18 @@ mod tests {
             rule(3, Action::Allow, "10.1.2.3/32", Some((443, 443)), Proto::Tcp),
         ];
         let t = compile(Action::Block, rules).unwrap();
-        let at = |a: &str, port, proto| word::rule(lookup(&t, a.parse().unwrap(), port, proto).unwrap());
+        let at =
+            |a: &str, port, proto| word::rule(lookup(&t, a.parse().unwrap(), port, proto).unwrap());
         assert_eq!(at("10.2.0.1", 80, Proto::Tcp), 1);
         assert_eq!(at("10.1.0.1", 80, Proto::Tcp), 2);
         assert_eq!(at("10.1.2.3", 443, Proto::Tcp), 3);
         assert_eq!(at("10.1.2.3", 443, Proto::Udp), 2);
         assert_eq!(at("11.0.0.1", 443, Proto::Tcp), 0);
-        assert_eq!(at("::ffff:10.1.2.3", 443, Proto::Tcp), 3, "mapped addresses use the IPv4 table");
+        assert_eq!(
+            at("::ffff:10.1.2.3", 443, Proto::Tcp),
+            3,
+            "mapped addresses use the IPv4 table"
+        );
     }
 
     #[test]
@@ -330,7 +417,9 @@ mod tests {
             rule(4, Action::Block, "192.0.2.0/24", Some((53, 53)), Proto::Any),
         ];
         let t = compile(Action::Allow, rules).unwrap();
-        let at = |port, proto| word::rule(lookup(&t, "192.0.2.9".parse().unwrap(), port, proto).unwrap());
+        let at = |port, proto| {
+            word::rule(lookup(&t, "192.0.2.9".parse().unwrap(), port, proto).unwrap())
+        };
         assert_eq!(at(53, Proto::Udp), 4);
         assert_eq!(at(54, Proto::Udp), 2);
         assert_eq!(at(54, Proto::Tcp), 1);
@@ -338,7 +427,17 @@ mod tests {
 
     #[test]
     fn too_many_port_rules_on_one_address_are_refused() {
-        let rules: Vec<_> = (0..=MAX_CLASS_LEN).map(|i| rule(i + 1, Action::Block, "192.0.2.1/32", Some((i as u16, i as u16)), Proto::Any)).collect();
+        let rules: Vec<_> = (0..=MAX_CLASS_LEN)
+            .map(|i| {
+                rule(
+                    i + 1,
+                    Action::Block,
+                    "192.0.2.1/32",
+                    Some((u16::try_from(i).unwrap(), u16::try_from(i).unwrap())),
+                    Proto::Any,
+                )
+            })
+            .collect();
         let err = compile(Action::Allow, rules).unwrap_err();
         assert!(err.to_string().contains("192.0.2.1/32"), "{err}");
     }
@@ -362,21 +461,32 @@ mod tests {
 
     fn arb_rule(v6: bool) -> impl Strategy<Value = TableRule> {
         // Few distinct values, so that rules overlap and tie often.
-        let ports = proptest::option::of((0u16..4, 0u16..4).prop_map(|(a, b)| (a.min(b) * 100, a.max(b) * 100 + 50)));
-        (any::<u8>(), 0u8..=8, ports, 0usize..3, any::<bool>(), 1u32..1000).prop_map(move |(a, len, ports, proto, block, id)| {
-            let net: IpNet = if v6 {
-                IpNet::new(std::net::Ipv6Addr::from(u128::from(a & 0xf0) << 120).into(), len * 2).unwrap().trunc()
-            } else {
-                IpNet::new(std::net::Ipv4Addr::from(u32::from(a & 0xf0) << 24).into(), len * 4).unwrap().trunc()
-            };
-            TableRule {
-                net,
-                ports: ports.map(|(lo, hi)| Ports { lo, hi }),
-                proto: [Proto::Any, Proto::Tcp, Proto::Udp][proto],
-                action: if block { Action::Block } else { Action::Allow },
-                id,
-            }
-        })
+        let ports = proptest::option::of(
+            (0u16..4, 0u16..4).prop_map(|(a, b)| (a.min(b) * 100, a.max(b) * 100 + 50)),
+        );
+        (any::<u8>(), 0u8..=8, ports, 0usize..3, any::<bool>(), 1u32..1000).prop_map(
+            move |(a, len, ports, proto, block, id)| {
+                let net: IpNet = if v6 {
+                    IpNet::new(
+                        std::net::Ipv6Addr::from(u128::from(a & 0xf0) << 120).into(),
+                        len * 2,
+                    )
+                    .unwrap()
+                    .trunc()
+                } else {
+                    IpNet::new(std::net::Ipv4Addr::from(u32::from(a & 0xf0) << 24).into(), len * 4)
+                        .unwrap()
+                        .trunc()
+                };
+                TableRule {
+                    net,
+                    ports: ports.map(|(lo, hi)| Ports { lo, hi }),
+                    proto: [Proto::Any, Proto::Tcp, Proto::Udp][proto],
+                    action: if block { Action::Block } else { Action::Allow },
+                    id,
+                }
+            },
+        )
     }
 
     proptest! {

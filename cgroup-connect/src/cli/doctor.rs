@@ -172,7 +172,8 @@ fn cgroup_bpf() -> Check {
             return Check::bad(NAME, Status::Fail, format!("cannot make a test cgroup: {e}"), fix);
         }
     };
-    let tables = crate::table::compile(crate::rules::Action::Allow, []).expect("empty tables compile");
+    let tables =
+        crate::table::compile(crate::rules::Action::Allow, []).expect("empty tables compile");
     match Instance::start(temp.dir(), &tables) {
         Ok(instance) => {
             drop(instance);

@@ -53,7 +53,11 @@ pub const EXIT_UNSUPPORTED: u8 = 3;
 #[must_use]
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
-        if cause.is::<CgroupError>() || cause.is::<PolicyError>() || cause.is::<ResolveError>() || cause.is::<TableError>() {
+        if cause.is::<CgroupError>()
+            || cause.is::<PolicyError>()
+            || cause.is::<ResolveError>()
+            || cause.is::<TableError>()
+        {
             return EXIT_USAGE;
         }
         if cause.is::<PrivilegeError>()

@@ -54,6 +54,9 @@ pub struct RunArgs {
 
 impl RunArgs {
     /// The rule sources, with the seed's default rule when none is given.
+    ///
+    /// # Panics
+    /// Never: the seed's rule is valid.
     #[must_use]
     pub fn sources(&self) -> Sources {
         let mut sources = Sources {
@@ -86,7 +89,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     };
     let policy = Policy::load(&args.sources())?;
     privileges::check()?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     rt.block_on(run_async(&cgroup, &policy))
 }
 
@@ -134,7 +140,8 @@ fn compile(policy: &Policy, names: &Names) -> anyhow::Result<Tables> {
 /// `N rules (block 1.2.3.4, allow 10.0.0.0/8, ... and M more), default allow`.
 fn summary(policy: &Policy, tables: &Tables) -> String {
     const SHOWN: usize = 5;
-    let mut shown: Vec<String> = policy.rules.iter().take(SHOWN).map(|r| r.rule.to_string()).collect();
+    let mut shown: Vec<String> =
+        policy.rules.iter().take(SHOWN).map(|r| r.rule.to_string()).collect();
     if policy.rules.len() > SHOWN {
         shown.push(format!("and {} more", policy.rules.len() - SHOWN));
     }
@@ -159,14 +166,24 @@ mod tests {
     use crate::cli::{Cli, Command};
 
     fn parse(args: &[&str]) -> Result<RunArgs, clap::Error> {
-        let cli = Cli::try_parse_from(std::iter::once("blocker").chain(std::iter::once("run")).chain(args.iter().copied()))?;
+        let cli = Cli::try_parse_from(
+            std::iter::once("blocker").chain(std::iter::once("run")).chain(args.iter().copied()),
+        )?;
         let Command::Run(args) = cli.command else { panic!("not run") };
         Ok(args)
     }
 
     #[test]
     fn block_ip_is_an_alias_of_block() {
-        let args = parse(&["--block-ip", "10.0.0.1", "--block", "127.0.0.2:80", "--allow", "udp://[::1]:53"]).unwrap();
+        let args = parse(&[
+            "--block-ip",
+            "10.0.0.1",
+            "--block",
+            "127.0.0.2:80",
+            "--allow",
+            "udp://[::1]:53",
+        ])
+        .unwrap();
         let texts: Vec<String> = args.block.iter().map(ToString::to_string).collect();
         assert_eq!(texts, ["10.0.0.1", "127.0.0.2:80"]);
         assert_eq!(args.allow[0].to_string(), "udp://[::1]:53");
@@ -184,7 +201,17 @@ mod tests {
 
     #[test]
     fn default_and_files_are_taken() {
-        let args = parse(&["--default", "deny", "--block-list", "a.txt", "--allow-list", "b.txt", "--policy", "p.toml"]).unwrap();
+        let args = parse(&[
+            "--default",
+            "deny",
+            "--block-list",
+            "a.txt",
+            "--allow-list",
+            "b.txt",
+            "--policy",
+            "p.toml",
+        ])
+        .unwrap();
         let sources = args.sources();
         assert_eq!(sources.default, Some(Action::Block));
         assert_eq!(sources.block_lists, [PathBuf::from("a.txt")]);

@@ -329,3 +329,161 @@ pub fn blocker_output(args: &[&str], uid: Option<u32>) -> std::process::Output {
     }
     child.wait_with_output().expect("collect output")
 }
+
+/// A network namespace with `lo` up and the given addresses (CIDR, e.g. "192.0.2.0/24") on it,
+/// deleted on drop. Traffic to those addresses stays inside it.
+pub struct Netns {
+    name: String,
+    path: PathBuf,
+}
+
+impl Netns {
+    /// Makes the namespace.
+    #[must_use]
+    pub fn new(addrs: &[&str]) -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("cgc-test-{}-{n}", std::process::id());
+        ip(&["netns", "add", &name]);
+        let this = Self { path: PathBuf::from("/run/netns").join(&name), name };
+        ip(&["-n", &this.name, "link", "set", "lo", "up"]);
+        for addr in addrs {
+            ip(&["-n", &this.name, "addr", "add", addr, "dev", "lo"]);
+            if addr.contains(':') {
+                // IPv4 prefixes on lo are local as a whole; IPv6 ones need a local route.
+                ip(&["-n", &this.name, "-6", "route", "add", "local", addr, "dev", "lo"]);
+            }
+        }
+        this
+    }
+
+    /// Its path under /run/netns, for `setns`.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out =
+        Command::new("ip").args(args).output().unwrap_or_else(|e| panic!("run ip {args:?}: {e}"));
+    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The outcome of a probe, as the firewall sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// EPERM: a program said no.
+    Blocked,
+    /// The call reached the network stack: it succeeded, or a closed port refused it.
+    Allowed,
+}
+
+/// Classifies a probe's result; any other error means the test set-up is broken.
+#[must_use]
+pub fn outcome(result: Result<(), i32>) -> Outcome {
+    match result {
+        Ok(()) | Err(libc::ECONNREFUSED) => Outcome::Allowed,
+        Err(libc::EPERM) => Outcome::Blocked,
+        Err(errno) => {
+            panic!("probe failed with errno {errno}: {}", std::io::Error::from_raw_os_error(errno))
+        }
+    }
+}
+
+/// Where the tests of one blocker run: a cgroup, a namespace with test addresses, the blocker.
+pub struct Scene {
+    pub blocker: Blocker,
+    pub netns: Netns,
+    pub cgroup: TempCgroup,
+}
+
+impl Scene {
+    /// Starts `blocker run --cgroup <new cgroup> ARGS` with a namespace holding `addrs`.
+    #[must_use]
+    pub fn new(addrs: &[&str], args: &[&str]) -> Self {
+        let netns = Netns::new(addrs);
+        let cgroup = temp_cgroup();
+        let mut all = vec!["--cgroup", cgroup.path().to_str().expect("utf-8 path")];
+        all.extend_from_slice(args);
+        let blocker = Blocker::start(&all);
+        Self { blocker, netns, cgroup }
+    }
+
+    /// The outcome of `probe` to `dst` (`192.0.2.1:80`, `[2001:db8::1]:80`) from the cgroup,
+    /// inside the namespace.
+    #[must_use]
+    pub fn check(&self, probe: Probe, dst: &str) -> Outcome {
+        Self::check_at(
+            Place {
+                cgroup: Some(self.cgroup.path()),
+                netns: Some(self.netns.path()),
+                mapped: false,
+            },
+            probe,
+            dst,
+        )
+    }
+
+    /// Like [`Scene::check`] from an IPv6 socket to the IPv4-mapped form of an IPv4 `dst`.
+    #[must_use]
+    pub fn check_mapped(&self, probe: Probe, dst: &str) -> Outcome {
+        Self::check_at(
+            Place {
+                cgroup: Some(self.cgroup.path()),
+                netns: Some(self.netns.path()),
+                mapped: true,
+            },
+            probe,
+            dst,
+        )
+    }
+
+    /// Like [`Scene::check`] from a place of the caller's choosing.
+    #[must_use]
+    pub fn check_at(place: Place<'_>, probe_kind: Probe, dst: &str) -> Outcome {
+        let addr: SocketAddr = dst.parse().unwrap_or_else(|e| panic!("test address {dst}: {e}"));
+        outcome(probe(place, probe_kind, addr))
+    }
+
+    /// Asserts each (probe, destination, outcome).
+    #[track_caller]
+    pub fn expect(&self, cases: &[(Probe, &str, Outcome)]) {
+        for &(p, dst, want) in cases {
+            assert_eq!(self.check(p, dst), want, "{p:?} to {dst}");
+        }
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Makes a uniquely named directory under the system temp dir.
+    #[must_use]
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("cgroup-connect-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        Self(dir)
+    }
+
+    /// Writes `name` in it and returns its path.
+    #[must_use]
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

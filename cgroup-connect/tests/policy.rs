@@ -1,0 +1,112 @@
+//! Policy files and list files on the real kernel, and their errors: each bad file, line or
+//! value ends the run with its location, and nothing is attached.
+mod common;
+
+use common::{
+    Outcome::{Allowed, Blocked},
+    Probe::{TcpConnect, UdpSendto},
+    Scene, TempDir, assert_nothing_attached, blocker_output, temp_cgroup,
+};
+
+#[test]
+fn toml_policy_with_rules_and_lists() {
+    require_privileges!();
+    let dir = TempDir::new("policy");
+    let _ = dir.write("drop.txt", "# blocked hosts\n192.0.2.7\n\n[2001:db8::/64]:22 # ssh\n");
+    let policy = dir.write(
+        "policy.toml",
+        r#"default = "deny"
+
+[[rule]]
+action = "allow"
+dst = "192.0.2.0/24"
+
+[[rule]]
+action = "allow"
+dst = "2001:db8::/64"
+
+[[rule]]
+action = "block"
+dst = "192.0.2.0/24"
+ports = "8000-8999"
+proto = "tcp"
+
+[[list]]
+action = "block"
+path = "drop.txt"
+"#,
+    );
+    let s = Scene::new(
+        &["192.0.2.0/24", "198.51.100.0/24", "2001:db8::/64"],
+        &["--policy", policy.to_str().unwrap()],
+    );
+    assert!(s.blocker.attached_line.contains("default deny"), "{}", s.blocker.attached_line);
+    s.expect(&[
+        (TcpConnect, "192.0.2.1:80", Allowed),
+        (TcpConnect, "192.0.2.1:8080", Blocked),
+        (UdpSendto, "192.0.2.1:8080", Allowed),
+        (TcpConnect, "192.0.2.7:80", Blocked),
+        (TcpConnect, "198.51.100.1:80", Blocked),
+        (TcpConnect, "[2001:db8::1]:80", Allowed),
+        (TcpConnect, "[2001:db8::1]:22", Blocked),
+    ]);
+}
+
+/// Runs `blocker run --cgroup <new cgroup> ARGS`, expects exit 2, checks that stderr holds
+/// every `wanted` piece and that nothing was attached.
+fn refused(args: &[&str], wanted: &[&str]) {
+    let cg = temp_cgroup();
+    let mut all = vec!["run", "--cgroup", cg.path().to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = blocker_output(&all, None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    for w in wanted {
+        assert!(err.contains(w), "{args:?}: no {w:?} in {err}");
+    }
+    // One error line; clap may add its usage hints below it.
+    let errors =
+        err.lines().filter(|l| l.starts_with("error:") || l.starts_with("blocker: error:")).count();
+    assert_eq!(errors, 1, "one message: {err}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+    assert_nothing_attached(cg.path());
+}
+
+#[test]
+fn bad_policy_files_name_the_line_and_attach_nothing() {
+    require_privileges!();
+    let dir = TempDir::new("bad-policy");
+    let blok = dir.write("policy.toml", "default = \"allow\"\n\n[[rule]]\naction = \"block\"\ndst = \"10.0.0.0/8\"\n\n[[rule]]\naction = \"blok\"\ndst = \"10.0.0.1\"\n");
+    refused(&["--policy", blok.to_str().unwrap()], &["policy.toml:8: unknown action \"blok\""]);
+    let list = dir.write("list.txt", "192.0.2.1\n192.0.2.300\n");
+    refused(&["--block-list", list.to_str().unwrap()], &["list.txt:2:", "192.0.2.300"]);
+    let missing = dir.write("p2.toml", "[[list]]\naction = \"allow\"\npath = \"nope.txt\"\n");
+    refused(&["--policy", missing.to_str().unwrap()], &["nope.txt"]);
+    refused(&["--block", "10.1.2.3/8"], &["10.1.2.3/8", "10.0.0.0/8"]);
+    refused(&["--allow", "[2001:db8::1"], &["brackets"]);
+    refused(&["--default", "sometimes"], &["sometimes"]);
+}
+
+#[test]
+fn over_capacity_is_refused_before_anything_attaches() {
+    require_privileges!();
+    let dir = TempDir::new("capacity");
+    let text = (1..=33).fold(String::new(), |t, p| t + &format!("192.0.2.1:{p}\n"));
+    let list = dir.write("ports.txt", &text);
+    refused(&["--block-list", list.to_str().unwrap()], &["192.0.2.1/32", "at most 32"]);
+}
+
+#[test]
+fn unresolvable_hostname_is_refused() {
+    require_privileges!();
+    // .invalid never resolves (RFC 6761); the hosts file and the resolver both say no.
+    let cg = temp_cgroup();
+    let out = blocker_output(
+        &["run", "--cgroup", cg.path().to_str().unwrap(), "--block", "no-such-host.invalid"],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no-such-host.invalid"), "{err}");
+    assert_nothing_attached(cg.path());
+}
