@@ -4,20 +4,26 @@
 //!
 //! # The rule tables
 //!
-//! Userspace compiles the rules of each address family into one table: a BPF array whose
-//! records are
+//! Userspace compiles the rules of each address family into one table: a BPF array of
+//! [`Chunk`]s of [`CHUNK_RECORDS`] records each. The data records, numbered across chunks 1,
+//! 2, ... (record `g` is at `g % CHUNK_RECORDS` of chunk `1 + g / CHUNK_RECORDS`), are
 //!
-//! - record 0, the header: `key` = the number of intervals `n`, `word` = the default verdict;
-//! - records `1..=n`, the intervals: sorted, non-overlapping address ranges that together cover
+//! - records `0..n`, the intervals: sorted, non-overlapping address ranges that together cover
 //!   the whole address space; each starts at its record's address and ends where the next
-//!   begins, and its `word` is either a verdict ([`word::DIRECT`] set) or the index of a class;
+//!   begins, and its `word` is either a verdict ([`word::DIRECT`] set) or the number of the
+//!   first record of a class;
 //! - after them, the classes: runs of entries (`key` = port range, `word` = verdict with an
 //!   optional protocol) tried in order; the last entry of a run matches every port and
-//!   protocol, so a run always ends in a verdict.
+//!   protocol, so a run always ends in a verdict. No run crosses a chunk boundary.
 //!
-//! A decision is a binary search for the interval that holds the destination, then at most
-//! [`MAX_CLASS_LEN`] entries of its class: see [`decide`]. The whole table is swapped at once
-//! (it is an inner map of an array of maps), so every decision sees one policy or the other.
+//! Chunk 0 is the index: its record 0 is the header (`key` = `n`, `word` = the default
+//! verdict), and its record `1 + k` is the fence of data chunk `k`: the start of its first
+//! interval.
+//!
+//! A decision is a binary search of the fences, a binary search in one chunk, then at most
+//! [`MAX_CLASS_LEN`] entries of a class: see [`decide`]. That is two or three map lookups, the
+//! rest plain loads. The whole table is swapped at once (it is an inner map of an array of
+//! maps), so every decision sees one policy or the other.
 #![no_std]
 #![expect(
     clippy::inline_always,
@@ -63,10 +69,16 @@ pub const BPF_F_INNER_MAP: u32 = 1 << 12;
 /// Flags of every table, and of the inner-map template the BPF object declares.
 pub const TABLE_FLAGS: u32 = BPF_F_MMAPABLE | BPF_F_INNER_MAP;
 
-/// Binary search steps: enough for tables of up to 2^24 intervals.
-pub const MAX_SEARCH_STEPS: u32 = 24;
+/// log2 of [`CHUNK_RECORDS`].
+pub const CHUNK_BITS: u32 = 12;
+/// Records per chunk.
+pub const CHUNK_RECORDS: u32 = 1 << CHUNK_BITS;
+/// Keeps an index inside a chunk (and shows the verifier that it is).
+pub const CHUNK_MASK: u32 = CHUNK_RECORDS - 1;
+/// Most data chunks: the index chunk has a fence for each, after its header.
+pub const MAX_DATA_CHUNKS: u32 = CHUNK_RECORDS - 1;
 /// Most intervals a table may hold.
-pub const MAX_INTERVALS: u32 = 1 << MAX_SEARCH_STEPS;
+pub const MAX_INTERVALS: u32 = CHUNK_RECORDS * MAX_DATA_CHUNKS;
 /// Most entries of one class: how many rules with ports or a protocol may cover one address
 /// before an unconditional rule (or the default) ends the run.
 pub const MAX_CLASS_LEN: u32 = 32;
@@ -196,6 +208,21 @@ pub trait Record {
     fn word(&self) -> u32;
 }
 
+/// One element of a table: [`CHUNK_RECORDS`] records.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chunk<R> {
+    pub records: [R; CHUNK_RECORDS as usize],
+}
+
+impl<R> Chunk<R> {
+    /// The record at `i % CHUNK_RECORDS`: the mask keeps the access in bounds for the verifier.
+    #[inline(always)]
+    pub fn at(&self, i: u32) -> &R {
+        &self.records[(i & CHUNK_MASK) as usize]
+    }
+}
+
 /// A record of the IPv4 table. `key` is also the interval's first address (as a number).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -240,47 +267,70 @@ impl Record for V6Record {
     }
 }
 
-/// The verdict word for a destination, from a table read through `get` (a map lookup in the
-/// BPF programs, a slice index in userspace and tests).
+/// The verdict word for a destination, from a table whose chunks are read through `get` (a
+/// map lookup in the BPF programs, a slice index in userspace and tests).
 ///
-/// Returns `None` only for a malformed table (a missing record, a search that does not end in
-/// [`MAX_SEARCH_STEPS`], a class without its final entry): the programs then fail closed.
+/// Returns `None` only for a malformed table (a missing chunk, a class without its final
+/// entry): the programs then fail closed.
 #[inline(always)]
 pub fn decide<'a, R: Record + 'a>(
-    get: impl Fn(u32) -> Option<&'a R>,
+    get: impl Fn(u32) -> Option<&'a Chunk<R>>,
     addr: R::Addr,
     port: u16,
     proto: Proto,
 ) -> Option<u32> {
-    let count = get(0)?.key();
-    // The last interval whose start is <= addr. Interval 1 starts at address 0, so it exists.
-    let mut base = 1u32;
-    let mut len = count;
-    for _ in 0..MAX_SEARCH_STEPS {
-        if len <= 1 {
-            break;
-        }
-        let half = len / 2;
-        let mid = base + half;
-        if get(mid)?.start() <= addr {
-            base = mid;
-        }
-        len -= half;
-    }
-    if len != 1 {
+    let index = get(0)?;
+    let count = index.at(0).key();
+    if count == 0 {
         return None;
     }
-    let word = get(base)?.word();
+    // Interval 0 starts at address 0, so the searches below always find one.
+    // Fence 0's word is always 0, but the verifier cannot know it: starting the searches from
+    // it keeps the verifier from following every path of a search with exact constants.
+    let zero = index.at(1).word();
+    let chunks = count.div_ceil(CHUNK_RECORDS);
+    let c = last_at_or_below(|k| index.at(1 + k).start(), zero, chunks, addr)?;
+    let chunk = get(1 + c)?;
+    let in_chunk = if c + 1 == chunks { count - c * CHUNK_RECORDS } else { CHUNK_RECORDS };
+    let i = last_at_or_below(|k| chunk.at(k).start(), zero, in_chunk, addr)?;
+    let word = chunk.at(i).word();
     if word & word::DIRECT != 0 {
         return Some(word);
     }
+    let class = get(1 + (word >> CHUNK_BITS))?;
+    let first = word & CHUNK_MASK;
     for k in 0..MAX_CLASS_LEN {
-        let entry = get(word + k)?;
+        let entry = class.at(first + k);
         if entry_matches(entry.key(), entry.word(), port, proto) {
             return Some(entry.word());
         }
     }
     None
+}
+
+/// The last `k` in `0..len` with `key(k) <= addr`, for keys sorted ascending and
+/// `key(0) <= addr`, in at most [`CHUNK_BITS`] steps; `None` if `len` is 0 or too large.
+/// `zero` must be 0 (see [`decide`]).
+#[inline(always)]
+fn last_at_or_below<A: Ord + Copy>(
+    key: impl Fn(u32) -> A,
+    zero: u32,
+    len: u32,
+    addr: A,
+) -> Option<u32> {
+    let mut base = zero;
+    let mut len = len;
+    for _ in 0..=CHUNK_BITS {
+        if len <= 1 {
+            break;
+        }
+        let half = len / 2;
+        if key(base + half) <= addr {
+            base += half;
+        }
+        len -= half;
+    }
+    (len == 1).then_some(base - zero)
 }
 
 /// The numeric value of `bpf_sock_addr.user_ip4`, which holds the address in network byte
@@ -323,6 +373,10 @@ mod pod {
     unsafe impl aya::Pod for super::V4Record {}
     // SAFETY: as above (8 + 8 + 4 + 4 bytes, 8-aligned, no padding).
     unsafe impl aya::Pod for super::V6Record {}
+    // SAFETY: arrays of the records above.
+    unsafe impl aya::Pod for super::Chunk<super::V4Record> {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Chunk<super::V6Record> {}
 }
 
 #[cfg(test)]
@@ -378,21 +432,44 @@ mod tests {
         assert!(word::blocks(tcp_443) && !word::blocks(any));
     }
 
+    extern crate std;
+    use std::{boxed::Box, vec, vec::Vec};
+
+    /// Chunks holding `records` in order after an index chunk with the header and fences.
+    #[expect(clippy::large_stack_arrays, reason = "test chunks are built on the stack, then boxed")]
+    fn chunks(count: u32, default: u32, records: &[V4Record]) -> Vec<Box<Chunk<V4Record>>> {
+        let empty = || Box::new(Chunk { records: [V4Record::default(); CHUNK_RECORDS as usize] });
+        let mut index = empty();
+        index.records[0] = V4Record { key: count, word: default };
+        let mut out = vec![];
+        for (k, part) in records.chunks(CHUNK_RECORDS as usize).enumerate() {
+            let mut c = empty();
+            c.records[..part.len()].copy_from_slice(part);
+            index.records[1 + k] = part[0];
+            out.push(c);
+        }
+        out.insert(0, index);
+        out
+    }
+
     /// 10.0.0.0/8 blocks, except TCP port 443 there; default allow.
     #[test]
     fn decide_walks_intervals_and_classes() {
         let allow = word::verdict(false, Proto::Any, 0);
         let block = word::verdict(true, Proto::Any, 1);
         let allow_443 = word::verdict(false, Proto::Tcp, 2);
-        let table = [
-            V4Record { key: 3, word: allow },           // header: 3 intervals
-            V4Record { key: 0, word: allow },           // [0, 10.0.0.0)
-            V4Record { key: 0x0a00_0000, word: 4 },     // [10.0.0.0, 11.0.0.0): class at 4
-            V4Record { key: 0x0b00_0000, word: allow }, // [11.0.0.0, ...]
-            V4Record { key: pack_ports(443, 443), word: allow_443 },
-            V4Record { key: ALL_PORTS, word: block },
-        ];
-        let get = |i: u32| table.get(i as usize);
+        let table = chunks(
+            3,
+            allow,
+            &[
+                V4Record { key: 0, word: allow },           // [0, 10.0.0.0)
+                V4Record { key: 0x0a00_0000, word: 3 }, // [10.0.0.0, 11.0.0.0): class at record 3
+                V4Record { key: 0x0b00_0000, word: allow }, // [11.0.0.0, ...]
+                V4Record { key: pack_ports(443, 443), word: allow_443 },
+                V4Record { key: ALL_PORTS, word: block },
+            ],
+        );
+        let get = |i: u32| table.get(i as usize).map(|c| &**c);
         assert_eq!(decide(get, 0x0a01_0203, 80, Proto::Tcp), Some(block));
         assert_eq!(decide(get, 0x0a01_0203, 443, Proto::Tcp), Some(allow_443));
         assert_eq!(decide(get, 0x0a01_0203, 443, Proto::Udp), Some(block));
@@ -402,12 +479,31 @@ mod tests {
         assert_eq!(decide(get, 0, 1, Proto::Tcp), Some(allow));
     }
 
+    /// Intervals across several chunks: every start finds itself.
+    #[test]
+    fn decide_crosses_chunks() {
+        let n = 3 * CHUNK_RECORDS + 5;
+        let records: Vec<V4Record> = (0..n)
+            .map(|i| V4Record { key: i * 16, word: word::verdict(i % 2 == 0, Proto::Any, i) })
+            .collect();
+        let table = chunks(n, 0, &records);
+        let get = |i: u32| table.get(i as usize).map(|c| &**c);
+        for i in [0, 1, CHUNK_RECORDS - 1, CHUNK_RECORDS, 2 * CHUNK_RECORDS + 7, n - 1] {
+            assert_eq!(decide(get, i * 16, 1, Proto::Tcp).map(word::rule), Some(i), "start of {i}");
+            assert_eq!(
+                decide(get, i * 16 + 15, 1, Proto::Tcp).map(word::rule),
+                Some(i),
+                "end of {i}"
+            );
+        }
+    }
+
     #[test]
     fn malformed_tables_give_none() {
-        let get = |_: u32| -> Option<&V4Record> { None };
+        let get = |_: u32| -> Option<&Chunk<V4Record>> { None };
         assert_eq!(decide(get, 1, 1, Proto::Tcp), None);
         // A class without its final entry.
-        let table = [V4Record { key: 1, word: 0 }, V4Record { key: 0, word: 2 }];
-        assert_eq!(decide(|i| table.get(i as usize), 5, 1, Proto::Tcp), None);
+        let table = chunks(1, 0, &[V4Record { key: 0, word: 1 }]);
+        assert_eq!(decide(|i| table.get(i as usize).map(|c| &**c), 5, 1, Proto::Tcp), None);
     }
 }

@@ -14,13 +14,13 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use cgroup_connect_common::{
-    ALLOW, BLOCK, Proto, TABLE_FLAGS, V4Record, V6Record, decide, ip4_from_user, ip6_from_user,
-    mapped_ip4, port_from_user, word,
+    ALLOW, BLOCK, Chunk, Proto, TABLE_FLAGS, V4Record, V6Record, decide, ip4_from_user,
+    ip6_from_user, mapped_ip4, port_from_user, word,
 };
 
 /// Template of the tables; userspace creates tables of any size with the same flags.
-type V4Table = Array<V4Record, 1, { TABLE_FLAGS as usize }>;
-type V6Table = Array<V6Record, 1, { TABLE_FLAGS as usize }>;
+type V4Table = Array<Chunk<V4Record>, 1, { TABLE_FLAGS as usize }>;
+type V6Table = Array<Chunk<V6Record>, 1, { TABLE_FLAGS as usize }>;
 
 #[btf_map(name = "rules_v4")]
 static RULES_V4: ArrayOfMaps<V4Table, 1> = ArrayOfMaps::new();

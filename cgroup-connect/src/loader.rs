@@ -53,10 +53,10 @@ pub enum LoadError {
         source: ProgramError,
     },
     /// Creating or installing a table failed.
-    #[error("writing table {map} ({records} records) failed")]
+    #[error("writing table {map} ({chunks} chunks) failed")]
     Table {
         map: &'static str,
-        records: usize,
+        chunks: usize,
         #[source]
         source: MapError,
     },
@@ -130,17 +130,17 @@ fn write_tables(ebpf: &mut Ebpf, tables: &Tables) -> Result<(), LoadError> {
     write_table(ebpf, maps::RULES_V6, maps::TABLE_V6, &tables.v6)
 }
 
-/// Creates a table holding `records`, fills it through `mmap`, and installs it in `outer`.
+/// Creates a table holding `chunks`, fills it through `mmap`, and installs it in `outer`.
 fn write_table<R: Pod>(
     ebpf: &mut Ebpf,
     outer: &'static str,
     name: &'static str,
-    records: &[R],
+    chunks: &[R],
 ) -> Result<(), LoadError> {
     use aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY;
-    let table_err = |source| LoadError::Table { map: name, records: records.len(), source };
+    let table_err = |source| LoadError::Table { map: name, chunks: chunks.len(), source };
     let size = size_of::<R>();
-    let entries = u32::try_from(records.len().max(1))
+    let entries = u32::try_from(chunks.len().max(1))
         .map_err(|_| table_err(MapError::OutOfBounds { index: u32::MAX, max_entries: u32::MAX }))?;
     let def = aya_obj::Map::new_from_params(
         BPF_MAP_TYPE_ARRAY as u32,
@@ -150,7 +150,7 @@ fn write_table<R: Pod>(
         TABLE_FLAGS,
     );
     let table = MapData::create(def, name, None).map_err(table_err)?;
-    let bytes = as_bytes(records);
+    let bytes = as_bytes(chunks);
     if !bytes.is_empty() {
         // SAFETY: the map is ours alone until it is installed below, and its value area is
         // at least `bytes.len()` long (entries * size, each record 8-aligned).

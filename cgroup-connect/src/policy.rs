@@ -6,6 +6,7 @@ use std::{
     fmt, io,
     net::IpAddr,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use cgroup_connect_common::Proto;
@@ -23,8 +24,8 @@ use crate::{
 pub enum Origin {
     /// A command-line flag such as `--block`.
     Flag(&'static str),
-    /// A line of a list or policy file.
-    Line { path: PathBuf, line: usize },
+    /// A line of a list or policy file (the path is shared by all the file's rules).
+    Line { path: Arc<Path>, line: usize },
 }
 
 impl fmt::Display for Origin {
@@ -163,12 +164,13 @@ fn read_text(path: &Path) -> Result<String, PolicyError> {
 /// A list file: one rule a line; `#` starts a comment; blank lines are skipped.
 fn read_list(path: &Path, action: Action, rules: &mut Vec<SourcedRule>) -> Result<(), PolicyError> {
     let text = read_text(path)?;
+    let shared: Arc<Path> = Arc::from(path);
     for (n, line) in text.lines().enumerate() {
         let content = line.split_once('#').map_or(line, |(before, _)| before).trim();
         if content.is_empty() {
             continue;
         }
-        let origin = Origin::Line { path: path.to_owned(), line: n + 1 };
+        let origin = Origin::Line { path: Arc::clone(&shared), line: n + 1 };
         match content.parse::<Destination>() {
             Ok(dest) => rules.push(SourcedRule { rule: Rule { action, dest }, origin }),
             Err(error) => return Err(PolicyError::Rule { origin, error }),
@@ -219,8 +221,9 @@ fn read_policy(path: &Path, rules: &mut Vec<SourcedRule>) -> Result<Option<Actio
         line: e.span().map_or(1, |s| line_of(s.start)),
         message: e.message().to_owned(),
     })?;
+    let shared: Arc<Path> = Arc::from(path);
     let at = |span: std::ops::Range<usize>| Origin::Line {
-        path: path.to_owned(),
+        path: Arc::clone(&shared),
         line: line_of(span.start),
     };
     let fail = |span, error| PolicyError::Rule { origin: at(span), error };
@@ -322,7 +325,7 @@ path = "drop.txt"
                 "block 198.51.100.0/24:53"
             ]
         );
-        assert_eq!(p.rules[0].origin, Origin::Line { path: path.clone(), line: 5 });
+        assert_eq!(p.rules[0].origin, Origin::Line { path: Arc::from(path.as_path()), line: 5 });
         assert_eq!(
             p.rules[3].origin.to_string(),
             format!("{}:4", dir.0.join("drop.txt").display())

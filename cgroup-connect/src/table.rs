@@ -8,8 +8,8 @@
 use std::{collections::HashMap, net::IpAddr};
 
 use cgroup_connect_common::{
-    ALL_PORTS, MAX_CLASS_LEN, MAX_INTERVALS, MAX_RULES_PER_FAMILY, Proto, Rank, V4Record, V6Record,
-    pack_ports, word,
+    ALL_PORTS, CHUNK_RECORDS, Chunk, MAX_CLASS_LEN, MAX_INTERVALS, MAX_RULES_PER_FAMILY, Proto,
+    Rank, Record, V4Record, V6Record, pack_ports, word,
 };
 use ipnet::IpNet;
 
@@ -46,11 +46,11 @@ pub enum TableError {
     RuleId { id: u32 },
 }
 
-/// Both families' tables, ready to write.
+/// Both families' tables, ready to write: chunk 0 is the index, then the data chunks.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Tables {
-    pub v4: Vec<V4Record>,
-    pub v6: Vec<V6Record>,
+    pub v4: Vec<Chunk<V4Record>>,
+    pub v6: Vec<Chunk<V6Record>>,
     /// Rules (resolved prefixes) per family.
     pub v4_rules: usize,
     pub v6_rules: usize,
@@ -83,7 +83,7 @@ pub fn compile(
     }
     let (v4_rules, v6_rules) = (v4.len(), v6.len());
     let dw = default_word(default);
-    let v4 = compile_family("IPv4", u128::from(u32::MAX), dw, v4)?.into_records(
+    let v4 = compile_family("IPv4", u128::from(u32::MAX), dw, v4)?.into_chunks(
         |start, key, word| V4Record {
             key: if key == START {
                 u32::try_from(start).expect("IPv4 addresses fit u32")
@@ -94,7 +94,7 @@ pub fn compile(
         },
         dw,
     );
-    let v6 = compile_family("IPv6", u128::MAX, dw, v6)?.into_records(
+    let v6 = compile_family("IPv6", u128::MAX, dw, v6)?.into_chunks(
         |start, key, word| {
             let (hi, lo) = halves(start);
             V6Record { hi, lo, key: if key == START { 0 } else { key }, word }
@@ -250,28 +250,46 @@ fn compile_family(
 }
 
 impl Compiled {
-    /// Header, intervals, then classes, as records made by `record(start, key, word)`.
-    fn into_records<R>(self, record: impl Fn(u128, u32, u32) -> R, default: u32) -> Vec<R> {
-        let n = u32::try_from(self.intervals.len()).expect("checked against MAX_INTERVALS");
+    /// The index chunk, then the data chunks, with records made by `record(start, key, word)`.
+    fn into_chunks<R: Record + Copy + Default>(
+        self,
+        record: impl Fn(u128, u32, u32) -> R,
+        default: u32,
+    ) -> Vec<Chunk<R>> {
+        let chunk_len = CHUNK_RECORDS as usize;
+        let n = self.intervals.len();
+        // Classes follow the intervals; one that would cross a chunk boundary starts the next.
         let mut offsets = Vec::with_capacity(self.classes.len());
-        let mut next = 1 + n;
+        let mut next = n;
         for class in &self.classes {
-            offsets.push(next);
-            next += u32::try_from(class.len()).expect("class length checked");
+            if next % chunk_len + class.len() > chunk_len {
+                next = next.next_multiple_of(chunk_len);
+            }
+            offsets.push(u32::try_from(next).expect("records fit u32"));
+            next += class.len();
         }
-        let mut records = Vec::with_capacity(next as usize);
-        records.push(record(0, n, default));
-        for (start, slot) in self.intervals {
-            let word = match slot {
+        let blank = Chunk { records: [R::default(); CHUNK_RECORDS as usize] };
+        let mut chunks = vec![blank; 1 + next.div_ceil(chunk_len)];
+        let mut put = |g: usize, r: R| chunks[1 + g / chunk_len].records[g % chunk_len] = r;
+        for (g, (start, slot)) in self.intervals.iter().enumerate() {
+            let word = match *slot {
                 Slot::Direct(w) => w,
                 Slot::Class(id) => offsets[id as usize],
             };
-            records.push(record(start, START, word));
+            put(g, record(*start, START, word));
         }
-        for (key, word) in self.classes.into_iter().flatten() {
-            records.push(record(0, key, word));
+        for (class, &first) in self.classes.iter().zip(&offsets) {
+            for (k, &(key, word)) in class.iter().enumerate() {
+                put(first as usize + k, record(0, key, word));
+            }
         }
-        records
+        let count = u32::try_from(n).expect("checked against MAX_INTERVALS");
+        chunks[0].records[0] = record(0, count, default);
+        for k in 0..n.div_ceil(chunk_len) {
+            let (start, _) = self.intervals[k * chunk_len];
+            chunks[0].records[1 + k] = record(start, START, 0);
+        }
+        chunks
     }
 }
 
@@ -346,7 +364,8 @@ mod tests {
     fn empty_rules_give_the_default() {
         for default in [Action::Allow, Action::Block] {
             let t = compile(default, []).unwrap();
-            assert_eq!(t.v4.len(), 2, "header and one interval");
+            assert_eq!(t.v4.len(), 2, "index and one data chunk");
+            assert_eq!(t.v4[0].records[0].key, 1, "one interval");
             let w = lookup(&t, "1.2.3.4".parse().unwrap(), 1, Proto::Tcp).unwrap();
             assert_eq!(word::blocks(w), default == Action::Block);
             assert_eq!(word::rule(w), 0);
@@ -453,7 +472,8 @@ mod tests {
         });
         let t = compile(Action::Allow, rules).unwrap();
         assert_eq!(t.v4_rules, 1_000_000);
-        assert_eq!(t.v4.len(), 1 + 2_000_001);
+        assert_eq!(t.v4[0].records[0].key, 2_000_001, "intervals");
+        assert_eq!(t.v4.len(), 1 + 2_000_001usize.div_ceil(CHUNK_RECORDS as usize));
         let w = lookup(&t, "10.0.0.200".parse().unwrap(), 1, Proto::Tcp).unwrap();
         assert_eq!((word::blocks(w), word::rule(w)), (true, 101));
         assert!(!word::blocks(lookup(&t, "10.0.0.201".parse().unwrap(), 1, Proto::Tcp).unwrap()));

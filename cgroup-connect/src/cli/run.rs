@@ -105,6 +105,8 @@ async fn run_async(cgroup: &CgroupDir, policy: &Policy) -> anyhow::Result<()> {
     let mut instance = Instance::start(cgroup, &tables)?;
     println!("attached to cgroup {}: {}", cgroup.path().display(), summary(policy, &tables));
     std::io::stdout().flush().context("writing to stdout")?;
+    drop(tables);
+    release_free_memory();
     loop {
         let refresh = names.next_refresh().map(tokio::time::Instant::from_std);
         tokio::select! {
@@ -115,8 +117,9 @@ async fn run_async(cgroup: &CgroupDir, policy: &Policy) -> anyhow::Result<()> {
                     // A table that cannot be built or written leaves the old one in force.
                     match compile(policy, &names).and_then(|t| instance.swap(&t).map_err(Into::into)) {
                         Ok(()) => println!("hostnames re-resolved: tables updated"),
-                        Err(e) => eprintln!("blocker: warning: updating hostname addresses failed: {e:#}"),
+                                                Err(e) => eprintln!("blocker: warning: updating hostname addresses failed: {e:#}"),
                     }
+                    release_free_memory();
                 }
             }
         }
@@ -124,6 +127,13 @@ async fn run_async(cgroup: &CgroupDir, policy: &Policy) -> anyhow::Result<()> {
     drop(instance);
     println!("detached from cgroup {}", cgroup.path().display());
     Ok(())
+}
+
+/// Gives the heap that parsing and compiling used back to the system: a long-running
+/// instance keeps only its policy.
+fn release_free_memory() {
+    // SAFETY: malloc_trim only releases free heap pages.
+    unsafe { libc::malloc_trim(0) };
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
