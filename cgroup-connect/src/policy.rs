@@ -400,3 +400,61 @@ path = "drop.txt"
         assert_eq!(rules[2].net.to_string(), "2001:db8::1/128");
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Pieces that policy files are made of, so random documents get past the TOML parser
+    /// often enough to reach the policy checks.
+    fn toml_piece() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("default = \"deny\"\n".to_owned()),
+            Just("default = \"allw\"\n".to_owned()),
+            Just("[[rule]]\n".to_owned()),
+            Just("[[list]]\n".to_owned()),
+            Just("action = \"block\"\n".to_owned()),
+            Just("action = \"blok\"\n".to_owned()),
+            Just("path = \"missing.txt\"\n".to_owned()),
+            Just("ports = 443\n".to_owned()),
+            Just("ports = -1\n".to_owned()),
+            Just("proto = \"udp\"\n".to_owned()),
+            "dst = \"\\\\PC{0,20}\"\n",
+            "ports = \"[0-9-]{0,12}\"\n",
+            "proto = \"[a-z]{0,4}\"\n",
+            "\\PC{0,30}\n",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// Any document is either a policy or an error that names the file and a line.
+        #[test]
+        fn policy_files_never_panic(pieces in proptest::collection::vec(toml_piece(), 0..12)) {
+            let dir = std::env::temp_dir().join(format!("cgroup-connect-fuzz-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("p.toml");
+            std::fs::write(&path, pieces.concat()).unwrap();
+            match Policy::load(&Sources { policy: Some(path.clone()), ..Sources::default() }) {
+                Ok(_) => {}
+                Err(PolicyError::Read { path: p, .. }) => prop_assert!(p.ends_with("missing.txt")),
+                Err(e) => prop_assert!(e.to_string().contains("p.toml:"), "{}", e),
+            }
+        }
+
+        /// Any list line is a rule or an error naming the line.
+        #[test]
+        fn list_lines_never_panic(lines in proptest::collection::vec("\\PC{0,30}", 1..8)) {
+            let dir = std::env::temp_dir().join(format!("cgroup-connect-fuzz-list-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("l.txt");
+            std::fs::write(&path, lines.join("\n")).unwrap();
+            if let Err(e) = Policy::load(&Sources { block_lists: vec![path], ..Sources::default() }) {
+                prop_assert!(e.to_string().contains("l.txt:"), "{}", e);
+            }
+        }
+    }
+}
