@@ -60,6 +60,88 @@ pub mod maps {
     pub const TABLE_V4: &str = "table_v4";
     /// Name given to each IPv6 table userspace creates.
     pub const TABLE_V6: &str = "table_v6";
+    /// Per-CPU array of `u64` totals, indexed by [`crate::stats`].
+    pub const STATS: &str = "stats";
+    /// LRU per-CPU hash: rule id -> decisions it made (only rules, not the default).
+    pub const RULE_HITS: &str = "rule_hits";
+    /// Ring buffer of [`crate::Event`]s: blocked attempts, and would-be blocks in audit mode.
+    pub const EVENTS: &str = "events";
+    /// Array with one `u32`: [`crate::CONFIG_AUDIT`] and future flags.
+    pub const CONFIG: &str = "config";
+    /// Every map an instance pins, in a fixed order.
+    pub const PINNED: [&str; 6] = [RULES_V4, RULES_V6, STATS, RULE_HITS, EVENTS, CONFIG];
+}
+
+/// Indices of the [`maps::STATS`] totals.
+pub mod stats {
+    /// Decisions that let the call proceed (audit-mode would-be blocks are counted apart).
+    pub const ALLOWED: u32 = 0;
+    /// Decisions that made the call fail with EPERM.
+    pub const BLOCKED: u32 = 1;
+    /// Audit mode: decisions that would have blocked, and let the call proceed.
+    pub const AUDITED: u32 = 2;
+    /// Events that did not fit in the ring buffer.
+    pub const EVENTS_LOST: u32 = 3;
+    /// Decisions made on a missing or malformed table (failed closed).
+    pub const FAILED_CLOSED: u32 = 4;
+    /// Number of totals.
+    pub const COUNT: u32 = 5;
+}
+
+/// [`maps::CONFIG`] flag: judge and report, block nothing.
+pub const CONFIG_AUDIT: u32 = 1;
+/// Entries of [`maps::RULE_HITS`]: the busiest rules stay, the least recently hit go.
+pub const RULE_HITS_CAPACITY: u32 = 16_384;
+/// Bytes of the [`maps::EVENTS`] ring buffer (a power of two, a page multiple): about 14,000
+/// events; when it is full, events are counted in [`stats::EVENTS_LOST`] and dropped.
+pub const EVENTS_BYTES: u32 = 1 << 20;
+/// [`Event::rule`] of a decision made on a missing or malformed table.
+pub const RULE_FAILED_CLOSED: u32 = u32::MAX;
+
+/// What an [`Event`] reports.
+pub mod verdict {
+    /// The call failed with EPERM.
+    pub const BLOCKED: u8 = 1;
+    /// Audit mode: the call would have been blocked, and proceeded.
+    pub const AUDIT: u8 = 2;
+}
+
+/// Which hook an [`Event`] comes from.
+pub mod hook {
+    pub const CONNECT: u8 = 0;
+    pub const SENDMSG: u8 = 1;
+}
+
+/// One blocked (or, in audit mode, would-be blocked) attempt, as the programs write it to the
+/// [`maps::EVENTS`] ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// `CLOCK_BOOTTIME` nanoseconds.
+    pub time_ns: u64,
+    /// `bpf_get_current_cgroup_id()`: the inode number of the caller's cgroup directory.
+    pub cgroup_id: u64,
+    /// Destination address as a number: IPv6 as high and low halves; IPv4 in the low half.
+    pub addr_hi: u64,
+    pub addr_lo: u64,
+    /// Thread id and process id (the kernel's pid and tgid).
+    pub pid: u32,
+    pub tgid: u32,
+    pub uid: u32,
+    /// The rule that decided (0: the default; [`RULE_FAILED_CLOSED`]: no valid table).
+    pub rule: u32,
+    pub port: u16,
+    /// 4 or 6: the family of the socket's destination as the caller gave it.
+    pub family: u8,
+    /// `IPPROTO_TCP`, `IPPROTO_UDP`, or what the socket said.
+    pub protocol: u8,
+    /// [`verdict::BLOCKED`] or [`verdict::AUDIT`].
+    pub verdict: u8,
+    /// [`hook::CONNECT`] or [`hook::SENDMSG`].
+    pub hook: u8,
+    pub pad: [u8; 2],
+    /// The caller's `comm`, NUL padded.
+    pub comm: [u8; 16],
 }
 
 /// `BPF_F_MMAPABLE`: userspace writes a whole table with one copy through `mmap`.
@@ -377,6 +459,8 @@ mod pod {
     unsafe impl aya::Pod for super::Chunk<super::V4Record> {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Chunk<super::V6Record> {}
+    // SAFETY: #[repr(C)], explicit padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::Event {}
 }
 
 #[cfg(test)]

@@ -1,21 +1,29 @@
 //! The cgroup `sock_addr` programs: connect4/6 and sendmsg4/6. Each entry point is thin: it
 //! calls `try_<hook>` and turns the result into a verdict. The decision itself is
-//! `cgroup_connect_common::decide`, shared with userspace and pinned down by host unit tests.
+//! `cgroup_connect_common::decide`, shared with userspace and pinned down by host unit tests;
+//! `finish` counts it, reports blocks as events, and applies audit mode.
 //!
-//! Failure policy: a missing or malformed table fails closed (BLOCK). Userspace sets the
-//! tables before it attaches, so this only happens on a bug, and a firewall that silently
-//! lets traffic through on a bug looks safe while it is not.
+//! Failure policy: a missing or malformed table fails closed (BLOCK, counted in
+//! `stats::FAILED_CLOSED`). Userspace sets the tables before it attaches, so this only happens
+//! on a bug, and a firewall that silently lets traffic through on a bug looks safe while it is
+//! not. Counting and events never change a verdict: a full ring buffer or a full hit table
+//! only loses the report (counted in `stats::EVENTS_LOST`).
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    btf_maps::{Array, ArrayOfMaps},
+    btf_maps::{Array, ArrayOfMaps, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
+    },
     macros::{btf_map, cgroup_sock_addr},
     programs::SockAddrContext,
 };
 use cgroup_connect_common::{
-    ALLOW, BLOCK, Chunk, Proto, TABLE_FLAGS, V4Record, V6Record, decide, ip4_from_user,
-    ip6_from_user, mapped_ip4, port_from_user, word,
+    ALLOW, BLOCK, CONFIG_AUDIT, Chunk, EVENTS_BYTES, Event, Proto, RULE_FAILED_CLOSED,
+    RULE_HITS_CAPACITY, TABLE_FLAGS, V4Record, V6Record, decide, hook, ip4_from_user,
+    ip6_from_user, mapped_ip4, port_from_user, stats, verdict, word,
 };
 
 /// Template of the tables; userspace creates tables of any size with the same flags.
@@ -28,64 +36,161 @@ static RULES_V4: ArrayOfMaps<V4Table, 1> = ArrayOfMaps::new();
 #[btf_map(name = "rules_v6")]
 static RULES_V6: ArrayOfMaps<V6Table, 1> = ArrayOfMaps::new();
 
+#[btf_map(name = "stats")]
+static STATS: PerCpuArray<u64, { stats::COUNT as usize }> = PerCpuArray::new();
+
+#[btf_map(name = "rule_hits")]
+static RULE_HITS: LruPerCpuHashMap<u32, u64, { RULE_HITS_CAPACITY as usize }> =
+    LruPerCpuHashMap::new();
+
+#[btf_map(name = "events")]
+static EVENTS: RingBuf<Event, { EVENTS_BYTES as usize }> = RingBuf::new();
+
+#[btf_map(name = "config")]
+static CONFIG: Array<u32, 1> = Array::new();
+
 #[cgroup_sock_addr(connect4)]
 pub fn check_connect4(ctx: SockAddrContext) -> i32 {
-    try_v4(&ctx).unwrap_or_else(|fail_closed| fail_closed)
+    try_v4(&ctx, hook::CONNECT).unwrap_or_else(|fail_closed| fail_closed)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn check_sendmsg4(ctx: SockAddrContext) -> i32 {
-    try_v4(&ctx).unwrap_or_else(|fail_closed| fail_closed)
+    try_v4(&ctx, hook::SENDMSG).unwrap_or_else(|fail_closed| fail_closed)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn check_connect6(ctx: SockAddrContext) -> i32 {
-    try_v6(&ctx).unwrap_or_else(|fail_closed| fail_closed)
+    try_v6(&ctx, hook::CONNECT).unwrap_or_else(|fail_closed| fail_closed)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn check_sendmsg6(ctx: SockAddrContext) -> i32 {
-    try_v6(&ctx).unwrap_or_else(|fail_closed| fail_closed)
+    try_v6(&ctx, hook::SENDMSG).unwrap_or_else(|fail_closed| fail_closed)
 }
 
-/// The verdict for an IPv4 destination. `Err(BLOCK)`: the table is missing or malformed.
+/// What is being decided: the destination as the caller gave it.
+struct Attempt {
+    family: u8,
+    hook: u8,
+    protocol: u32,
+    addr: (u64, u64),
+    port: u16,
+}
+
+/// The verdict for an IPv4 destination.
 #[inline(always)]
-fn try_v4(ctx: &SockAddrContext) -> Result<i32, i32> {
+fn try_v4(ctx: &SockAddrContext, hook: u8) -> Result<i32, i32> {
     // SAFETY: the kernel hands every sock_addr program a valid bpf_sock_addr.
     let sa = unsafe { &*ctx.sock_addr };
-    let (port, proto) = (port_from_user(sa.user_port), Proto::from_ip_proto(sa.protocol));
-    judge_v4(ip4_from_user(sa.user_ip4), port, proto)
+    let addr = ip4_from_user(sa.user_ip4);
+    let port = port_from_user(sa.user_port);
+    let attempt =
+        Attempt { family: 4, hook, protocol: sa.protocol, addr: (0, u64::from(addr)), port };
+    let word = judge_v4(addr, port, Proto::from_ip_proto(sa.protocol));
+    finish(&attempt, word)
 }
 
 /// The verdict for an IPv6 destination; IPv4-mapped ones are judged by the IPv4 table.
 #[inline(always)]
-fn try_v6(ctx: &SockAddrContext) -> Result<i32, i32> {
+fn try_v6(ctx: &SockAddrContext, hook: u8) -> Result<i32, i32> {
     // SAFETY: as in try_v4. Each word is read at its own constant offset: copying the whole
     // user_ip6 array can trip the verifier.
     let sa = unsafe { &*ctx.sock_addr };
     let words = [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]];
-    let (port, proto) = (port_from_user(sa.user_port), Proto::from_ip_proto(sa.protocol));
+    let port = port_from_user(sa.user_port);
+    let proto = Proto::from_ip_proto(sa.protocol);
     let addr = ip6_from_user(words);
-    if let Some(v4) = mapped_ip4(addr) {
-        return judge_v4(v4, port, proto);
-    }
-    let table = RULES_V6.get(0).ok_or(BLOCK)?;
-    to_verdict(decide(|i| table.get(i), addr, port, proto))
+    let attempt = Attempt { family: 6, hook, protocol: sa.protocol, addr, port };
+    let word = match mapped_ip4(addr) {
+        Some(v4) => judge_v4(v4, port, proto),
+        None => RULES_V6.get(0).and_then(|t| decide(|i| t.get(i), addr, port, proto)),
+    };
+    finish(&attempt, word)
 }
 
 #[inline(always)]
-fn judge_v4(addr: u32, port: u16, proto: Proto) -> Result<i32, i32> {
-    let table = RULES_V4.get(0).ok_or(BLOCK)?;
-    to_verdict(decide(|i| table.get(i), addr, port, proto))
+fn judge_v4(addr: u32, port: u16, proto: Proto) -> Option<u32> {
+    RULES_V4.get(0).and_then(|t| decide(|i| t.get(i), addr, port, proto))
+}
+
+/// Counts the decision, reports a block, and applies audit mode. `Err(BLOCK)`: no valid table.
+#[inline(always)]
+fn finish(attempt: &Attempt, word: Option<u32>) -> Result<i32, i32> {
+    let audit = CONFIG.get(0).is_some_and(|c| c & CONFIG_AUDIT != 0);
+    let Some(word) = word else {
+        count(stats::FAILED_CLOSED);
+        report(attempt, RULE_FAILED_CLOSED, verdict::BLOCKED);
+        return Err(BLOCK);
+    };
+    let rule = word::rule(word);
+    if rule != word::DEFAULT_RULE {
+        hit(rule);
+    }
+    if !word::blocks(word) {
+        count(stats::ALLOWED);
+        return Ok(ALLOW);
+    }
+    if audit {
+        count(stats::AUDITED);
+        report(attempt, rule, verdict::AUDIT);
+        return Ok(ALLOW);
+    }
+    count(stats::BLOCKED);
+    report(attempt, rule, verdict::BLOCKED);
+    Ok(BLOCK)
 }
 
 #[inline(always)]
-fn to_verdict(word: Option<u32>) -> Result<i32, i32> {
-    match word {
-        Some(w) if word::blocks(w) => Ok(BLOCK),
-        Some(_) => Ok(ALLOW),
-        None => Err(BLOCK),
+fn count(index: u32) {
+    if let Some(total) = STATS.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot of this CPU; only counts, so a rare lost increment is harmless.
+        unsafe { *total += 1 };
     }
+}
+
+#[inline(always)]
+fn hit(rule: u32) {
+    match RULE_HITS.get_ptr_mut(&rule) {
+        // SAFETY: as in count.
+        Some(hits) => unsafe { *hits += 1 },
+        None => {
+            // Full: the least recently hit rule makes room. A failure only loses a count.
+            let _ = RULE_HITS.insert(&rule, &1, 0);
+        }
+    }
+}
+
+/// Writes an event; a full ring buffer drops it and counts the loss, never slowing the call.
+#[inline(always)]
+fn report(attempt: &Attempt, rule: u32, verdict: u8) {
+    let Some(mut entry) = EVENTS.reserve(0) else {
+        count(stats::EVENTS_LOST);
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    #[expect(clippy::cast_possible_truncation, reason = "the protocol numbers we report fit u8")]
+    let event = Event {
+        // SAFETY: plain helpers without arguments.
+        time_ns: unsafe { bpf_ktime_get_boot_ns() },
+        // SAFETY: as above.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        addr_hi: attempt.addr.0,
+        addr_lo: attempt.addr.1,
+        pid: pid_tgid as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        uid: bpf_get_current_uid_gid() as u32,
+        rule,
+        port: attempt.port,
+        family: attempt.family,
+        protocol: attempt.protocol as u8,
+        verdict,
+        hook: attempt.hook,
+        pad: [0; 2],
+        comm: bpf_get_current_comm().unwrap_or_default(),
+    };
+    entry.write(event);
+    entry.submit(0);
 }
 
 #[cfg(not(test))]

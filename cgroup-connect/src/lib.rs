@@ -5,9 +5,14 @@
 //! cgroup v2 directories; [`privileges`] checks capabilities up front.
 pub mod cgroup;
 pub mod cli;
+pub mod control;
+pub mod events;
 pub mod loader;
+pub mod metrics;
+pub mod pins;
 pub mod policy;
 pub mod privileges;
 pub mod resolve;
 pub mod rules;
+pub mod state;
 pub mod table;

@@ -1,28 +1,34 @@
-//! The only code that touches `aya::Ebpf`: loads the embedded BPF object, writes the rule
-//! tables, attaches the four programs to a cgroup, swaps tables while attached, and detaches
-//! when the [`Instance`] is dropped.
+//! The only code that touches aya's program and map types: loads the embedded BPF object,
+//! writes the rule tables, attaches the four programs to a cgroup, pins maps and links, opens
+//! a running or pinned instance from its pins, swaps tables, reads counters, and detaches.
 //!
 //! Each table is a fresh BPF array sized to fit, written with one copy through `mmap`, then
 //! put into its one-slot array of maps with a single update: a decision sees either the old
 //! table or the new one, never a mix, and the kernel frees the old table once no program runs
 //! on it. A decision only reads the table of its destination's family (IPv4-mapped IPv6
 //! destinations read the IPv4 one).
-use std::{io, os::fd::AsFd as _};
+use std::{collections::HashMap as StdHashMap, io, os::fd::AsFd as _};
 
 use aya::{
     Ebpf, EbpfError, Pod,
-    maps::{MapData, MapError, of_maps::ArrayOfMaps},
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, ProgramType},
+    maps::{
+        Array, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf, of_maps::ArrayOfMaps,
+    },
+    pin::PinError as AyaPinError,
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, ProgramError, ProgramType,
+        links::{FdLink, LinkError, PinnedLink},
+    },
     util::KernelVersion,
 };
-use cgroup_connect_common::{TABLE_FLAGS, maps, programs};
+use cgroup_connect_common::{CONFIG_AUDIT, TABLE_FLAGS, maps, programs, stats};
 
-use crate::{cgroup::CgroupDir, table::Tables};
+use crate::{cgroup::CgroupDir, pins::InstancePaths, table::Tables};
 
 /// The BPF object built by build.rs from the cgroup-connect-ebpf crate.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cgroup-connect"));
 
-/// Why the programs could not be loaded, their tables written, or they be attached.
+/// Why the programs could not be loaded, their tables written, pinned or attached.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The kernel cannot run cgroup `sock_addr` programs through BPF links.
@@ -52,11 +58,18 @@ pub enum LoadError {
         #[source]
         source: ProgramError,
     },
-    /// Creating or installing a table failed.
-    #[error("writing table {map} ({chunks} chunks) failed")]
-    Table {
+    /// A link could not be taken over from aya.
+    #[error("taking the link of {program} failed")]
+    Link {
+        program: &'static str,
+        #[source]
+        source: LinkError,
+    },
+    /// A map operation failed.
+    #[error("map {map}: {what} failed")]
+    Map {
         map: &'static str,
-        chunks: usize,
+        what: &'static str,
         #[source]
         source: MapError,
     },
@@ -68,33 +81,108 @@ pub enum LoadError {
         #[source]
         source: io::Error,
     },
+    /// Pinning or opening a pin failed.
+    #[error("pin {path}: {what} failed")]
+    Pin {
+        path: String,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
 }
 
-/// The programs, loaded and attached to one cgroup. Dropping it detaches them.
+fn pin_io(e: AyaPinError) -> io::Error {
+    match e {
+        AyaPinError::SyscallError(e) => e.io_error,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+/// Totals of an instance's decisions since it was created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Totals {
+    pub allowed: u64,
+    pub blocked: u64,
+    /// Audit mode: would have blocked.
+    pub audit_would_block: u64,
+    pub events_lost: u64,
+    pub failed_closed: u64,
+}
+
+/// A link this process holds: owned (detached when dropped) or pinned (outlives it).
+enum HeldLink {
+    Owned(#[expect(dead_code, reason = "held for its drop: closing it detaches")] FdLink),
+    Pinned(#[expect(dead_code, reason = "held while the process runs")] PinnedLink),
+}
+
+/// An instance's maps and the links this process holds. Dropping it detaches the links it
+/// owns; pinned links stay.
 pub struct Instance {
-    // Owns the programs, their links and the outer maps: dropping it detaches.
-    ebpf: Ebpf,
+    maps: StdHashMap<&'static str, Map>,
+    links: Vec<HeldLink>,
 }
 
 impl Instance {
-    /// Loads the programs, writes `tables`, then attaches connect4, connect6, sendmsg4 and
-    /// sendmsg6 to `cgroup` through BPF links, so programs of other tools on the same cgroup
-    /// keep running.
+    /// Loads the programs, writes `tables`, sets audit mode, pins the maps under `paths`, then
+    /// attaches connect4, connect6, sendmsg4 and sendmsg6 to `cgroup` through BPF links (so
+    /// programs of other tools on the same cgroup keep running), pinning the links too when
+    /// `pin_links` is set.
     ///
     /// The tables are in place before the first attach: the instance enforces its whole policy
-    /// from its first decision. On error nothing stays attached (the partial `Ebpf` is
-    /// dropped, which detaches what was attached).
+    /// from its first decision. On error nothing stays attached or pinned.
     ///
     /// # Errors
     /// A [`LoadError`] saying which step failed.
-    pub fn start(cgroup: &CgroupDir, tables: &Tables) -> Result<Self, LoadError> {
-        let links = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 7, 0));
-        if !links || !aya::sys::is_program_supported(ProgramType::CgroupSockAddr).unwrap_or(false) {
+    pub fn create(
+        paths: &InstancePaths,
+        cgroup: &CgroupDir,
+        tables: &Tables,
+        audit: bool,
+        pin_links: bool,
+    ) -> Result<Self, LoadError> {
+        let result = Self::create_inner(paths, cgroup, tables, audit, pin_links);
+        if result.is_err() {
+            for pin in maps::PINNED
+                .iter()
+                .map(|m| paths.map(m))
+                .chain(programs::ALL.iter().map(|p| paths.link(p)))
+            {
+                let _ = std::fs::remove_file(pin);
+            }
+        }
+        result
+    }
+
+    fn create_inner(
+        paths: &InstancePaths,
+        cgroup: &CgroupDir,
+        tables: &Tables,
+        audit: bool,
+        pin_links: bool,
+    ) -> Result<Self, LoadError> {
+        let links_ok = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 7, 0));
+        if !links_ok
+            || !aya::sys::is_program_supported(ProgramType::CgroupSockAddr).unwrap_or(false)
+        {
             return Err(LoadError::Unsupported);
         }
         raise_memlock_limit();
         let mut ebpf = Ebpf::load(BPF_OBJECT).map_err(LoadError::Object)?;
-        write_tables(&mut ebpf, tables)?;
+        let mut this = Self { maps: StdHashMap::new(), links: Vec::new() };
+        for name in maps::PINNED {
+            let map = ebpf.take_map(name).ok_or(LoadError::Missing { kind: "map", name })?;
+            this.maps.insert(name, map);
+        }
+        this.swap(tables)?;
+        this.set_audit(audit)?;
+        for name in maps::PINNED {
+            let path = paths.map(name);
+            this.maps[name].pin(&path).map_err(|e| LoadError::Pin {
+                path: path.display().to_string(),
+                what: "pinning a map",
+                source: pin_io(e),
+            })?;
+        }
         for name in programs::ALL {
             let program: &mut CgroupSockAddr = ebpf
                 .program_mut(name)
@@ -104,65 +192,237 @@ impl Instance {
             // On 5.7+ aya attaches through bpf_link_create, and a cgroup link always runs
             // alongside other programs (the kernel attaches it with BPF_F_ALLOW_MULTI); it
             // rejects any flag, so the mode must be the flag-less Single.
-            program.attach(cgroup, CgroupAttachMode::Single).map_err(|source| {
-                LoadError::Attach {
-                    program: name,
-                    cgroup: cgroup.path().display().to_string(),
-                    source,
-                }
-            })?;
+            let attach_err = |source| LoadError::Attach {
+                program: name,
+                cgroup: cgroup.path().display().to_string(),
+                source,
+            };
+            let id = program.attach(cgroup, CgroupAttachMode::Single).map_err(attach_err)?;
+            let link = program.take_link(id).map_err(attach_err)?;
+            let fd_link = FdLink::try_from(link)
+                .map_err(|source| LoadError::Link { program: name, source })?;
+            this.links.push(if pin_links {
+                let path = paths.link(name);
+                HeldLink::Pinned(fd_link.pin(&path).map_err(|e| LoadError::Pin {
+                    path: path.display().to_string(),
+                    what: "pinning a link",
+                    source: pin_io(e),
+                })?)
+            } else {
+                HeldLink::Owned(fd_link)
+            });
         }
-        Ok(Self { ebpf })
+        Ok(this)
     }
 
-    /// Replaces the tables of both families, each in one atomic step.
+    /// Opens a running or pinned instance from its pins: its maps, and its links if pinned.
     ///
     /// # Errors
-    /// A [`LoadError`]; the tables in force stay as they were for a family whose new table
-    /// could not be written.
+    /// [`LoadError::Pin`] when a map pin is missing or cannot be opened.
+    pub fn open(paths: &InstancePaths) -> Result<Self, LoadError> {
+        let mut this = Self { maps: StdHashMap::new(), links: Vec::new() };
+        for name in maps::PINNED {
+            let path = paths.map(name);
+            let pin_err = |source| LoadError::Pin {
+                path: path.display().to_string(),
+                what: "opening a map",
+                source,
+            };
+            let data =
+                MapData::from_pin(&path).map_err(|e| pin_err(io::Error::other(e.to_string())))?;
+            let map =
+                Map::from_map_data(data).map_err(|e| pin_err(io::Error::other(e.to_string())))?;
+            this.maps.insert(name, map);
+        }
+        for name in programs::ALL {
+            let path = paths.link(name);
+            if path.exists() {
+                let link = PinnedLink::from_pin(&path).map_err(|e| LoadError::Pin {
+                    path: path.display().to_string(),
+                    what: "opening a link",
+                    source: link_io(&e),
+                })?;
+                this.links.push(HeldLink::Pinned(link));
+            }
+        }
+        Ok(this)
+    }
+
+    /// Replaces the tables of both families, each in one atomic step, and clears the per-rule
+    /// hits (rule ids follow the rule list, which may have changed).
+    ///
+    /// # Errors
+    /// A [`LoadError`]; a family whose new table could not be written keeps its old one.
     pub fn swap(&mut self, tables: &Tables) -> Result<(), LoadError> {
-        write_tables(&mut self.ebpf, tables)
+        self.write_table(maps::RULES_V4, maps::TABLE_V4, &tables.v4)?;
+        self.write_table(maps::RULES_V6, maps::TABLE_V6, &tables.v6)?;
+        self.clear_hits()
+    }
+
+    /// Creates a table holding `chunks`, fills it through `mmap`, and installs it in `outer`.
+    fn write_table<R: Pod>(
+        &mut self,
+        outer: &'static str,
+        name: &'static str,
+        chunks: &[R],
+    ) -> Result<(), LoadError> {
+        use aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY;
+        let map_err = |what, source| LoadError::Map { map: name, what, source };
+        let entries = u32::try_from(chunks.len().max(1)).map_err(|_| {
+            map_err("sizing", MapError::OutOfBounds { index: u32::MAX, max_entries: u32::MAX })
+        })?;
+        let size = u32::try_from(size_of::<R>()).expect("chunks are smaller than 4 GiB");
+        let def =
+            aya_obj::Map::new_from_params(BPF_MAP_TYPE_ARRAY as u32, 4, size, entries, TABLE_FLAGS);
+        let table = MapData::create(def, name, None).map_err(|e| map_err("creating", e))?;
+        let bytes = as_bytes(chunks);
+        if !bytes.is_empty() {
+            // SAFETY: the map is ours alone until it is installed below, and its value area
+            // is `entries * size` bytes (each chunk is 8-aligned).
+            let mut mem = unsafe {
+                memmap2::MmapOptions::new().len(bytes.len()).map_mut(&table.fd().as_fd())
+            }
+            .map_err(|source| LoadError::Mmap {
+                map: name,
+                bytes: bytes.len(),
+                source,
+            })?;
+            mem.copy_from_slice(bytes);
+        }
+        let outer_map =
+            self.maps.get_mut(outer).ok_or(LoadError::Missing { kind: "map", name: outer })?;
+        let mut outer_map: ArrayOfMaps<&mut MapData, MapData> =
+            ArrayOfMaps::try_from(outer_map).map_err(|e| map_err("opening", e))?;
+        outer_map.set(0, &table, 0).map_err(|e| map_err("installing", e))
+    }
+
+    /// Turns audit mode on or off.
+    ///
+    /// # Errors
+    /// [`LoadError::Map`].
+    pub fn set_audit(&mut self, audit: bool) -> Result<(), LoadError> {
+        let map = self
+            .maps
+            .get_mut(maps::CONFIG)
+            .ok_or(LoadError::Missing { kind: "map", name: maps::CONFIG })?;
+        let mut config: Array<&mut MapData, u32> = Array::try_from(map)
+            .map_err(|source| LoadError::Map { map: maps::CONFIG, what: "opening", source })?;
+        let flags = if audit { CONFIG_AUDIT } else { 0 };
+        config.set(0, flags, 0).map_err(|source| LoadError::Map {
+            map: maps::CONFIG,
+            what: "writing",
+            source,
+        })
+    }
+
+    /// The decision totals, summed over CPUs.
+    ///
+    /// # Errors
+    /// [`LoadError::Map`].
+    pub fn totals(&self) -> Result<Totals, LoadError> {
+        let map = self
+            .maps
+            .get(maps::STATS)
+            .ok_or(LoadError::Missing { kind: "map", name: maps::STATS })?;
+        let err = |source| LoadError::Map { map: maps::STATS, what: "reading", source };
+        let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(err)?;
+        let total = |i| array.get(&i, 0).map(|v| v.iter().sum::<u64>()).map_err(err);
+        Ok(Totals {
+            allowed: total(stats::ALLOWED)?,
+            blocked: total(stats::BLOCKED)?,
+            audit_would_block: total(stats::AUDITED)?,
+            events_lost: total(stats::EVENTS_LOST)?,
+            failed_closed: total(stats::FAILED_CLOSED)?,
+        })
+    }
+
+    /// Decisions per rule id (the default is not counted), summed over CPUs.
+    ///
+    /// # Errors
+    /// [`LoadError::Map`].
+    pub fn rule_hits(&self) -> Result<Vec<(u32, u64)>, LoadError> {
+        let map = self
+            .maps
+            .get(maps::RULE_HITS)
+            .ok_or(LoadError::Missing { kind: "map", name: maps::RULE_HITS })?;
+        let err = |source| LoadError::Map { map: maps::RULE_HITS, what: "reading", source };
+        let hits: PerCpuHashMap<&MapData, u32, u64> = PerCpuHashMap::try_from(map).map_err(err)?;
+        let mut out = Vec::new();
+        // An entry evicted while iterating is skipped, not an error.
+        for (rule, values) in hits.iter().flatten() {
+            out.push((rule, values.iter().sum()));
+        }
+        Ok(out)
+    }
+
+    fn clear_hits(&mut self) -> Result<(), LoadError> {
+        let map = self
+            .maps
+            .get_mut(maps::RULE_HITS)
+            .ok_or(LoadError::Missing { kind: "map", name: maps::RULE_HITS })?;
+        let err = |source| LoadError::Map { map: maps::RULE_HITS, what: "clearing", source };
+        let mut hits: PerCpuHashMap<&mut MapData, u32, u64> =
+            PerCpuHashMap::try_from(map).map_err(err)?;
+        let keys: Vec<u32> = hits.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            let _ = hits.remove(&key);
+        }
+        Ok(())
+    }
+
+    /// Takes the events ring buffer out of the instance, for one reader.
+    ///
+    /// # Errors
+    /// [`LoadError::Map`].
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
+        let map = self
+            .maps
+            .remove(maps::EVENTS)
+            .ok_or(LoadError::Missing { kind: "map", name: maps::EVENTS })?;
+        RingBuf::try_from(map).map_err(|source| LoadError::Map {
+            map: maps::EVENTS,
+            what: "opening",
+            source,
+        })
     }
 }
 
-fn write_tables(ebpf: &mut Ebpf, tables: &Tables) -> Result<(), LoadError> {
-    write_table(ebpf, maps::RULES_V4, maps::TABLE_V4, &tables.v4)?;
-    write_table(ebpf, maps::RULES_V6, maps::TABLE_V6, &tables.v6)
+fn link_io(e: &LinkError) -> io::Error {
+    io::Error::other(e.to_string())
 }
 
-/// Creates a table holding `chunks`, fills it through `mmap`, and installs it in `outer`.
-fn write_table<R: Pod>(
-    ebpf: &mut Ebpf,
-    outer: &'static str,
-    name: &'static str,
-    chunks: &[R],
-) -> Result<(), LoadError> {
-    use aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY;
-    let table_err = |source| LoadError::Table { map: name, chunks: chunks.len(), source };
-    let size = size_of::<R>();
-    let entries = u32::try_from(chunks.len().max(1))
-        .map_err(|_| table_err(MapError::OutOfBounds { index: u32::MAX, max_entries: u32::MAX }))?;
-    let def = aya_obj::Map::new_from_params(
-        BPF_MAP_TYPE_ARRAY as u32,
-        4,
-        u32::try_from(size).expect("small record"),
-        entries,
-        TABLE_FLAGS,
-    );
-    let table = MapData::create(def, name, None).map_err(table_err)?;
-    let bytes = as_bytes(chunks);
-    if !bytes.is_empty() {
-        // SAFETY: the map is ours alone until it is installed below, and its value area is
-        // at least `bytes.len()` long (entries * size, each record 8-aligned).
-        let mut mem =
-            unsafe { memmap2::MmapOptions::new().len(bytes.len()).map_mut(&table.fd().as_fd()) }
-                .map_err(|source| LoadError::Mmap { map: name, bytes: bytes.len(), source })?;
-        mem.copy_from_slice(bytes);
+/// Removes an instance's pins: unpins its links (which detaches them once no process holds
+/// them) and its maps. Missing pins are fine.
+///
+/// # Errors
+/// [`LoadError::Pin`] for a pin that exists and cannot be removed.
+pub fn unpin(paths: &InstancePaths) -> Result<(), LoadError> {
+    for name in programs::ALL {
+        let path = paths.link(name);
+        if path.exists() {
+            let err = |source| LoadError::Pin {
+                path: path.display().to_string(),
+                what: "unpinning a link",
+                source,
+            };
+            let link = PinnedLink::from_pin(&path).map_err(|e| err(link_io(&e)))?;
+            drop(link.unpin().map_err(err)?);
+        }
     }
-    let outer_map = ebpf.map_mut(outer).ok_or(LoadError::Missing { kind: "map", name: outer })?;
-    let mut outer_map: ArrayOfMaps<&mut MapData, MapData> =
-        ArrayOfMaps::try_from(outer_map).map_err(table_err)?;
-    outer_map.set(0, &table, 0).map_err(table_err)
+    for name in maps::PINNED {
+        let path = paths.map(name);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(LoadError::Pin {
+                    path: path.display().to_string(),
+                    what: "unpinning a map",
+                    source: e,
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn as_bytes<R: Pod>(records: &[R]) -> &[u8] {

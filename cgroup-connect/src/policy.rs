@@ -26,6 +26,8 @@ pub enum Origin {
     Flag(&'static str),
     /// A line of a list or policy file (the path is shared by all the file's rules).
     Line { path: Arc<Path>, line: usize },
+    /// Added with `blocker add`.
+    Live,
 }
 
 impl fmt::Display for Origin {
@@ -33,6 +35,7 @@ impl fmt::Display for Origin {
         match self {
             Self::Flag(flag) => f.write_str(flag),
             Self::Line { path, line } => write!(f, "{}:{line}", path.display()),
+            Self::Live => f.write_str("blocker add"),
         }
     }
 }

@@ -40,12 +40,38 @@ struct NameState {
 }
 
 /// The hostnames of a policy and their addresses.
+#[derive(Default)]
 pub struct Names {
     resolver: Option<TokioResolver>,
     names: BTreeMap<String, NameState>,
 }
 
 impl Names {
+    /// No names yet.
+    #[must_use]
+    pub fn new() -> Self {
+        Self { resolver: None, names: BTreeMap::new() }
+    }
+
+    /// Makes the names exactly `wanted`: resolves the new ones, forgets the others.
+    ///
+    /// # Errors
+    /// A [`ResolveError`] for the first new name that does not resolve; the names are then
+    /// as they were.
+    pub async fn sync(&mut self, wanted: &BTreeSet<String>) -> Result<(), ResolveError> {
+        let new: Vec<String> =
+            wanted.iter().filter(|n| !self.names.contains_key(*n)).cloned().collect();
+        if !new.is_empty() {
+            let more = Self::resolve(new).await?;
+            if self.resolver.is_none() {
+                self.resolver = more.resolver;
+            }
+            self.names.extend(more.names);
+        }
+        self.names.retain(|n, _| wanted.contains(n));
+        Ok(())
+    }
+
     /// Resolves every name once.
     ///
     /// # Errors

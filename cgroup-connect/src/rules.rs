@@ -7,7 +7,10 @@ use cgroup_connect_common::{Proto, Rank};
 use ipnet::IpNet;
 
 /// What a rule does to the connections it matches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Action {
     Block,
     Allow,

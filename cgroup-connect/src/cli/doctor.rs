@@ -8,6 +8,7 @@ use aya::{maps::MapType, util::KernelVersion};
 use crate::{
     cgroup::{self, TempCgroup},
     loader::Instance,
+    pins::InstancePaths,
     privileges,
 };
 
@@ -174,14 +175,27 @@ fn cgroup_bpf() -> Check {
     };
     let tables =
         crate::table::compile(crate::rules::Action::Allow, []).expect("empty tables compile");
-    match Instance::start(temp.dir(), &tables) {
-        Ok(instance) => {
-            drop(instance);
-            Check::ok(
-                NAME,
-                format!("attached and detached in a temporary cgroup under {}", root.display()),
-            )
-        }
+    let paths = match InstancePaths::new(&format!("doctor-{}", std::process::id())) {
+        Ok(p) => p,
+        Err(e) => return Check::bad(NAME, Status::Fail, e.to_string(), fix),
+    };
+    if let Err(e) = paths.create_dirs() {
+        return Check::bad(
+            NAME,
+            Status::Fail,
+            format!("{:#}", anyhow::Error::from(e)),
+            "mount bpffs: mount -t bpf bpf /sys/fs/bpf",
+        );
+    }
+    // Created and dropped at once: dropping detaches, then the pins go.
+    let result = Instance::create(&paths, temp.dir(), &tables, false, false).map(drop);
+    let _ = crate::loader::unpin(&paths);
+    let _ = crate::pins::remove_dirs(&paths);
+    match result {
+        Ok(()) => Check::ok(
+            NAME,
+            format!("attached and detached in a temporary cgroup under {}", root.display()),
+        ),
         Err(e) => Check::bad(NAME, Status::Fail, format!("{:#}", anyhow::Error::from(e)), fix),
     }
 }

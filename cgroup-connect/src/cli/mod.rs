@@ -9,12 +9,19 @@
 use clap::{Parser, Subcommand};
 
 use crate::{
-    cgroup::CgroupError, loader::LoadError, policy::PolicyError, privileges::PrivilegeError,
-    resolve::ResolveError, table::TableError,
+    cgroup::CgroupError, loader::LoadError, metrics::AddrError, pins::PinError,
+    policy::PolicyError, privileges::PrivilegeError, resolve::ResolveError, table::TableError,
 };
 
+pub mod detach;
 pub mod doctor;
+pub mod edit;
+pub mod events;
+pub mod list;
+pub mod reload;
 pub mod run;
+pub mod stats;
+pub mod status;
 
 /// An outbound connection firewall for Linux cgroups.
 #[derive(Debug, Parser)]
@@ -27,8 +34,24 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Load, attach to a cgroup, block the given destinations, stay attached until SIGINT/SIGTERM.
+    /// Load, attach to a cgroup, enforce the rules, stay attached until SIGINT/SIGTERM.
     Run(run::RunArgs),
+    /// Add rules to a running or pinned instance, at once.
+    Add(edit::EditArgs),
+    /// Remove rules from a running or pinned instance, at once.
+    Remove(edit::EditArgs),
+    /// Show an instance's rules.
+    List(list::ListArgs),
+    /// Re-read an instance's policy files and swap its rules at once.
+    Reload(reload::ReloadArgs),
+    /// Remove an instance and its pins (stops its process).
+    Detach(detach::DetachArgs),
+    /// List every instance.
+    Status(status::StatusArgs),
+    /// Stream an instance's events (blocked attempts).
+    Events(events::EventsArgs),
+    /// Show an instance's counters.
+    Stats(stats::StatsArgs),
     /// Check that this machine can run (and build) the blocker.
     Doctor,
 }
@@ -40,6 +63,14 @@ pub enum Command {
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run::run(&args),
+        Command::Add(args) => edit::add(&args),
+        Command::Remove(args) => edit::remove(&args),
+        Command::List(args) => list::list(&args),
+        Command::Reload(args) => reload::reload(&args),
+        Command::Detach(args) => detach::detach(&args),
+        Command::Status(args) => status::status(&args),
+        Command::Events(args) => events::events(&args),
+        Command::Stats(args) => stats::stats(&args),
         Command::Doctor => doctor::doctor(),
     }
 }
@@ -57,6 +88,14 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             || cause.is::<PolicyError>()
             || cause.is::<ResolveError>()
             || cause.is::<TableError>()
+            || cause.is::<AddrError>()
+            || matches!(
+                cause.downcast_ref(),
+                Some(PinError::Name { .. } | PinError::NoInstance { .. })
+            )
+            || cause.is::<edit::NotFoundError>()
+            || cause.is::<run::BusyError>()
+            || cause.is::<run::ElsewhereError>()
         {
             return EXIT_USAGE;
         }

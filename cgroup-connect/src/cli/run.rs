@@ -1,17 +1,28 @@
-//! `blocker run`: read the policy, resolve hostnames, compile the tables, load, attach, stay
-//! attached (re-resolving hostnames as their records expire) until SIGINT or SIGTERM, detach.
-use std::{io::Write as _, path::PathBuf};
+//! `blocker run`: read the policy, resolve hostnames, compile the tables, then create the
+//! instance (or adopt a pinned one of the same name, with no window without enforcement),
+//! stay attached until SIGINT or SIGTERM while serving reloads (SIGHUP), hostname refreshes,
+//! events and metrics, and on exit detach (or, with `--pin`, leave it enforcing).
+use std::{
+    io::Write as _,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 
 use crate::{
     cgroup::{self, CgroupDir},
-    loader::Instance,
+    control::{self, Counts, PolicyView},
+    events::{EventLine, EventReader},
+    loader::{self, Instance},
+    metrics::{self, Snapshot},
+    pins::{self, InstancePaths},
     policy::{Policy, Sources},
     privileges,
     resolve::Names,
     rules::{Action, Destination},
-    table::{self, Tables},
+    state::{Lock, SourceSpec, State},
+    table::Tables,
 };
 
 /// What the seed blocked when given no rule at all: example.com's old address.
@@ -31,6 +42,23 @@ pub struct RunArgs {
     /// /proc/self/mountinfo]
     #[arg(long, value_name = "DIR")]
     pub cgroup: Option<PathBuf>,
+    /// Instance name: its maps are pinned under /sys/fs/bpf/cgroup-connect/NAME
+    #[arg(long, value_name = "NAME", default_value = pins::DEFAULT_NAME)]
+    pub name: String,
+    /// Pin the links too: the instance keeps enforcing after this process exits, is killed
+    /// or crashes, until `blocker detach NAME`
+    #[arg(long)]
+    pub pin: bool,
+    /// Judge and report everything, block nothing
+    #[arg(long)]
+    pub audit: bool,
+    /// Write events (blocked attempts, audit would-be blocks) as JSON lines to FILE, or - for
+    /// standard output
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (PORT alone binds to 127.0.0.1)
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
     /// Block RULE: [tcp://|udp://]HOST[/LEN][:PORT[-PORT]]; repeatable. With no rule source at
     /// all, 93.184.216.34 is blocked.
     #[arg(long = "block", visible_alias = "block-ip", value_name = "RULE")]
@@ -47,7 +75,7 @@ pub struct RunArgs {
     /// File of rules to allow, one a line; repeatable
     #[arg(long = "allow-list", value_name = "FILE")]
     pub allow_list: Vec<PathBuf>,
-    /// TOML policy file (default, [[rule]] and [[list]] entries)
+    /// TOML policy file (default, [[rule]] and [[list]] entries); SIGHUP re-reads it
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
 }
@@ -77,56 +105,234 @@ impl RunArgs {
     }
 }
 
-/// Runs until SIGINT or SIGTERM; returns after detaching.
+/// Another process serves the instance already.
+#[derive(Debug, thiserror::Error)]
+#[error("instance {name} is already run by process {pid}: stop it, or pick another --name")]
+pub struct BusyError {
+    pub name: String,
+    pub pid: u32,
+}
+
+/// The pinned instance of that name is attached elsewhere.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "instance {name} is attached to cgroup {}, not {}: `blocker detach {name}` first, or pick another --name",
+    attached.display(), wanted.display()
+)]
+pub struct ElsewhereError {
+    pub name: String,
+    pub attached: PathBuf,
+    pub wanted: PathBuf,
+}
+
+/// Runs until SIGINT or SIGTERM.
 ///
 /// # Errors
-/// A bad cgroup directory, rule or policy file, an unresolvable hostname, missing privileges,
-/// or a load or attach failure; nothing stays attached after an error.
+/// A bad name, cgroup directory, rule or policy file, an unresolvable hostname, missing
+/// privileges, a busy instance, or a load or attach failure; nothing new stays attached after
+/// an error.
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
+    let paths = InstancePaths::new(&args.name)?;
     let cgroup = match &args.cgroup {
         Some(dir) => CgroupDir::open(dir)?,
         None => CgroupDir::open(cgroup::cgroup2_root()?)?,
     };
-    let policy = Policy::load(&args.sources())?;
+    let mut state =
+        State::new(&args.name, cgroup.path().to_owned(), SourceSpec::of(&args.sources()));
+    state.audit = args.audit;
+    state.pinned = args.pin;
+    state.policy()?;
+    let metrics_addr = args.metrics.as_deref().map(metrics::parse_addr).transpose()?;
     privileges::check()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(run_async(&cgroup, &policy))
+    rt.block_on(serve(args, &paths, &cgroup, state, metrics_addr))
 }
 
-async fn run_async(cgroup: &CgroupDir, policy: &Policy) -> anyhow::Result<()> {
+async fn serve(
+    args: &RunArgs,
+    paths: &InstancePaths,
+    cgroup: &CgroupDir,
+    mut state: State,
+    metrics_addr: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut names = Names::resolve(policy.names()).await?;
-    let tables = compile(policy, &names)?;
-    let mut instance = Instance::start(cgroup, &tables)?;
-    println!("attached to cgroup {}: {}", cgroup.path().display(), summary(policy, &tables));
-    std::io::stdout().flush().context("writing to stdout")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut names = Names::new();
+    // Everything that can fail on the policy fails here, before anything attaches.
+    let (policy, tables) = control::compile(&state, &mut names).await?;
+    let counts = control::counts(&policy, &tables);
+    state.counts = counts;
+    let (mut instance, adopted) = attach(paths, cgroup, &tables, &mut state)?;
     drop(tables);
     release_free_memory();
+    println!(
+        "attached to cgroup {} as instance {}{}: {}",
+        cgroup.path().display(),
+        paths.name,
+        if adopted { " (adopted from its pins)" } else { "" },
+        summary(&policy, counts, args.audit),
+    );
+    std::io::stdout().flush().context("writing to stdout")?;
+
+    let view = Arc::new(Mutex::new(PolicyView::new(paths, policy)));
+    let mut events = match &args.events {
+        Some(path) => Some((EventReader::new(instance.take_events()?)?, open_events(path)?)),
+        None => None,
+    };
+    let metrics_task = match metrics_addr {
+        Some(addr) => {
+            let snapshot = snapshot_source(paths.clone(), Arc::clone(&view));
+            let server = metrics::serve(addr, snapshot)
+                .await
+                .with_context(|| format!("serving metrics on {addr}"))?;
+            println!("serving metrics on http://{addr}/metrics");
+            Some(tokio::spawn(server))
+        }
+        None => None,
+    };
     loop {
         let refresh = names.next_refresh().map(tokio::time::Instant::from_std);
         tokio::select! {
             _ = int.recv() => break,
             _ = term.recv() => break,
+                        _ = hup.recv() => reload(paths, &mut names, "reloaded").await,
             () = sleep_until(refresh) => {
                 if names.refresh().await {
-                    // A table that cannot be built or written leaves the old one in force.
-                    match compile(policy, &names).and_then(|t| instance.swap(&t).map_err(Into::into)) {
-                        Ok(()) => println!("hostnames re-resolved: tables updated"),
-                                                Err(e) => eprintln!("blocker: warning: updating hostname addresses failed: {e:#}"),
-                    }
-                    release_free_memory();
+                                        reload(paths, &mut names, "hostnames re-resolved").await;
+                }
+            }
+                        result = next_events(&mut events, &view) => {
+                if let Err(e) = result {
+                    eprintln!("blocker: warning: writing events failed: {e:#}; no longer writing them");
+                    events = None;
                 }
             }
         }
     }
-    drop(instance);
-    println!("detached from cgroup {}", cgroup.path().display());
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
+    let _lock = Lock::acquire(paths)?;
+    if args.pin {
+        state = control::load(paths)?;
+        state.pid = None;
+        state.save(paths)?;
+        println!(
+            "exiting; instance {} stays attached to {} (pinned)",
+            paths.name,
+            cgroup.path().display()
+        );
+    } else {
+        drop(instance);
+        loader::unpin(paths)?;
+        pins::remove_dirs(paths)
+            .with_context(|| format!("removing the folders of instance {}", paths.name))?;
+        println!("detached from cgroup {}", cgroup.path().display());
+    }
     Ok(())
+}
+
+/// Creates the instance, or adopts the pinned instance of the same name (its programs keep
+/// enforcing while the new tables swap in), under the instance's lock; saves `state`.
+fn attach(
+    paths: &InstancePaths,
+    cgroup: &CgroupDir,
+    tables: &Tables,
+    state: &mut State,
+) -> anyhow::Result<(Instance, bool)> {
+    paths.create_dirs()?;
+    let _lock = Lock::acquire(paths)?;
+    let previous = State::load(paths)?;
+    if let Some(prev) = previous.as_ref().filter(|p| p.process_alive()) {
+        bail!(BusyError { name: paths.name.clone(), pid: prev.pid.unwrap_or_default() });
+    }
+    let found = if paths.has_pinned_links() {
+        if let Some(prev) = &previous
+            && prev.cgroup != cgroup.path()
+        {
+            bail!(ElsewhereError {
+                name: paths.name.clone(),
+                attached: prev.cgroup.clone(),
+                wanted: cgroup.path().to_owned()
+            });
+        }
+        let mut instance = Instance::open(paths)?;
+        instance.swap(tables)?;
+        instance.set_audit(state.audit)?;
+        state.since = previous.as_ref().map_or(state.since, |p| p.since);
+        (instance, true)
+    } else {
+        // Pins left by an unpinned instance that was killed: nothing enforces them.
+        loader::unpin(paths)?;
+        (Instance::create(paths, cgroup, tables, state.audit, state.pinned)?, false)
+    };
+    state.pid = Some(std::process::id());
+    state.save(paths)?;
+    Ok(found)
+}
+
+/// Re-reads the sources and swaps the tables; on failure the old policy stays in force.
+async fn reload(paths: &InstancePaths, names: &mut Names, what: &str) {
+    match control::apply(paths, names, |_| Ok(())).await {
+        Ok((policy, counts)) => println!("{what}: {}", summary(&policy, counts, false)),
+        Err(e) => eprintln!("blocker: error: {what} failed, the old policy stays in force: {e:#}"),
+    }
+    let _ = std::io::stdout().flush();
+    release_free_memory();
+}
+
+type EventSink = Box<dyn std::io::Write + Send>;
+
+fn open_events(path: &std::path::Path) -> anyhow::Result<EventSink> {
+    if path.as_os_str() == "-" {
+        return Ok(Box::new(std::io::stdout()));
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening the events file {}", path.display()))?;
+    Ok(Box::new(std::io::LineWriter::new(file)))
+}
+
+async fn next_events(
+    events: &mut Option<(EventReader, EventSink)>,
+    view: &Mutex<PolicyView>,
+) -> anyhow::Result<()> {
+    let Some((reader, sink)) = events else { return std::future::pending().await };
+    let mut result = Ok(());
+    reader
+        .next_batch(|e| {
+            if result.is_ok() {
+                let mut view = view.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                result = EventLine::new(e, &mut view).write(sink, true);
+            }
+        })
+        .await?;
+    sink.flush()?;
+    Ok(result?)
+}
+
+fn snapshot_source(
+    paths: InstancePaths,
+    view: Arc<Mutex<PolicyView>>,
+) -> Arc<dyn Fn() -> Snapshot + Send + Sync> {
+    Arc::new(move || {
+        let Ok(instance) = Instance::open(&paths) else { return Snapshot::default() };
+        let totals = instance.totals().unwrap_or_default();
+        let mut hits = instance.rule_hits().unwrap_or_default();
+        hits.sort_unstable_by_key(|h| std::cmp::Reverse(h.1));
+        hits.truncate(metrics::TOP_RULES);
+        let mut view = view.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let top_rules = hits.into_iter().map(|(id, n)| (view.rule_text(id), n)).collect();
+        let counts = control::load(&paths).map(|s| s.counts).unwrap_or_default();
+        Snapshot { totals, top_rules, counts }
+    })
 }
 
 /// Gives the heap that parsing and compiling used back to the system: a long-running
@@ -143,12 +349,9 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-fn compile(policy: &Policy, names: &Names) -> anyhow::Result<Tables> {
-    Ok(table::compile(policy.default, policy.table_rules(|name| names.addrs(name)))?)
-}
-
-/// `N rules (block 1.2.3.4, allow 10.0.0.0/8, ... and M more), default allow`.
-fn summary(policy: &Policy, tables: &Tables) -> String {
+/// `N rules (block 1.2.3.4, allow 10.0.0.0/8, ... and M more), ... default allow`.
+#[must_use]
+pub fn summary(policy: &Policy, counts: Counts, audit: bool) -> String {
     const SHOWN: usize = 5;
     let mut shown: Vec<String> =
         policy.rules.iter().take(SHOWN).map(|r| r.rule.to_string()).collect();
@@ -160,11 +363,12 @@ fn summary(policy: &Policy, tables: &Tables) -> String {
         Action::Block => "deny",
     };
     format!(
-        "{} rules ({}), {} IPv4 and {} IPv6 prefixes, default {default}",
-        policy.rules.len(),
+        "{} rules ({}), {} IPv4 and {} IPv6 prefixes, default {default}{}",
+        counts.rules,
         shown.join(", "),
-        tables.v4_rules,
-        tables.v6_rules
+        counts.ipv4,
+        counts.ipv6,
+        if audit { ", audit mode (nothing is blocked)" } else { "" }
     )
 }
 
@@ -198,6 +402,8 @@ mod tests {
         assert_eq!(texts, ["10.0.0.1", "127.0.0.2:80"]);
         assert_eq!(args.allow[0].to_string(), "udp://[::1]:53");
         assert_eq!(args.cgroup, None);
+        assert_eq!(args.name, "default");
+        assert!(!args.pin && !args.audit);
     }
 
     #[test]
@@ -207,6 +413,17 @@ mod tests {
         assert_eq!(sources.block[0].to_string(), DEFAULT_BLOCK);
         let sources = parse(&["--allow", "10.0.0.1"]).unwrap().sources();
         assert!(sources.block.is_empty(), "an allow rule is a rule source");
+    }
+
+    #[test]
+    fn operations_flags_are_taken() {
+        let args =
+            parse(&["--name", "web", "--pin", "--audit", "--events", "-", "--metrics", "9100"])
+                .unwrap();
+        assert_eq!(args.name, "web");
+        assert!(args.pin && args.audit);
+        assert_eq!(args.events, Some(PathBuf::from("-")));
+        assert_eq!(args.metrics.as_deref(), Some("9100"));
     }
 
     #[test]

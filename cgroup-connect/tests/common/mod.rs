@@ -79,21 +79,41 @@ pub fn assert_nothing_attached(cgroup: &Path) {
     );
 }
 
-/// A running `blocker run`, stopped (SIGKILL) on drop if the test did not stop it.
+/// A unique instance name for a test.
+#[must_use]
+pub fn instance_name() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("test-{}-{n}", std::process::id())
+}
+
+/// A running `blocker run`. On drop: SIGKILL if the test did not stop it, then
+/// `blocker detach NAME`, so no pin outlives the test.
 pub struct Blocker {
     child: Child,
+    /// The instance name (given with --name, or made unique).
+    pub name: String,
     /// The line that began with "attached".
     pub attached_line: String,
     lines: mpsc::Receiver<String>,
 }
 
 impl Blocker {
-    /// Starts `blocker run ARGS` and waits (up to 30 s) for its `attached` line.
+    /// Starts `blocker run ARGS` (with a unique `--name` unless ARGS has one) and waits (up
+    /// to 30 s) for its `attached` line.
     #[must_use]
     pub fn start(args: &[&str]) -> Self {
+        let name = match args.iter().position(|a| *a == "--name") {
+            Some(i) => args[i + 1].to_owned(),
+            None => instance_name(),
+        };
+        let mut full: Vec<&str> = args.to_vec();
+        if !args.contains(&"--name") {
+            full.extend(["--name", &name]);
+        }
         let mut child = Command::new(BLOCKER)
             .arg("run")
-            .args(args)
+            .args(&full)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -111,7 +131,7 @@ impl Blocker {
         loop {
             match lines.recv_timeout(Duration::from_millis(100)) {
                 Ok(line) if line.starts_with("attached") => {
-                    return Self { child, attached_line: line, lines };
+                    return Self { child, name, attached_line: line, lines };
                 }
                 Ok(_) => {}
                 Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
@@ -162,13 +182,39 @@ impl Blocker {
     }
 }
 
+impl Blocker {
+    /// Lines printed since the `attached` line, waiting up to `wait` for one that contains
+    /// `wanted` (returns all read, the match last).
+    pub fn wait_for_line(&self, wanted: &str, wait: Duration) -> Option<String> {
+        let deadline = Instant::now() + wait;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(wanted) => return Some(line),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+}
+
 impl Drop for Blocker {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        detach_quietly(&self.name);
     }
+}
+
+/// `blocker detach NAME`, ignoring "no instance".
+pub fn detach_quietly(name: &str) {
+    let _ = Command::new(BLOCKER)
+        .args(["detach", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// What a probe does from inside the cgroup.

@@ -1,0 +1,66 @@
+//! `blocker list`: the rules an instance enforces, in order, with where each came from.
+use serde::Serialize;
+
+use crate::{control, pins::InstancePaths, rules::Action};
+
+/// Arguments of `blocker list`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// The instance
+    pub name: String,
+    /// JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Listed {
+    name: String,
+    default: Action,
+    rules: Vec<ListedRule>,
+}
+
+#[derive(Serialize)]
+struct ListedRule {
+    id: usize,
+    action: Action,
+    rule: String,
+    origin: String,
+}
+
+/// Prints the rules.
+///
+/// # Errors
+/// No such instance, or a source that no longer reads.
+pub fn list(args: &ListArgs) -> anyhow::Result<()> {
+    let paths = InstancePaths::new(&args.name)?;
+    let policy = control::load(&paths)?.policy()?;
+    let rules = policy
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| ListedRule {
+            id: i + 1,
+            action: r.rule.action,
+            rule: r.rule.dest.to_string(),
+            origin: r.origin.to_string(),
+        })
+        .collect();
+    let listed = Listed { name: paths.name, default: policy.default, rules };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &listed)?;
+        writeln(&mut out, "")?;
+    } else {
+        writeln(&mut out, &format!("# instance {}: default {}", listed.name, listed.default))?;
+        for r in &listed.rules {
+            writeln(&mut out, &format!("{:>6}  {} {}  # {}", r.id, r.action, r.rule, r.origin))?;
+        }
+    }
+    Ok(())
+}
+
+fn writeln(out: &mut impl std::io::Write, line: &str) -> std::io::Result<()> {
+    out.write_all(line.as_bytes())?;
+    out.write_all(b"\n")
+}

@@ -1,0 +1,25 @@
+//! `blocker reload`: re-read an instance's policy sources and swap its tables at once; a bad
+//! source is refused and the old policy stays in force. `blocker run` does the same on SIGHUP.
+use crate::{cli::edit::block_on, control, pins::InstancePaths, resolve::Names};
+
+/// Arguments of `blocker reload`.
+#[derive(Debug, clap::Args)]
+pub struct ReloadArgs {
+    /// The instance
+    pub name: String,
+}
+
+/// Reloads.
+///
+/// # Errors
+/// No such instance, or a bad source (the old policy stays).
+pub fn reload(args: &ReloadArgs) -> anyhow::Result<()> {
+    let paths = InstancePaths::new(&args.name)?;
+    let (policy, counts) = block_on(control::apply(&paths, &mut Names::new(), |_| Ok(())))?;
+    println!(
+        "reloaded instance {}: {}",
+        paths.name,
+        crate::cli::run::summary(&policy, counts, false)
+    );
+    Ok(())
+}

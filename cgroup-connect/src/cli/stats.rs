@@ -1,0 +1,66 @@
+//! `blocker stats`: decision totals by verdict and hits of the busiest rules.
+use serde::Serialize;
+
+use crate::{
+    control::{self, PolicyView},
+    loader::{Instance, Totals},
+    pins::InstancePaths,
+};
+
+/// Rules listed by hits.
+const TOP: usize = 20;
+
+/// Arguments of `blocker stats`.
+#[derive(Debug, clap::Args)]
+pub struct StatsArgs {
+    /// The instance
+    pub name: String,
+    /// JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Stats {
+    #[serde(flatten)]
+    totals: Totals,
+    rules: Vec<RuleHits>,
+}
+
+#[derive(Serialize)]
+struct RuleHits {
+    id: u32,
+    rule: String,
+    hits: u64,
+}
+
+/// Prints the counters.
+///
+/// # Errors
+/// No such instance.
+pub fn stats(args: &StatsArgs) -> anyhow::Result<()> {
+    let paths = InstancePaths::new(&args.name)?;
+    let mut view = PolicyView::new(&paths, control::load(&paths)?.policy()?);
+    let instance = Instance::open(&paths)?;
+    let mut hits = instance.rule_hits()?;
+    hits.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    hits.truncate(TOP);
+    let rules = hits
+        .into_iter()
+        .map(|(id, hits)| RuleHits { id, rule: view.rule_text(id), hits })
+        .collect();
+    let stats = Stats { totals: instance.totals()?, rules };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&stats)?);
+        return Ok(());
+    }
+    let t = &stats.totals;
+    println!(
+        "instance {}: {} blocked, {} allowed, {} audit would-block, {} events lost, {} failed closed",
+        paths.name, t.blocked, t.allowed, t.audit_would_block, t.events_lost, t.failed_closed
+    );
+    for r in &stats.rules {
+        println!("{:>12}  #{} {}", r.hits, r.id, r.rule);
+    }
+    Ok(())
+}

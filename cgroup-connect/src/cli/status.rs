@@ -1,0 +1,93 @@
+//! `blocker status`: every instance: name, cgroup, pinned or not, rule counts, mode, since
+//! when, and the process serving it.
+use serde::Serialize;
+
+use crate::{
+    control::Counts,
+    pins::{self, InstancePaths},
+    state::State,
+};
+
+/// Arguments of `blocker status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Row {
+    name: String,
+    cgroup: String,
+    pinned: bool,
+    mode: &'static str,
+    since: String,
+    pid: Option<u32>,
+    /// "running", "pinned" (no process, still enforcing) or "stale" (pins left, not enforcing).
+    state: &'static str,
+    counts: Counts,
+}
+
+/// Prints the instances.
+///
+/// # Errors
+/// When standard output fails.
+pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
+    let rows: Vec<Row> = pins::instance_names()
+        .iter()
+        .filter_map(|n| InstancePaths::new(n).ok())
+        .map(|paths| row(&paths))
+        .collect();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no instances");
+    }
+    for r in rows {
+        println!(
+            "{}: {} on {}, {}{}, {} rules ({} IPv4, {} IPv6 prefixes), since {}{}",
+            r.name,
+            r.state,
+            r.cgroup,
+            r.mode,
+            if r.pinned { ", pinned" } else { "" },
+            r.counts.rules,
+            r.counts.ipv4,
+            r.counts.ipv6,
+            r.since,
+            r.pid.map(|p| format!(", pid {p}")).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+fn row(paths: &InstancePaths) -> Row {
+    let state = State::load(paths).ok().flatten();
+    let running = state.as_ref().is_some_and(State::process_alive);
+    let linked = paths.has_pinned_links();
+    Row {
+        name: paths.name.clone(),
+        cgroup: state.as_ref().map_or_else(|| "?".to_owned(), |s| s.cgroup.display().to_string()),
+        pinned: linked,
+        mode: if state.as_ref().is_some_and(|s| s.audit) { "audit" } else { "enforce" },
+        since: state
+            .as_ref()
+            .map(|s| {
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.since),
+                )
+                .to_string()
+            })
+            .unwrap_or_default(),
+        pid: state.as_ref().and_then(|s| s.pid).filter(|_| running),
+        state: match (running, linked) {
+            (true, _) => "running",
+            (false, true) => "pinned",
+            (false, false) => "stale",
+        },
+        counts: state.map(|s| s.counts).unwrap_or_default(),
+    }
+}

@@ -1,0 +1,283 @@
+//! An instance's state: what it was started with (cgroup, policy sources, mode) and what was
+//! changed live (rules added and removed). The state file is the one truth every command
+//! works from: `run`, `add`, `remove`, `reload` and hostname refreshes each take the
+//! instance's lock, read it, compute the policy, swap the tables and write it back.
+//!
+//! Live edits survive reloads: a reload re-reads the sources, then applies the rules added
+//! and removed since (an added rule that a source now holds is not doubled).
+use std::{
+    fs::{self, File},
+    io::{self, Write as _},
+    os::{fd::AsRawFd as _, unix::fs::OpenOptionsExt as _},
+    path::PathBuf,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    pins::InstancePaths,
+    policy::{Origin, Policy, PolicyError, SourcedRule, Sources},
+    rules::{Action, Destination, Rule},
+};
+
+/// Why the state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read the state of instance {name} ({})", path.display())]
+    Read {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the state of instance {name} ({}) is damaged: remove the instance with `blocker detach {name}`", path.display())]
+    Parse {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot write the state of instance {name}")]
+    Write {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot lock instance {name}")]
+    Lock {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A live edit: an action and a rule in its canonical text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveRule {
+    pub action: Action,
+    pub rule: String,
+}
+
+impl LiveRule {
+    /// The live form of `rule`.
+    #[must_use]
+    pub fn of(rule: &Rule) -> Self {
+        Self { action: rule.action, rule: rule.dest.to_string() }
+    }
+}
+
+/// The policy sources as given to `blocker run` (paths made absolute).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceSpec {
+    pub block: Vec<String>,
+    pub allow: Vec<String>,
+    pub block_lists: Vec<PathBuf>,
+    pub allow_lists: Vec<PathBuf>,
+    pub policy: Option<PathBuf>,
+    pub default: Option<Action>,
+}
+
+impl SourceSpec {
+    /// The spec of `sources`, with relative paths made absolute so a reload from anywhere
+    /// reads the same files.
+    #[must_use]
+    pub fn of(sources: &Sources) -> Self {
+        let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+        Self {
+            block: sources.block.iter().map(ToString::to_string).collect(),
+            allow: sources.allow.iter().map(ToString::to_string).collect(),
+            block_lists: sources.block_lists.iter().map(abs).collect(),
+            allow_lists: sources.allow_lists.iter().map(abs).collect(),
+            policy: sources.policy.as_ref().map(abs),
+            default: sources.default,
+        }
+    }
+
+    /// The sources again.
+    ///
+    /// # Errors
+    /// A [`PolicyError`] for a rule that no longer parses (it did when it was saved).
+    pub fn sources(&self) -> Result<Sources, PolicyError> {
+        let parse = |flag: &'static str, texts: &[String]| {
+            texts
+                .iter()
+                .map(|t| {
+                    t.parse::<Destination>()
+                        .map_err(|error| PolicyError::Rule { origin: Origin::Flag(flag), error })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(Sources {
+            block: parse("--block", &self.block)?,
+            allow: parse("--allow", &self.allow)?,
+            block_lists: self.block_lists.clone(),
+            allow_lists: self.allow_lists.clone(),
+            policy: self.policy.clone(),
+            default: self.default,
+        })
+    }
+}
+
+/// Everything known about an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub name: String,
+    pub cgroup: PathBuf,
+    /// Whether its links are pinned (it outlives its process).
+    pub pinned: bool,
+    /// Audit mode: report, block nothing.
+    pub audit: bool,
+    /// When it was first attached, in seconds since the epoch.
+    pub since: u64,
+    /// The `blocker run` process serving it, if any.
+    pub pid: Option<u32>,
+    pub sources: SourceSpec,
+    pub added: Vec<LiveRule>,
+    pub removed: Vec<LiveRule>,
+    /// Rule counts as last compiled.
+    #[serde(default)]
+    pub counts: crate::control::Counts,
+}
+
+impl State {
+    /// A new state, attached now.
+    #[must_use]
+    pub fn new(name: &str, cgroup: PathBuf, sources: SourceSpec) -> Self {
+        let since = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Self {
+            name: name.to_owned(),
+            cgroup,
+            pinned: false,
+            audit: false,
+            since,
+            pid: None,
+            sources,
+            added: vec![],
+            removed: vec![],
+            counts: crate::control::Counts::default(),
+        }
+    }
+
+    /// Reads the state of an instance; `None` if it has none.
+    ///
+    /// # Errors
+    /// A [`StateError`] when the file exists but cannot be read or parsed.
+    pub fn load(paths: &InstancePaths) -> Result<Option<Self>, StateError> {
+        let path = paths.state_file();
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StateError::Read { name: paths.name.clone(), path, source }),
+        };
+        serde_json::from_str(&text).map(Some).map_err(|source| StateError::Parse {
+            name: paths.name.clone(),
+            path,
+            source,
+        })
+    }
+
+    /// Writes the state atomically (a new file renamed over the old), root-only.
+    ///
+    /// # Errors
+    /// [`StateError::Write`].
+    pub fn save(&self, paths: &InstancePaths) -> Result<(), StateError> {
+        let err = |source| StateError::Write { name: paths.name.clone(), source };
+        let tmp = paths.state.join("state.json.new");
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(err)?;
+        let text = serde_json::to_string_pretty(self).map_err(|e| err(io::Error::other(e)))?;
+        file.write_all(text.as_bytes()).map_err(err)?;
+        file.sync_all().map_err(err)?;
+        fs::rename(&tmp, paths.state_file()).map_err(err)
+    }
+
+    /// The policy in force: the sources, read now, with the live edits applied.
+    ///
+    /// # Errors
+    /// A [`PolicyError`] from the sources.
+    pub fn policy(&self) -> Result<Policy, PolicyError> {
+        let mut policy = Policy::load(&self.sources.sources()?)?;
+        policy.rules.retain(|r| !self.removed.contains(&LiveRule::of(&r.rule)));
+        for live in &self.added {
+            let dest: Destination = live
+                .rule
+                .parse()
+                .map_err(|error| PolicyError::Rule { origin: Origin::Live, error })?;
+            let rule = Rule { action: live.action, dest };
+            if !policy.rules.iter().any(|r| r.rule == rule) {
+                policy.rules.push(SourcedRule { rule, origin: Origin::Live });
+            }
+        }
+        Ok(policy)
+    }
+
+    /// Whether the process that serves it is alive.
+    #[must_use]
+    pub fn process_alive(&self) -> bool {
+        self.pid.is_some_and(process_alive)
+    }
+}
+
+/// Whether `pid` is a live process running this same program.
+#[must_use]
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(exe) = fs::read_link(format!("/proc/{pid}/exe")) else { return false };
+    let me = std::env::current_exe().ok();
+    let name = |p: &std::path::Path| p.file_name().map(std::ffi::OsStr::to_os_string);
+    me.is_some_and(|me| name(&me) == name(&exe))
+}
+
+/// An exclusive lock on an instance, held until dropped.
+pub struct Lock {
+    _file: File,
+}
+
+impl Lock {
+    /// Waits for the lock of an instance (its state folder must exist).
+    ///
+    /// # Errors
+    /// [`StateError::Lock`].
+    pub fn acquire(paths: &InstancePaths) -> Result<Self, StateError> {
+        let err = |source| StateError::Lock { name: paths.name.clone(), source };
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(paths.lock_file())
+            .map_err(err)?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(err(io::Error::last_os_error()));
+        }
+        Ok(Self { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_edits_apply_over_the_sources() {
+        let sources = Sources {
+            block: vec!["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()],
+            ..Sources::default()
+        };
+        let mut state = State::new("t", "/x".into(), SourceSpec::of(&sources));
+        state.removed.push(LiveRule { action: Action::Block, rule: "10.0.0.1".into() });
+        state.added.push(LiveRule { action: Action::Allow, rule: "tcp://[::1]:22".into() });
+        state.added.push(LiveRule { action: Action::Block, rule: "10.0.0.2".into() });
+        let texts: Vec<String> =
+            state.policy().unwrap().rules.iter().map(|r| r.rule.to_string()).collect();
+        assert_eq!(texts, ["block 10.0.0.2", "allow tcp://[::1]:22"]);
+        let json = serde_json::to_string(&state).unwrap();
+        assert_eq!(serde_json::from_str::<State>(&json).unwrap(), state);
+    }
+}
