@@ -91,16 +91,18 @@ pub fn render(s: &Snapshot) -> String {
     out
 }
 
-/// Serves `/metrics` on `addr` until the task is dropped; `snapshot` is called per scrape.
+/// Binds `addr` and returns the bound address (port 0 picks one) and the server, which serves
+/// `/metrics` until dropped; `snapshot` is called per scrape.
 ///
 /// # Errors
 /// When `addr` cannot be bound.
 pub async fn serve(
     addr: SocketAddr,
     snapshot: Arc<dyn Fn() -> Snapshot + Send + Sync>,
-) -> std::io::Result<impl Future<Output = std::io::Result<()>>> {
+) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
     use axum::{Router, http::header, routing::get};
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
     let app = Router::new().route(
         "/metrics",
         get(move || {
@@ -113,7 +115,7 @@ pub async fn serve(
             }
         }),
     );
-    Ok(async move { axum::serve(listener, app).await })
+    Ok((bound, async move { axum::serve(listener, app).await }))
 }
 
 #[cfg(test)]

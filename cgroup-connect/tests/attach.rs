@@ -15,7 +15,7 @@ fn blocks_listed_address_only_inside_the_cgroup_until_sigint() {
     let (_l2, blocked_dst) = listener("127.0.0.2");
     let (_l1, allowed) = listener("127.0.0.1");
     let cg_path = cg.path().to_str().expect("utf-8 path");
-    let blocker = Blocker::start(&["--cgroup", cg_path, "--block-ip", "127.0.0.2"]);
+    let mut blocker = Blocker::start(&["--cgroup", cg_path, "--block-ip", "127.0.0.2"]);
     assert!(blocker.attached_line.contains(cg_path), "{}", blocker.attached_line);
     assert!(blocker.attached_line.contains("127.0.0.2"), "{}", blocker.attached_line);
 
@@ -46,7 +46,7 @@ fn sigterm_detaches_too() {
     require_privileges!();
     let cg = temp_cgroup();
     let (_l, blocked_dst) = listener("127.0.0.3");
-    let blocker =
+    let mut blocker =
         Blocker::start(&["--cgroup", cg.path().to_str().unwrap(), "--block-ip", "127.0.0.3"]);
     assert_eq!(connect_in(cg.path(), blocked_dst), Err(EPERM));
     let (status, _) = blocker.stop(libc::SIGTERM);
@@ -63,10 +63,10 @@ fn several_addresses_and_coexisting_instances() {
     let (_b, b) = listener("127.0.0.5");
     let (_c, c) = listener("127.0.0.6");
     let path = cg.path().to_str().unwrap();
-    let first =
+    let mut first =
         Blocker::start(&["--cgroup", path, "--block-ip", "127.0.0.4", "--block-ip", "127.0.0.5"]);
     // A second program on the same cgroup does not replace the first (multi-attach).
-    let second = Blocker::start(&["--cgroup", path, "--block-ip", "127.0.0.6"]);
+    let mut second = Blocker::start(&["--cgroup", path, "--block-ip", "127.0.0.6"]);
     for dst in [a, b, c] {
         assert_eq!(connect_in(cg.path(), dst), Err(EPERM), "{dst}");
     }

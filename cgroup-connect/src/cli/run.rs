@@ -187,10 +187,10 @@ async fn serve(
     let metrics_task = match metrics_addr {
         Some(addr) => {
             let snapshot = snapshot_source(paths.clone(), Arc::clone(&view));
-            let server = metrics::serve(addr, snapshot)
+            let (bound, server) = metrics::serve(addr, snapshot)
                 .await
                 .with_context(|| format!("serving metrics on {addr}"))?;
-            println!("serving metrics on http://{addr}/metrics");
+            println!("serving metrics on http://{bound}/metrics");
             Some(tokio::spawn(server))
         }
         None => None,

@@ -161,11 +161,14 @@ impl Blocker {
         self.child.id()
     }
 
-    /// Sends `signal` and waits (up to 10 s) for the exit; returns the status and the rest of stdout.
-    pub fn stop(mut self, signal: i32) -> (ExitStatus, Vec<String>) {
+    /// Sends `signal` (0: none, just wait) and waits (up to 10 s) for the exit; returns the
+    /// status and the rest of stdout. The guard stays: its drop still detaches the instance.
+    pub fn stop(&mut self, signal: i32) -> (ExitStatus, Vec<String>) {
         let pid = i32::try_from(self.child.id()).expect("pid fits i32");
-        // SAFETY: pid is our own child, still unreaped.
-        unsafe { libc::kill(pid, signal) };
+        if signal != 0 {
+            // SAFETY: pid is our own child, still unreaped.
+            unsafe { libc::kill(pid, signal) };
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("wait blocker") {
@@ -508,7 +511,7 @@ impl Scene {
 }
 
 /// A temporary directory removed on drop.
-pub struct TempDir(PathBuf);
+pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     /// Makes a uniquely named directory under the system temp dir.
@@ -532,4 +535,118 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Probes running in a thread while a test changes the instance: each round checks every
+/// (destination, outcomes allowed) case from the cgroup and records any other outcome.
+pub struct Prober {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<ProbeReport>,
+}
+
+/// What a [`Prober`] saw.
+#[derive(Debug, Default)]
+pub struct ProbeReport {
+    pub probes: u64,
+    pub wrong: Vec<String>,
+}
+
+impl Prober {
+    /// Starts probing (bounded: at most 60 s and 200,000 probes).
+    #[must_use]
+    pub fn start(cgroup: &Path, cases: Vec<(SocketAddr, Vec<Outcome>)>) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        let cgroup = cgroup.to_owned();
+        let handle = std::thread::spawn(move || {
+            let mut report = ProbeReport::default();
+            let deadline = Instant::now() + Duration::from_mins(1);
+            while !flag.load(std::sync::atomic::Ordering::Relaxed)
+                && Instant::now() < deadline
+                && report.probes < 200_000
+            {
+                for (dst, ok) in &cases {
+                    let got = outcome(connect_in(&cgroup, *dst));
+                    report.probes += 1;
+                    if !ok.contains(&got) {
+                        report.wrong.push(format!("{dst}: {got:?}, expected one of {ok:?}"));
+                    }
+                }
+            }
+            report
+        });
+        Self { stop, handle }
+    }
+
+    /// Stops probing and returns what it saw.
+    #[must_use]
+    pub fn finish(self) -> ProbeReport {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.join().expect("prober thread")
+    }
+}
+
+/// Makes `count` TCP connects to `dst` from a child in `cgroup`, as fast as it can; returns
+/// how many failed with EPERM.
+#[must_use]
+pub fn flood(cgroup: &Path, dst: SocketAddr, count: u32) -> u32 {
+    let procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(cgroup.join("cgroup.procs"))
+        .expect("open cgroup.procs");
+    let procs_fd = std::os::fd::AsRawFd::as_raw_fd(&procs);
+    let addr = socket2::SockAddr::from(dst);
+    let mut pipe = [0i32; 2];
+    // SAFETY: pipe fills two fds.
+    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+    // SAFETY: the child makes raw syscalls only, then _exit()s.
+    unsafe {
+        let pid = libc::fork();
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
+                libc::_exit(200);
+            }
+            let mut eperm: u32 = 0;
+            for _ in 0..count {
+                let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+                if libc::connect(s, addr.as_ptr().cast(), addr.len()) != 0
+                    && *libc::__errno_location() == libc::EPERM
+                {
+                    eperm += 1;
+                }
+                libc::close(s);
+            }
+            libc::write(pipe[1], (&raw const eperm).cast(), 4);
+            libc::_exit(0);
+        }
+        libc::close(pipe[1]);
+        let mut eperm: u32 = 0;
+        let n = libc::read(pipe[0], (&raw mut eperm).cast(), 4);
+        libc::close(pipe[0]);
+        let mut status = 0;
+        libc::waitpid(pid, &raw mut status, 0);
+        assert_eq!(n, 4, "flood child reported nothing (status {status})");
+        eperm
+    }
+}
+
+/// Runs `blocker ARGS`, expecting success, and returns its standard output.
+#[must_use]
+pub fn blocker_ok(args: &[&str]) -> String {
+    let out = blocker_output(args, None);
+    assert!(out.status.success(), "blocker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A loopback address and port (nothing listens: allowed connects are refused).
+#[must_use]
+pub fn lo(addr: &str) -> SocketAddr {
+    format!("{addr}:9").parse().expect("loopback address")
+}
+
+/// The number of programs attached to `cgroup`.
+#[must_use]
+pub fn attached_count(cgroup: &Path) -> usize {
+    attached_programs(cgroup).matches("\"id\"").count()
 }

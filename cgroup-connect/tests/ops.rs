@@ -1,0 +1,296 @@
+//! Operating an instance on the real kernel: live edits, reloads under load, events, counters,
+//! metrics and audit mode.
+mod common;
+
+use std::{
+    io::{BufRead as _, Read as _, Write as _},
+    time::Duration,
+};
+
+use common::{
+    Blocker,
+    Outcome::{Allowed, Blocked},
+    Prober, TempDir, blocker_ok, blocker_output, connect_in, flood, lo, outcome, temp_cgroup,
+};
+
+#[test]
+fn live_add_and_remove_while_connections_run() {
+    require_privileges!();
+    let cg = temp_cgroup();
+    let b = Blocker::start(&["--cgroup", cg.path().to_str().unwrap(), "--block", "127.0.0.2"]);
+    let prober = Prober::start(
+        cg.path(),
+        vec![(lo("127.0.0.2"), vec![Blocked]), (lo("127.0.0.1"), vec![Allowed])],
+    );
+    for _ in 0..20 {
+        let _ = blocker_ok(&["add", &b.name, "127.0.0.5", "udp://127.0.0.6:53"]);
+        assert_eq!(outcome(connect_in(cg.path(), lo("127.0.0.5"))), Blocked, "added at once");
+        let _ = blocker_ok(&["remove", &b.name, "127.0.0.5"]);
+        assert_eq!(outcome(connect_in(cg.path(), lo("127.0.0.5"))), Allowed, "removed at once");
+    }
+    let listed = blocker_ok(&["list", &b.name, "--json"]);
+    assert!(
+        listed.contains("\"rule\": \"127.0.0.2\"") && listed.contains("udp://127.0.0.6:53"),
+        "{listed}"
+    );
+    let report = prober.finish();
+    assert!(
+        report.probes > 10 && report.wrong.is_empty(),
+        "untouched rules changed verdict: {report:?}"
+    );
+    // Removing a rule the instance does not have is an error that names it.
+    let out = blocker_output(&["remove", &b.name, "10.9.9.9"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("10.9.9.9"));
+}
+
+const POLICY_A: &str = "[[rule]]\naction = \"block\"\ndst = \"127.0.0.0/24\"\n\n[[rule]]\naction = \"allow\"\ndst = \"127.0.0.1\"\n";
+const POLICY_B: &str = "default = \"allow\"\n\n[[rule]]\naction = \"block\"\ndst = \"127.0.0.2\"\n\n[[rule]]\naction = \"block\"\ndst = \"127.0.0.0/8\"\nproto = \"udp\"\n";
+
+/// Two threads connect in a loop while SIGHUP swaps between two policies 100 times. Both
+/// policies block 127.0.0.2 and allow 127.0.0.1 (by different rules); 127.0.0.3 is blocked by
+/// one and allowed by the other. A state that is neither (a gap, a half-written table) would
+/// allow 127.0.0.2 or block 127.0.0.1.
+#[test]
+fn reload_under_load_swaps_between_whole_policies() {
+    require_privileges!();
+    let cg = temp_cgroup();
+    let dir = TempDir::new("reload");
+    let policy = dir.write("policy.toml", POLICY_A);
+    let b = Blocker::start(&[
+        "--cgroup",
+        cg.path().to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+    ]);
+    let cases = vec![
+        (lo("127.0.0.2"), vec![Blocked]),
+        (lo("127.0.0.1"), vec![Allowed]),
+        (lo("127.0.0.3"), vec![Blocked, Allowed]),
+    ];
+    let probers = [Prober::start(cg.path(), cases.clone()), Prober::start(cg.path(), cases)];
+    let pid = i32::try_from(b.pid()).unwrap();
+    for i in 0..100 {
+        let _ = dir.write("policy.toml", if i % 2 == 0 { POLICY_B } else { POLICY_A });
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(pid, libc::SIGHUP) };
+        assert!(
+            b.wait_for_line("reloaded:", Duration::from_secs(10)).is_some(),
+            "reload {i} not confirmed"
+        );
+    }
+    for p in probers {
+        let report = p.finish();
+        assert!(
+            report.probes > 10 && report.wrong.is_empty(),
+            "a state that is neither policy: {report:?}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_reload_keeps_the_old_policy() {
+    require_privileges!();
+    let cg = temp_cgroup();
+    let dir = TempDir::new("bad-reload");
+    let policy = dir.write("policy.toml", POLICY_B);
+    let b = Blocker::start(&[
+        "--cgroup",
+        cg.path().to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+    ]);
+    let _ = dir.write("policy.toml", "[[rule]]\naction = \"blok\"\ndst = \"127.0.0.2\"\n");
+    let out = blocker_output(&["reload", &b.name], None);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("policy.toml:2: unknown action \"blok\""),
+        "{out:?}"
+    );
+    assert_eq!(outcome(connect_in(cg.path(), lo("127.0.0.2"))), Blocked, "old policy in force");
+    assert_eq!(outcome(connect_in(cg.path(), lo("127.0.0.3"))), Allowed);
+}
+
+/// 100,000 blocked attempts with a reader writing events to a file: every attempt is either
+/// an event in the file or a counted loss, and the blocker's memory stays bounded.
+#[test]
+fn an_event_flood_is_bounded_and_losses_are_counted() {
+    const N: u32 = 100_000;
+    require_privileges!();
+    let cg = temp_cgroup();
+    let dir = TempDir::new("flood");
+    let events = dir.0.join("events.jsonl");
+    let b = Blocker::start(&[
+        "--cgroup",
+        cg.path().to_str().unwrap(),
+        "--block",
+        "127.0.0.2",
+        "--events",
+        events.to_str().unwrap(),
+    ]);
+    let rss = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", b.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .map(|v| v.trim().trim_end_matches(" kB").parse::<u64>().unwrap())
+            .unwrap()
+    };
+    let before = rss();
+    assert_eq!(flood(cg.path(), lo("127.0.0.2"), N), N, "every attempt blocked");
+    let stats: serde_json::Value =
+        serde_json::from_str(&blocker_ok(&["stats", &b.name, "--json"])).unwrap();
+    assert_eq!(stats["blocked"], u64::from(N));
+    let lost = stats["events_lost"].as_u64().unwrap();
+    // The reader catches up with what the ring held (bounded wait).
+    let mut lines = 0;
+    for _ in 0..200 {
+        lines = std::fs::read_to_string(&events).map_or(0, |t| t.lines().count() as u64);
+        if lines + lost >= u64::from(N) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(lines + lost, u64::from(N), "events written ({lines}) + lost ({lost})");
+    let grown = rss().saturating_sub(before);
+    assert!(grown < 16 * 1024, "blocker RSS grew by {grown} kB during the flood");
+}
+
+#[test]
+fn audit_mode_reports_but_blocks_nothing() {
+    require_privileges!();
+    let cg = temp_cgroup();
+    let dir = TempDir::new("audit");
+    let events = dir.0.join("events.jsonl");
+    let b = Blocker::start(&[
+        "--cgroup",
+        cg.path().to_str().unwrap(),
+        "--audit",
+        "--block",
+        "127.0.0.2",
+        "--events",
+        events.to_str().unwrap(),
+    ]);
+    assert!(b.attached_line.contains("audit mode"), "{}", b.attached_line);
+    assert_eq!(outcome(connect_in(cg.path(), lo("127.0.0.2"))), Allowed);
+    let stats: serde_json::Value =
+        serde_json::from_str(&blocker_ok(&["stats", &b.name, "--json"])).unwrap();
+    assert_eq!(
+        (stats["blocked"].as_u64(), stats["audit_would_block"].as_u64()),
+        (Some(0), Some(1)),
+        "{stats}"
+    );
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = std::fs::read_to_string(&events).unwrap_or_default();
+        if !text.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let event: serde_json::Value =
+        serde_json::from_str(text.lines().next().expect("an event")).unwrap();
+    assert_eq!(event["verdict"], "audit");
+    assert_eq!(event["rule"], "block 127.0.0.2");
+}
+
+#[test]
+fn events_command_streams_json_with_every_field() {
+    require_privileges!();
+    let cg = temp_cgroup();
+    let b =
+        Blocker::start(&["--cgroup", cg.path().to_str().unwrap(), "--block", "tcp://127.0.0.2:9"]);
+    let mut reader = std::process::Command::new(common::BLOCKER)
+        .args(["events", &b.name, "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(outcome(connect_in(cg.path(), lo("127.0.0.2"))), Blocked);
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(reader.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = out.read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(10)).expect("an event within 10 s");
+    let _ = reader.kill();
+    let _ = reader.wait();
+    let e: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|err| panic!("{err}: {line}"));
+    for key in [
+        "time",
+        "pid",
+        "tgid",
+        "uid",
+        "comm",
+        "cgroup_id",
+        "protocol",
+        "family",
+        "dst",
+        "port",
+        "verdict",
+        "rule",
+    ] {
+        assert!(e.get(key).is_some(), "no {key} in {line}");
+    }
+    assert_eq!(
+        (e["dst"].as_str(), e["port"].as_u64(), e["protocol"].as_str()),
+        (Some("127.0.0.2"), Some(9), Some("tcp"))
+    );
+    assert_eq!(
+        (e["verdict"].as_str(), e["rule"].as_str()),
+        (Some("blocked"), Some("block tcp://127.0.0.2:9"))
+    );
+    assert_eq!(e["cgroup_id"].as_u64(), Some(cg.dir().id().unwrap()));
+}
+
+#[test]
+fn stats_status_and_metrics() {
+    require_privileges!();
+    let cg = temp_cgroup();
+    let b = Blocker::start(&[
+        "--cgroup",
+        cg.path().to_str().unwrap(),
+        "--block",
+        "127.0.0.2",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let line =
+        b.wait_for_line("serving metrics on", Duration::from_secs(10)).expect("metrics line");
+    let addr = line
+        .trim_start_matches("serving metrics on http://")
+        .trim_end_matches("/metrics")
+        .to_owned();
+    for _ in 0..3 {
+        assert_eq!(outcome(connect_in(cg.path(), lo("127.0.0.2"))), Blocked);
+    }
+    assert_eq!(outcome(connect_in(cg.path(), lo("127.0.0.1"))), Allowed);
+    let stats: serde_json::Value =
+        serde_json::from_str(&blocker_ok(&["stats", &b.name, "--json"])).unwrap();
+    assert_eq!(
+        (stats["blocked"].as_u64(), stats["allowed"].as_u64()),
+        (Some(3), Some(1)),
+        "{stats}"
+    );
+    assert_eq!(stats["rules"][0]["rule"], "block 127.0.0.2");
+    let listing = blocker_ok(&["status", "--json"]);
+    assert!(listing.contains(&b.name) && listing.contains("\"state\": \"running\""), "{listing}");
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(conn, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut body = String::new();
+    conn.read_to_string(&mut body).unwrap();
+    for want in [
+        "cgroup_connect_decisions_total{verdict=\"blocked\"} 3",
+        "cgroup_connect_decisions_total{verdict=\"allowed\"} 1",
+        "cgroup_connect_rule_hits_total{rule=\"block 127.0.0.2\"} 3",
+        "cgroup_connect_events_lost_total 0",
+        "cgroup_connect_rules{kind=\"rules\"} 1",
+        "cgroup_connect_build_info",
+    ] {
+        assert!(body.contains(want), "no {want} in\n{body}");
+    }
+}
