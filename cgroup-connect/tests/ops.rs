@@ -294,3 +294,29 @@ fn stats_status_and_metrics() {
         assert!(body.contains(want), "no {want} in\n{body}");
     }
 }
+
+/// Under systemd (`Type=notify`), READY=1 is sent once the instance enforces.
+#[test]
+fn tells_systemd_when_it_enforces() {
+    require_privileges!();
+    let cg = temp_cgroup();
+    let dir = TempDir::new("notify");
+    let socket_path = dir.0.join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let name = common::instance_name();
+    let mut child = std::process::Command::new(common::BLOCKER)
+        .args(["run", "--cgroup", cg.path().to_str().unwrap(), "--name", &name, "--block", "127.0.0.2"])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let got = socket.recv(&mut buf);
+    let enforcing = outcome(connect_in(cg.path(), lo("127.0.0.2")));
+    let _ = child.kill();
+    let _ = child.wait();
+    common::detach_quietly(&name);
+    assert_eq!(&buf[..got.expect("READY=1 within 30 s")], b"READY=1");
+    assert_eq!(enforcing, Blocked, "enforcing once ready");
+}

@@ -177,7 +177,8 @@ async fn serve(
         if adopted { " (adopted from its pins)" } else { "" },
         summary(&policy, counts, args.audit),
     );
-    std::io::stdout().flush().context("writing to stdout")?;
+        std::io::stdout().flush().context("writing to stdout")?;
+    notify_ready();
 
     let view = Arc::new(Mutex::new(PolicyView::new(paths, policy)));
     let mut events = match &args.events {
@@ -333,6 +334,23 @@ fn snapshot_source(
         let counts = control::load(&paths).map(|s| s.counts).unwrap_or_default();
         Snapshot { totals, top_rules, counts }
     })
+}
+
+/// Tells systemd (`Type=notify`) that the instance enforces, so units ordered after it start
+/// only then. Does nothing outside systemd.
+fn notify_ready() {
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
+    let bytes = socket.as_encoded_bytes();
+    let sent = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt as _;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name).and_then(|a| sock.send_to_addr(b"READY=1", &a))
+    } else {
+        sock.send_to(b"READY=1", &socket)
+    };
+    if let Err(e) = sent {
+        eprintln!("blocker: warning: telling systemd we are ready failed: {e}");
+    }
 }
 
 /// Gives the heap that parsing and compiling used back to the system: a long-running
