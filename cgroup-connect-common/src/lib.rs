@@ -48,6 +48,9 @@ pub mod programs {
     pub const SENDMSG6: &str = "check_sendmsg6";
     /// All of them, in the order they are attached.
     pub const ALL: [&str; 4] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6];
+    /// `cgroup/connect4` that allows everything: the benchmarks' reference, never attached by
+    /// the blocker.
+    pub const REFERENCE_ALLOW: &str = "reference_allow";
 }
 
 /// Names of the BPF maps, as the kernel and `bpftool map` show them.

@@ -69,6 +69,13 @@ pub fn check_sendmsg6(ctx: SockAddrContext) -> i32 {
     try_v6(&ctx, hook::SENDMSG).unwrap_or_else(|fail_closed| fail_closed)
 }
 
+/// Reference for the benchmarks: allows everything, touches nothing. The blocker never loads
+/// or attaches it; `blocker`'s bench measures the cost of any program against it.
+#[cgroup_sock_addr(connect4)]
+pub fn reference_allow(_ctx: SockAddrContext) -> i32 {
+    ALLOW
+}
+
 /// What is being decided: the destination as the caller gave it.
 struct Attempt {
     family: u8,

@@ -11,6 +11,7 @@ use crate::{
     resolve::Names,
     state::{Lock, State},
     table::{self, Tables},
+    timings,
 };
 
 /// How many rules an instance holds.
@@ -29,9 +30,13 @@ pub struct Counts {
 /// # Errors
 /// A bad source, an unresolvable new hostname, or a capacity limit.
 pub async fn compile(state: &State, names: &mut Names) -> anyhow::Result<(Policy, Tables)> {
-    let policy = state.policy()?;
+    let policy = timings::time("read", || state.policy())?;
+    let started = std::time::Instant::now();
     names.sync(&policy.names()).await?;
-    let tables = table::compile(policy.default, policy.table_rules(|name| names.addrs(name)))?;
+    timings::add("resolve", started.elapsed());
+    let tables = timings::time("compile", || {
+        table::compile(policy.default, policy.table_rules(|name| names.addrs(name)))
+    })?;
     Ok((policy, tables))
 }
 

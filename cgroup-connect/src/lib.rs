@@ -16,3 +16,4 @@ pub mod resolve;
 pub mod rules;
 pub mod state;
 pub mod table;
+pub mod timings;

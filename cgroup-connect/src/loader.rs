@@ -183,6 +183,7 @@ impl Instance {
                 source: pin_io(e),
             })?;
         }
+        let attaching = std::time::Instant::now();
         for name in programs::ALL {
             let program: &mut CgroupSockAddr = ebpf
                 .program_mut(name)
@@ -212,6 +213,7 @@ impl Instance {
                 HeldLink::Owned(fd_link)
             });
         }
+        crate::timings::add("attach", attaching.elapsed());
         Ok(this)
     }
 
@@ -254,8 +256,10 @@ impl Instance {
     /// # Errors
     /// A [`LoadError`]; a family whose new table could not be written keeps its old one.
     pub fn swap(&mut self, tables: &Tables) -> Result<(), LoadError> {
-        self.write_table(maps::RULES_V4, maps::TABLE_V4, &tables.v4)?;
-        self.write_table(maps::RULES_V6, maps::TABLE_V6, &tables.v6)?;
+        crate::timings::time("write", || {
+            self.write_table(maps::RULES_V4, maps::TABLE_V4, &tables.v4)?;
+            self.write_table(maps::RULES_V6, maps::TABLE_V6, &tables.v6)
+        })?;
         self.clear_hits()
     }
 
@@ -384,6 +388,34 @@ impl Instance {
             what: "opening",
             source,
         })
+    }
+}
+
+/// The benchmarks' reference program (allows everything) attached to a cgroup; dropping it
+/// detaches it.
+pub struct Reference {
+    _ebpf: Ebpf,
+}
+
+impl Reference {
+    /// Loads and attaches it.
+    ///
+    /// # Errors
+    /// A [`LoadError`].
+    pub fn attach(cgroup: &CgroupDir) -> Result<Self, LoadError> {
+        let name = programs::REFERENCE_ALLOW;
+        let mut ebpf = Ebpf::load(BPF_OBJECT).map_err(LoadError::Object)?;
+        let program: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(LoadError::Missing { kind: "program", name })?;
+        program.load().map_err(|source| LoadError::Program { program: name, source })?;
+        program.attach(cgroup, CgroupAttachMode::Single).map_err(|source| LoadError::Attach {
+            program: name,
+            cgroup: cgroup.path().display().to_string(),
+            source,
+        })?;
+        Ok(Self { _ebpf: ebpf })
     }
 }
 

@@ -306,7 +306,15 @@ fn tells_systemd_when_it_enforces() {
     socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let name = common::instance_name();
     let mut child = std::process::Command::new(common::BLOCKER)
-        .args(["run", "--cgroup", cg.path().to_str().unwrap(), "--name", &name, "--block", "127.0.0.2"])
+        .args([
+            "run",
+            "--cgroup",
+            cg.path().to_str().unwrap(),
+            "--name",
+            &name,
+            "--block",
+            "127.0.0.2",
+        ])
         .env("NOTIFY_SOCKET", &socket_path)
         .stdout(std::process::Stdio::null())
         .spawn()

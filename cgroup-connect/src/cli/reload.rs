@@ -7,6 +7,9 @@ use crate::{cli::edit::block_on, control, pins::InstancePaths, resolve::Names};
 pub struct ReloadArgs {
     /// The instance
     pub name: String,
+    /// Print how long each phase took (read, compile, write) to stderr
+    #[arg(long)]
+    pub timings: bool,
 }
 
 /// Reloads.
@@ -21,5 +24,9 @@ pub fn reload(args: &ReloadArgs) -> anyhow::Result<()> {
         paths.name,
         crate::cli::run::summary(&policy, counts, false)
     );
+    let report = crate::timings::take_report();
+    if args.timings {
+        eprintln!("{report}");
+    }
     Ok(())
 }

@@ -56,6 +56,9 @@ pub struct RunArgs {
     /// standard output
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
+    /// Print how long each start-up phase took (read, compile, write, attach) to stderr
+    #[arg(long)]
+    pub timings: bool,
     /// Serve Prometheus metrics at `http://ADDR/metrics` (PORT alone binds to 127.0.0.1)
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
@@ -177,8 +180,12 @@ async fn serve(
         if adopted { " (adopted from its pins)" } else { "" },
         summary(&policy, counts, args.audit),
     );
-        std::io::stdout().flush().context("writing to stdout")?;
+    std::io::stdout().flush().context("writing to stdout")?;
     notify_ready();
+    let report = crate::timings::take_report();
+    if args.timings {
+        eprintln!("{report}");
+    }
 
     let view = Arc::new(Mutex::new(PolicyView::new(paths, policy)));
     let mut events = match &args.events {
@@ -344,7 +351,8 @@ fn notify_ready() {
     let bytes = socket.as_encoded_bytes();
     let sent = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
         use std::os::linux::net::SocketAddrExt as _;
-        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name).and_then(|a| sock.send_to_addr(b"READY=1", &a))
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
+            .and_then(|a| sock.send_to_addr(b"READY=1", &a))
     } else {
         sock.send_to(b"READY=1", &socket)
     };
