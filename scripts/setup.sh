@@ -11,7 +11,7 @@ log() { printf 'setup: %s\n' "$*"; }
 # Where the libLLVM links for bpf-linker live. bpf-linker's rpath points here, so it must last.
 LLVM_LINK_DIR=${LLVM_LINK_DIR:-${CARGO_HOME:-$HOME/.cargo}/bpf-linker-llvm}
 BPF_LINKER_VERSION=${BPF_LINKER_VERSION:-0.13}
-APT_PACKAGES=(iproute2 bpftool)
+APT_PACKAGES=(iproute2 bpftool nftables iptables ipset)
 
 need_root_for_apt() {
     if [[ $(id -u) -ne 0 ]]; then

@@ -27,7 +27,7 @@ pub struct EventsArgs {
 /// No such instance, or standard output fails.
 pub fn events(args: &EventsArgs) -> anyhow::Result<()> {
     let paths = InstancePaths::new(&args.name)?;
-    let mut view = PolicyView::new(&paths, control::load(&paths)?.policy()?);
+    let mut view = PolicyView::new(&paths, &control::load(&paths)?.policy()?);
     let mut instance = Instance::open(&paths)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {

@@ -187,7 +187,9 @@ async fn serve(
         eprintln!("{report}");
     }
 
-    let view = Arc::new(Mutex::new(PolicyView::new(paths, policy)));
+    let view = Arc::new(Mutex::new(PolicyView::new(paths, &policy)));
+    drop(policy);
+    release_free_memory();
     let mut events = match &args.events {
         Some(path) => Some((EventReader::new(instance.take_events()?)?, open_events(path)?)),
         None => None,

@@ -40,7 +40,7 @@ struct RuleHits {
 /// No such instance.
 pub fn stats(args: &StatsArgs) -> anyhow::Result<()> {
     let paths = InstancePaths::new(&args.name)?;
-    let mut view = PolicyView::new(&paths, control::load(&paths)?.policy()?);
+    let mut view = PolicyView::new(&paths, &control::load(&paths)?.policy()?);
     let instance = Instance::open(&paths)?;
     let mut hits = instance.rule_hits()?;
     hits.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));

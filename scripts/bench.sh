@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Benchmarks: the blocker against no filter, nftables, ipset and iptables, in one run.
+#   sudo ./scripts/bench.sh           full mode; figures to bench/results.json
+#   sudo ./scripts/bench.sh --quick   under two minutes; figures to bench/results-quick.json
+# Installs what it needs (nftables, iptables, ipset, bpftool through setup.sh), builds the
+# release binaries, and runs target/release/cgroup-connect-bench. It makes its own cgroups,
+# network namespaces (where nftables, ipset and iptables rules live) and instances, and
+# removes them, also on failure. It asserts nothing about time: read docs/performance.md.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+require_root "bench.sh"
+cd "$ROOT_DIR"
+./scripts/setup.sh
+./scripts/build.sh
+out=bench/results.json
+mode=()
+case "${1:-}" in
+    --quick) mode=(--quick); out=bench/results-quick.json ;;
+    --smoke) mode=(--smoke); out=bench/results-smoke.json ;;
+    "") ;;
+    *) echo "usage: $0 [--quick|--smoke]" >&2; exit 2 ;;
+esac
+exec target/release/cgroup-connect-bench "${mode[@]}" --out "$out"
