@@ -10,12 +10,20 @@ use std::{
 
 use anyhow::{Context as _, ensure};
 
-/// Forks a child that joins `cgroup` and `netns`, runs `work` and sends its `u64` result back.
-fn in_child(
+/// A forked child that joined a cgroup and a network namespace and runs some work; its
+/// result, two `u64`s, comes back through a pipe.
+struct InChild {
+    pid: i32,
+    pipe: i32,
+}
+
+/// Forks a child that joins `cgroup`, then `netns` (in that order: joining needs the cgroup2
+/// mount, which the namespace may hide), runs `work` and reports its result.
+fn spawn_in(
     cgroup: &Path,
     netns: &Path,
-    work: impl FnOnce() -> anyhow::Result<u64>,
-) -> anyhow::Result<u64> {
+    work: impl FnOnce() -> [u64; 2],
+) -> anyhow::Result<InChild> {
     let procs = std::fs::OpenOptions::new()
         .write(true)
         .open(cgroup.join("cgroup.procs"))
@@ -28,32 +36,46 @@ fn in_child(
     let pid = unsafe { libc::fork() };
     ensure!(pid >= 0, "fork");
     if pid == 0 {
-        // SAFETY: the child's own syscalls; results go through the pipe.
+        // SAFETY: the child's own syscalls; the result goes through the pipe.
         unsafe {
-            let ok = libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) == 1
+            let joined = libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) == 1
                 && libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) == 0;
-            let value = if ok { work().unwrap_or(u64::MAX) } else { u64::MAX };
-            libc::write(pipe[1], (&raw const value).cast(), 8);
+            let result = if joined { work() } else { [u64::MAX; 2] };
+            libc::write(pipe[1], result.as_ptr().cast(), 16);
             libc::_exit(0);
         }
     }
-    let mut value = u64::MAX;
-    // SAFETY: reading 8 bytes into a u64, then reaping our child.
-    unsafe {
-        libc::close(pipe[1]);
-        libc::read(pipe[0], (&raw mut value).cast(), 8);
-        libc::close(pipe[0]);
-        let mut status = 0;
-        libc::waitpid(pid, &raw mut status, 0);
+    // SAFETY: the parent keeps the read end.
+    unsafe { libc::close(pipe[1]) };
+    Ok(InChild { pid, pipe: pipe[0] })
+}
+
+impl InChild {
+    /// Waits for the result.
+    fn wait(self) -> [u64; 2] {
+        let mut result = [u64::MAX; 2];
+        // SAFETY: our pipe and our child.
+        unsafe {
+            libc::read(self.pipe, result.as_mut_ptr().cast(), 16);
+            libc::close(self.pipe);
+            let mut status = 0;
+            libc::waitpid(self.pid, &raw mut status, 0);
+        }
+        result
     }
-    ensure!(value != u64::MAX, "the benchmark child failed");
-    Ok(value)
+
+    /// Asks it to stop (SIGTERM), then waits for the result.
+    fn stop(self) -> [u64; 2] {
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(self.pid, libc::SIGTERM) };
+        self.wait()
+    }
 }
 
 /// Nanoseconds per loopback TCP connect + accept + close (`SO_LINGER` 0: no TIME_WAIT), over
 /// `iterations` after a warm-up, from a child in `cgroup` and `netns`.
 pub fn connect_loop(cgroup: &Path, netns: &Path, iterations: u32, v6: bool) -> anyhow::Result<f64> {
-    let total = in_child(cgroup, netns, || {
+    let run = || -> anyhow::Result<u64> {
         let listener = TcpListener::bind(if v6 { "[::1]:0" } else { "127.0.0.1:0" })?;
         let addr = listener.local_addr()?;
         let one = |addr: SocketAddr| -> anyhow::Result<()> {
@@ -77,37 +99,24 @@ pub fn connect_loop(cgroup: &Path, netns: &Path, iterations: u32, v6: bool) -> a
             one(addr)?;
         }
         Ok(u64::try_from(start.elapsed().as_nanos())?)
-    })?;
+    };
+    let [total, _] = spawn_in(cgroup, netns, || [run().unwrap_or(u64::MAX), 0])?.wait();
+    ensure!(total != u64::MAX, "the benchmark child failed");
     Ok(total as f64 / f64::from(iterations))
 }
 
 /// A child in `cgroup` and `netns` connecting to `dst` (which must be blocked) until told to
-/// stop; it reports how many attempts were not blocked.
-pub struct WindowProbe {
-    pid: i32,
-    pipe: i32,
-}
+/// stop (at most 10 minutes); it reports how many attempts were not blocked.
+pub struct WindowProbe(InChild);
 
 impl WindowProbe {
     pub fn start(cgroup: &Path, netns: &Path, dst: SocketAddr) -> anyhow::Result<Self> {
-        let procs = std::fs::OpenOptions::new().write(true).open(cgroup.join("cgroup.procs"))?;
-        let ns = std::fs::File::open(netns)?;
         let addr = socket2::SockAddr::from(dst);
-        let mut pipe = [0i32; 2];
-        // SAFETY: as in in_child.
-        ensure!(unsafe { libc::pipe(pipe.as_mut_ptr()) } == 0, "pipe");
-        // SAFETY: as in in_child; the child loops on raw syscalls until SIGTERM (bounded by a
-        // deadline), then reports.
-        let pid = unsafe { libc::fork() };
-        ensure!(pid >= 0, "fork");
-        if pid == 0 {
-            // SAFETY: the child's own syscalls.
+        let child = spawn_in(cgroup, netns, || {
+            let deadline = Instant::now() + std::time::Duration::from_mins(10);
+            let mut counts = [0u64; 2]; // attempts, not blocked
+            // SAFETY: installing a handler that only stores to an atomic; raw syscalls after.
             unsafe {
-                libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1);
-                libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET);
-                let deadline = Instant::now() + std::time::Duration::from_mins(10);
-                let mut counts = [0u64; 2]; // attempts, not blocked
-                STOP.store(false, std::sync::atomic::Ordering::Relaxed);
                 libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
                 while !STOP.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline
                 {
@@ -119,27 +128,16 @@ impl WindowProbe {
                     counts[0] += 1;
                     libc::close(s);
                 }
-                libc::write(pipe[1], counts.as_ptr().cast(), 16);
-                libc::_exit(0);
             }
-        }
-        // SAFETY: the parent keeps the read end.
-        unsafe { libc::close(pipe[1]) };
-        Ok(Self { pid, pipe: pipe[0] })
+            counts
+        })?;
+        Ok(Self(child))
     }
 
     /// Stops the child: (attempts, attempts not blocked).
     pub fn finish(self) -> (u64, u64) {
-        let mut counts = [0u64; 2];
-        // SAFETY: our child and our pipe.
-        unsafe {
-            libc::kill(self.pid, libc::SIGTERM);
-            libc::read(self.pipe, counts.as_mut_ptr().cast(), 16);
-            libc::close(self.pipe);
-            let mut status = 0;
-            libc::waitpid(self.pid, &raw mut status, 0);
-        }
-        (counts[0], counts[1])
+        let [attempts, not_blocked] = self.0.stop();
+        (attempts, not_blocked)
     }
 }
 

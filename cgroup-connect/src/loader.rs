@@ -142,13 +142,7 @@ impl Instance {
     ) -> Result<Self, LoadError> {
         let result = Self::create_inner(paths, cgroup, tables, audit, pin_links);
         if result.is_err() {
-            for pin in maps::PINNED
-                .iter()
-                .map(|m| paths.map(m))
-                .chain(programs::ALL.iter().map(|p| paths.link(p)))
-            {
-                let _ = std::fs::remove_file(pin);
-            }
+            let _ = unpin(paths);
         }
         result
     }

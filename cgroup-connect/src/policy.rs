@@ -47,8 +47,8 @@ pub struct SourcedRule {
     pub origin: Origin,
 }
 
-/// Everything that makes a policy, as given on the command line.
-#[derive(Clone, Debug, Default)]
+/// Everything that makes a policy, as given on the command line (kept in an instance's state).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Sources {
     pub block: Vec<Destination>,
     pub allow: Vec<Destination>,
@@ -60,6 +60,23 @@ pub struct Sources {
 }
 
 impl Sources {
+    /// The same sources with relative paths made absolute, so a reload from anywhere reads
+    /// the same files.
+    #[must_use]
+    pub fn absolute(mut self) -> Self {
+        let abs = |p: &mut PathBuf| {
+            if let Ok(a) = std::path::absolute(&*p) {
+                *p = a;
+            }
+        };
+        self.block_lists
+            .iter_mut()
+            .chain(self.allow_lists.iter_mut())
+            .chain(self.policy.iter_mut())
+            .for_each(abs);
+        self
+    }
+
     /// Whether no rule source was given at all.
     #[must_use]
     pub fn is_empty(&self) -> bool {

@@ -50,8 +50,9 @@ pub struct Ports {
     pub hi: u16,
 }
 
-/// The destination part of a rule: everything but the action.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// The destination part of a rule: everything but the action. Serialized as its rule text.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub struct Destination {
     pub host: Host,
     pub ports: Option<Ports>,
@@ -237,6 +238,19 @@ pub fn parse_proto(rule: &str, text: &str) -> Result<Proto, RuleError> {
         "tcp" => Ok(Proto::Tcp),
         "udp" => Ok(Proto::Udp),
         _ => Err(RuleError::Proto { rule: rule.to_owned(), value: text.to_owned() }),
+    }
+}
+
+impl From<Destination> for String {
+    fn from(d: Destination) -> Self {
+        d.to_string()
+    }
+}
+
+impl TryFrom<String> for Destination {
+    type Error = RuleError;
+    fn try_from(s: String) -> Result<Self, RuleError> {
+        s.parse()
     }
 }
 

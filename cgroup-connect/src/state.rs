@@ -67,58 +67,6 @@ impl LiveRule {
     }
 }
 
-/// The policy sources as given to `blocker run` (paths made absolute).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SourceSpec {
-    pub block: Vec<String>,
-    pub allow: Vec<String>,
-    pub block_lists: Vec<PathBuf>,
-    pub allow_lists: Vec<PathBuf>,
-    pub policy: Option<PathBuf>,
-    pub default: Option<Action>,
-}
-
-impl SourceSpec {
-    /// The spec of `sources`, with relative paths made absolute so a reload from anywhere
-    /// reads the same files.
-    #[must_use]
-    pub fn of(sources: &Sources) -> Self {
-        let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
-        Self {
-            block: sources.block.iter().map(ToString::to_string).collect(),
-            allow: sources.allow.iter().map(ToString::to_string).collect(),
-            block_lists: sources.block_lists.iter().map(abs).collect(),
-            allow_lists: sources.allow_lists.iter().map(abs).collect(),
-            policy: sources.policy.as_ref().map(abs),
-            default: sources.default,
-        }
-    }
-
-    /// The sources again.
-    ///
-    /// # Errors
-    /// A [`PolicyError`] for a rule that no longer parses (it did when it was saved).
-    pub fn sources(&self) -> Result<Sources, PolicyError> {
-        let parse = |flag: &'static str, texts: &[String]| {
-            texts
-                .iter()
-                .map(|t| {
-                    t.parse::<Destination>()
-                        .map_err(|error| PolicyError::Rule { origin: Origin::Flag(flag), error })
-                })
-                .collect::<Result<Vec<_>, _>>()
-        };
-        Ok(Sources {
-            block: parse("--block", &self.block)?,
-            allow: parse("--allow", &self.allow)?,
-            block_lists: self.block_lists.clone(),
-            allow_lists: self.allow_lists.clone(),
-            policy: self.policy.clone(),
-            default: self.default,
-        })
-    }
-}
-
 /// Everything known about an instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
@@ -132,7 +80,8 @@ pub struct State {
     pub since: u64,
     /// The `blocker run` process serving it, if any.
     pub pid: Option<u32>,
-    pub sources: SourceSpec,
+    /// The policy sources as given to `blocker run` (paths made absolute).
+    pub sources: Sources,
     pub added: Vec<LiveRule>,
     pub removed: Vec<LiveRule>,
     /// Rule counts as last compiled.
@@ -143,7 +92,7 @@ pub struct State {
 impl State {
     /// A new state, attached now.
     #[must_use]
-    pub fn new(name: &str, cgroup: PathBuf, sources: SourceSpec) -> Self {
+    pub fn new(name: &str, cgroup: PathBuf, sources: Sources) -> Self {
         let since = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         Self {
             name: name.to_owned(),
@@ -202,7 +151,7 @@ impl State {
     /// # Errors
     /// A [`PolicyError`] from the sources.
     pub fn policy(&self) -> Result<Policy, PolicyError> {
-        let mut policy = Policy::load(&self.sources.sources()?)?;
+        let mut policy = Policy::load(&self.sources)?;
         policy.rules.retain(|r| !self.removed.contains(&LiveRule::of(&r.rule)));
         for live in &self.added {
             let dest: Destination = live
@@ -270,7 +219,7 @@ mod tests {
             block: vec!["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()],
             ..Sources::default()
         };
-        let mut state = State::new("t", "/x".into(), SourceSpec::of(&sources));
+        let mut state = State::new("t", "/x".into(), sources);
         state.removed.push(LiveRule { action: Action::Block, rule: "10.0.0.1".into() });
         state.added.push(LiveRule { action: Action::Allow, rule: "tcp://[::1]:22".into() });
         state.added.push(LiveRule { action: Action::Block, rule: "10.0.0.2".into() });

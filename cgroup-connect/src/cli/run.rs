@@ -21,7 +21,7 @@ use crate::{
     privileges,
     resolve::Names,
     rules::{Action, Destination},
-    state::{Lock, SourceSpec, State},
+    state::{Lock, State},
     table::Tables,
 };
 
@@ -140,8 +140,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         Some(dir) => CgroupDir::open(dir)?,
         None => CgroupDir::open(cgroup::cgroup2_root()?)?,
     };
-    let mut state =
-        State::new(&args.name, cgroup.path().to_owned(), SourceSpec::of(&args.sources()));
+    let mut state = State::new(&args.name, cgroup.path().to_owned(), args.sources().absolute());
     state.audit = args.audit;
     state.pinned = args.pin;
     state.policy()?;
