@@ -461,6 +461,21 @@ mod tests {
         assert!(err.to_string().contains("192.0.2.1/32"), "{err}");
     }
 
+        #[test]
+    fn more_rules_than_the_capacity_are_refused() {
+        let over = MAX_RULES_PER_FAMILY + 1;
+        let rules = (0..over).map(|i| TableRule {
+            net: IpNet::new(std::net::Ipv4Addr::from(u32::try_from(i).unwrap()).into(), 32).unwrap(),
+            ports: None,
+            proto: Proto::Any,
+            action: Action::Block,
+            id: 1,
+        });
+        let err = compile(Action::Allow, rules).unwrap_err();
+        assert!(matches!(err, TableError::TooManyRules { family: "IPv4", count } if count == over), "{err}");
+        assert!(err.to_string().contains("4194305 IPv4 rules exceed the capacity of 4194304"), "{err}");
+    }
+
     #[test]
     fn a_million_host_rules_compile_to_one_interval_pair_each() {
         let rules = (0..1_000_000u32).map(|i| TableRule {
