@@ -21,9 +21,9 @@
 //! interval.
 //!
 //! A decision is a binary search of the fences, a binary search in one chunk, then at most
-//! [`MAX_CLASS_LEN`] entries of a class: see [`decide`]. That is two or three map lookups, the
-//! rest plain loads. The whole table is swapped at once (it is an inner map of an array of
-//! maps), so every decision sees one policy or the other.
+//! [`MAX_CLASS_LEN`] entries of a class: see [`decide`]. The lookups are inlined by the
+//! verifier (see [`TABLE_CLASSES`]). The whole table is swapped at once (it is an inner map of
+//! an array of maps), so every decision sees one policy or the other.
 #![no_std]
 #![expect(
     clippy::inline_always,
@@ -55,10 +55,13 @@ pub mod programs {
 
 /// Names of the BPF maps, as the kernel and `bpftool map` show them.
 pub mod maps {
-    /// Array of maps with one slot: the IPv4 table ([`crate::V4Record`]s).
-    pub const RULES_V4: &str = "rules_v4";
-    /// Array of maps with one slot: the IPv6 table ([`crate::V6Record`]s).
-    pub const RULES_V6: &str = "rules_v6";
+    /// Arrays of maps with one slot each, one per size class ([`crate::TABLE_CLASSES`]): the
+    /// IPv4 table ([`crate::V4Record`]s) is in the one [`crate::config::V4_CLASS`] selects.
+    pub const RULES_V4: [&str; 5] =
+        ["rules_v4_0", "rules_v4_1", "rules_v4_2", "rules_v4_3", "rules_v4_4"];
+    /// The same for the IPv6 table ([`crate::V6Record`]s), selected by [`crate::config::V6_CLASS`].
+    pub const RULES_V6: [&str; 5] =
+        ["rules_v6_0", "rules_v6_1", "rules_v6_2", "rules_v6_3", "rules_v6_4"];
     /// Name given to each IPv4 table userspace creates.
     pub const TABLE_V4: &str = "table_v4";
     /// Name given to each IPv6 table userspace creates.
@@ -69,11 +72,46 @@ pub mod maps {
     pub const RULE_HITS: &str = "rule_hits";
     /// Ring buffer of [`crate::Event`]s: blocked attempts, and would-be blocks in audit mode.
     pub const EVENTS: &str = "events";
-    /// Array with one `u32`: [`crate::CONFIG_AUDIT`] and future flags.
+    /// Array of `u32`s indexed by [`crate::config`]: flags and the table size classes.
     pub const CONFIG: &str = "config";
-    /// Every map an instance pins, in a fixed order.
-    pub const PINNED: [&str; 6] = [RULES_V4, RULES_V6, STATS, RULE_HITS, EVENTS, CONFIG];
+    /// Every map an instance pins.
+    pub const PINNED: [&str; 14] = [
+        RULES_V4[0],
+        RULES_V4[1],
+        RULES_V4[2],
+        RULES_V4[3],
+        RULES_V4[4],
+        RULES_V6[0],
+        RULES_V6[1],
+        RULES_V6[2],
+        RULES_V6[3],
+        RULES_V6[4],
+        STATS,
+        RULE_HITS,
+        EVENTS,
+        CONFIG,
+    ];
 }
+
+/// Indices of the [`maps::CONFIG`] words.
+pub mod config {
+    /// Flags: [`crate::CONFIG_AUDIT`].
+    pub const FLAGS: u32 = 0;
+    /// The size class that holds the IPv4 table.
+    pub const V4_CLASS: u32 = 1;
+    /// The size class that holds the IPv6 table.
+    pub const V6_CLASS: u32 = 2;
+    /// Number of words.
+    pub const LEN: u32 = 3;
+}
+
+/// Table sizes, in chunks (the index chunk included). A table is created at the smallest
+/// class that holds it; each class has its own outer map, whose inner-map template fixes the
+/// size, so the verifier inlines every lookup (no helper call per lookup).
+///
+/// Five classes, four times apart: every class costs the verifier another copy of the search,
+/// and a table wastes at most three quarters of its class.
+pub const TABLE_CLASSES: [u32; 5] = [2, 8, 32, 128, 512];
 
 /// Indices of the [`maps::STATS`] totals.
 pub mod stats {
@@ -149,19 +187,18 @@ pub struct Event {
 
 /// `BPF_F_MMAPABLE`: userspace writes a whole table with one copy through `mmap`.
 pub const BPF_F_MMAPABLE: u32 = 1 << 10;
-/// `BPF_F_INNER_MAP`: tables of any size fit the same outer map.
-pub const BPF_F_INNER_MAP: u32 = 1 << 12;
-/// Flags of every table, and of the inner-map template the BPF object declares.
-pub const TABLE_FLAGS: u32 = BPF_F_MMAPABLE | BPF_F_INNER_MAP;
+/// Flags of every table, and of the inner-map templates the BPF object declares. Not
+/// `BPF_F_INNER_MAP`: that would let sizes vary, and stop the verifier inlining lookups.
+pub const TABLE_FLAGS: u32 = BPF_F_MMAPABLE;
 
 /// log2 of [`CHUNK_RECORDS`].
-pub const CHUNK_BITS: u32 = 12;
+pub const CHUNK_BITS: u32 = 14;
 /// Records per chunk.
 pub const CHUNK_RECORDS: u32 = 1 << CHUNK_BITS;
 /// Keeps an index inside a chunk (and shows the verifier that it is).
 pub const CHUNK_MASK: u32 = CHUNK_RECORDS - 1;
-/// Most data chunks: the index chunk has a fence for each, after its header.
-pub const MAX_DATA_CHUNKS: u32 = CHUNK_RECORDS - 1;
+/// Most data chunks: the largest size class holds them with the index chunk.
+pub const MAX_DATA_CHUNKS: u32 = TABLE_CLASSES[TABLE_CLASSES.len() - 1] - 1;
 /// Most intervals a table may hold.
 pub const MAX_INTERVALS: u32 = CHUNK_RECORDS * MAX_DATA_CHUNKS;
 /// Most entries of one class: how many rules with ports or a protocol may cover one address

@@ -22,19 +22,63 @@ use aya_ebpf::{
 };
 use cgroup_connect_common::{
     ALLOW, BLOCK, CONFIG_AUDIT, Chunk, EVENTS_BYTES, Event, Proto, RULE_FAILED_CLOSED,
-    RULE_HITS_CAPACITY, TABLE_FLAGS, V4Record, V6Record, decide, hook, ip4_from_user,
-    ip6_from_user, mapped_ip4, port_from_user, stats, verdict, word,
+    RULE_HITS_CAPACITY, Record, TABLE_CLASSES, TABLE_FLAGS, V4Record, V6Record, config, decide,
+    hook, ip4_from_user, ip6_from_user, mapped_ip4, port_from_user, stats, verdict, word,
 };
 
-/// Template of the tables; userspace creates tables of any size with the same flags.
-type V4Table = Array<Chunk<V4Record>, 1, { TABLE_FLAGS as usize }>;
-type V6Table = Array<Chunk<V6Record>, 1, { TABLE_FLAGS as usize }>;
+/// One outer map per table size class: its template fixes the table size, so the verifier
+/// inlines every lookup into it.
+type Tables<R, const CHUNKS: usize> =
+    ArrayOfMaps<Array<Chunk<R>, CHUNKS, { TABLE_FLAGS as usize }>, 1>;
 
-#[btf_map(name = "rules_v4")]
-static RULES_V4: ArrayOfMaps<V4Table, 1> = ArrayOfMaps::new();
+macro_rules! size_classes {
+    ($($v4:ident $v4_name:literal $v6:ident $v6_name:literal $class:literal;)*) => {
+        $(
+            #[btf_map(name = $v4_name)]
+            static $v4: Tables<V4Record, { TABLE_CLASSES[$class] as usize }> = ArrayOfMaps::new();
+            #[btf_map(name = $v6_name)]
+            static $v6: Tables<V6Record, { TABLE_CLASSES[$class] as usize }> = ArrayOfMaps::new();
+        )*
 
-#[btf_map(name = "rules_v6")]
-static RULES_V6: ArrayOfMaps<V6Table, 1> = ArrayOfMaps::new();
+        /// The verdict word from the IPv4 table, in the class `config::V4_CLASS` selects.
+        #[inline(always)]
+        fn judge_v4(addr: u32, port: u16, proto: Proto) -> Option<u32> {
+            match *CONFIG.get(config::V4_CLASS)? {
+                $($class => judge(&$v4, addr, port, proto),)*
+                _ => None,
+            }
+        }
+
+        /// The verdict word from the IPv6 table, in the class `config::V6_CLASS` selects.
+        #[inline(always)]
+        fn judge_v6(addr: (u64, u64), port: u16, proto: Proto) -> Option<u32> {
+            match *CONFIG.get(config::V6_CLASS)? {
+                $($class => judge(&$v6, addr, port, proto),)*
+                _ => None,
+            }
+        }
+    };
+}
+
+size_classes! {
+    V4_0 "rules_v4_0" V6_0 "rules_v6_0" 0;
+    V4_1 "rules_v4_1" V6_1 "rules_v6_1" 1;
+    V4_2 "rules_v4_2" V6_2 "rules_v6_2" 2;
+    V4_3 "rules_v4_3" V6_3 "rules_v6_3" 3;
+    V4_4 "rules_v4_4" V6_4 "rules_v6_4" 4;
+
+}
+
+#[inline(always)]
+fn judge<R: Record, const CHUNKS: usize>(
+    tables: &Tables<R, CHUNKS>,
+    addr: R::Addr,
+    port: u16,
+    proto: Proto,
+) -> Option<u32> {
+    let table = tables.get(0)?;
+    decide(|i| table.get(i), addr, port, proto)
+}
 
 #[btf_map(name = "stats")]
 static STATS: PerCpuArray<u64, { stats::COUNT as usize }> = PerCpuArray::new();
@@ -47,7 +91,7 @@ static RULE_HITS: LruPerCpuHashMap<u32, u64, { RULE_HITS_CAPACITY as usize }> =
 static EVENTS: RingBuf<Event, { EVENTS_BYTES as usize }> = RingBuf::new();
 
 #[btf_map(name = "config")]
-static CONFIG: Array<u32, 1> = Array::new();
+static CONFIG: Array<u32, { config::LEN as usize }> = Array::new();
 
 #[cgroup_sock_addr(connect4)]
 pub fn check_connect4(ctx: SockAddrContext) -> i32 {
@@ -111,20 +155,15 @@ fn try_v6(ctx: &SockAddrContext, hook: u8) -> Result<i32, i32> {
     let attempt = Attempt { family: 6, hook, protocol: sa.protocol, addr, port };
     let word = match mapped_ip4(addr) {
         Some(v4) => judge_v4(v4, port, proto),
-        None => RULES_V6.get(0).and_then(|t| decide(|i| t.get(i), addr, port, proto)),
+        None => judge_v6(addr, port, proto),
     };
     finish(&attempt, word)
-}
-
-#[inline(always)]
-fn judge_v4(addr: u32, port: u16, proto: Proto) -> Option<u32> {
-    RULES_V4.get(0).and_then(|t| decide(|i| t.get(i), addr, port, proto))
 }
 
 /// Counts the decision, reports a block, and applies audit mode. `Err(BLOCK)`: no valid table.
 #[inline(always)]
 fn finish(attempt: &Attempt, word: Option<u32>) -> Result<i32, i32> {
-    let audit = CONFIG.get(0).is_some_and(|c| c & CONFIG_AUDIT != 0);
+    let audit = CONFIG.get(config::FLAGS).is_some_and(|c| c & CONFIG_AUDIT != 0);
     let Some(word) = word else {
         count(stats::FAILED_CLOSED);
         report(attempt, RULE_FAILED_CLOSED, verdict::BLOCKED);

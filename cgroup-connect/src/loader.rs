@@ -21,7 +21,9 @@ use aya::{
     },
     util::KernelVersion,
 };
-use cgroup_connect_common::{CONFIG_AUDIT, TABLE_FLAGS, maps, programs, stats};
+use cgroup_connect_common::{
+    CONFIG_AUDIT, TABLE_CLASSES, TABLE_FLAGS, config, maps, programs, stats,
+};
 
 use crate::{cgroup::CgroupDir, pins::InstancePaths, table::Tables};
 
@@ -115,6 +117,39 @@ enum HeldLink {
     Pinned(#[expect(dead_code, reason = "held while the process runs")] PinnedLink),
 }
 
+/// The BPF object with its maps created and its programs loaded (verified) but not attached:
+/// the slow part of a start, which `blocker run` does while it reads and compiles the policy.
+pub struct Prepared {
+    ebpf: Ebpf,
+}
+
+impl Prepared {
+    /// Creates the maps and loads the four programs.
+    ///
+    /// # Errors
+    /// [`LoadError::Unsupported`] on a kernel without cgroup BPF links, or a load failure.
+    pub fn load() -> Result<Self, LoadError> {
+        let links_ok = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 7, 0));
+        if !links_ok
+            || !aya::sys::is_program_supported(ProgramType::CgroupSockAddr).unwrap_or(false)
+        {
+            return Err(LoadError::Unsupported);
+        }
+        raise_memlock_limit();
+        let started = std::time::Instant::now();
+        let mut ebpf = Ebpf::load(BPF_OBJECT).map_err(LoadError::Object)?;
+        for name in programs::ALL {
+            let program: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .and_then(|p| p.try_into().ok())
+                .ok_or(LoadError::Missing { kind: "program", name })?;
+            program.load().map_err(|source| LoadError::Program { program: name, source })?;
+        }
+        crate::timings::add("verify", started.elapsed());
+        Ok(Self { ebpf })
+    }
+}
+
 /// An instance's maps and the links this process holds. Dropping it detaches the links it
 /// owns; pinned links stay.
 pub struct Instance {
@@ -139,8 +174,9 @@ impl Instance {
         tables: &Tables,
         audit: bool,
         pin_links: bool,
+        prepared: Prepared,
     ) -> Result<Self, LoadError> {
-        let result = Self::create_inner(paths, cgroup, tables, audit, pin_links);
+        let result = Self::create_inner(paths, cgroup, tables, audit, pin_links, prepared);
         if result.is_err() {
             let _ = unpin(paths);
         }
@@ -153,15 +189,9 @@ impl Instance {
         tables: &Tables,
         audit: bool,
         pin_links: bool,
+        prepared: Prepared,
     ) -> Result<Self, LoadError> {
-        let links_ok = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 7, 0));
-        if !links_ok
-            || !aya::sys::is_program_supported(ProgramType::CgroupSockAddr).unwrap_or(false)
-        {
-            return Err(LoadError::Unsupported);
-        }
-        raise_memlock_limit();
-        let mut ebpf = Ebpf::load(BPF_OBJECT).map_err(LoadError::Object)?;
+        let mut ebpf = prepared.ebpf;
         let mut this = Self { maps: StdHashMap::new(), links: Vec::new() };
         for name in maps::PINNED {
             let map = ebpf.take_map(name).ok_or(LoadError::Missing { kind: "map", name })?;
@@ -183,7 +213,6 @@ impl Instance {
                 .program_mut(name)
                 .and_then(|p| p.try_into().ok())
                 .ok_or(LoadError::Missing { kind: "program", name })?;
-            program.load().map_err(|source| LoadError::Program { program: name, source })?;
             // On 5.7+ aya attaches through bpf_link_create, and a cgroup link always runs
             // alongside other programs (the kernel attaches it with BPF_F_ALLOW_MULTI); it
             // rejects any flag, so the mode must be the flag-less Single.
@@ -251,24 +280,39 @@ impl Instance {
     /// A [`LoadError`]; a family whose new table could not be written keeps its old one.
     pub fn swap(&mut self, tables: &Tables) -> Result<(), LoadError> {
         crate::timings::time("write", || {
-            self.write_table(maps::RULES_V4, maps::TABLE_V4, &tables.v4)?;
-            self.write_table(maps::RULES_V6, maps::TABLE_V6, &tables.v6)
+            self.write_table(&maps::RULES_V4, config::V4_CLASS, maps::TABLE_V4, &tables.v4)?;
+            self.write_table(&maps::RULES_V6, config::V6_CLASS, maps::TABLE_V6, &tables.v6)
         })?;
         self.clear_hits()
     }
 
-    /// Creates a table holding `chunks`, fills it through `mmap`, and installs it in `outer`.
+    /// Creates a table holding `chunks` at the smallest size class that fits, fills it through
+    /// `mmap`, installs it in that class's outer map, then selects that class (word `selector`
+    /// of the config map). A decision reads the selector, then the selected class's table: it
+    /// sees a whole table, old or new.
+    ///
+    /// Tables of classes neither selected nor about to be are freed first: no decision has
+    /// started on them since the change before this one.
     fn write_table<R: Pod>(
         &mut self,
-        outer: &'static str,
+        outers: &[&'static str; TABLE_CLASSES.len()],
+        selector: u32,
         name: &'static str,
         chunks: &[R],
     ) -> Result<(), LoadError> {
         use aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY;
         let map_err = |what, source| LoadError::Map { map: name, what, source };
-        let entries = u32::try_from(chunks.len().max(1)).map_err(|_| {
-            map_err("sizing", MapError::OutOfBounds { index: u32::MAX, max_entries: u32::MAX })
-        })?;
+        let too_big =
+            || map_err("sizing", MapError::OutOfBounds { index: u32::MAX, max_entries: u32::MAX });
+        let class =
+            TABLE_CLASSES.iter().position(|&c| c as usize >= chunks.len()).ok_or_else(too_big)?;
+        let entries = TABLE_CLASSES[class];
+        let selected = self.config_word(selector)? as usize;
+        for (k, outer) in outers.iter().enumerate() {
+            if k != class && k != selected {
+                self.free_table(outer)?;
+            }
+        }
         let size = u32::try_from(size_of::<R>()).expect("chunks are smaller than 4 GiB");
         let def =
             aya_obj::Map::new_from_params(BPF_MAP_TYPE_ARRAY as u32, 4, size, entries, TABLE_FLAGS);
@@ -287,11 +331,46 @@ impl Instance {
             })?;
             mem.copy_from_slice(bytes);
         }
+        let outer = outers[class];
         let outer_map =
             self.maps.get_mut(outer).ok_or(LoadError::Missing { kind: "map", name: outer })?;
         let mut outer_map: ArrayOfMaps<&mut MapData, MapData> =
             ArrayOfMaps::try_from(outer_map).map_err(|e| map_err("opening", e))?;
-        outer_map.set(0, &table, 0).map_err(|e| map_err("installing", e))
+        outer_map.set(0, &table, 0).map_err(|e| map_err("installing", e))?;
+        self.set_config_word(selector, u32::try_from(class).expect("five classes"))
+    }
+
+    /// Empties the outer map of a size class (its table is freed once no program uses it).
+    fn free_table(&self, outer: &'static str) -> Result<(), LoadError> {
+        let Some(Map::ArrayOfMaps(data)) = self.maps.get(outer) else {
+            return Err(LoadError::Missing { kind: "map", name: outer });
+        };
+        delete_first_elem(data.fd().as_fd()).map_err(|source| LoadError::Pin {
+            path: outer.to_owned(),
+            what: "freeing a table",
+            source,
+        })
+    }
+
+    fn config_word(&self, index: u32) -> Result<u32, LoadError> {
+        let map = self
+            .maps
+            .get(maps::CONFIG)
+            .ok_or(LoadError::Missing { kind: "map", name: maps::CONFIG })?;
+        let err = |what, source| LoadError::Map { map: maps::CONFIG, what, source };
+        let config: Array<&MapData, u32> = Array::try_from(map).map_err(|e| err("opening", e))?;
+        config.get(&index, 0).map_err(|e| err("reading", e))
+    }
+
+    fn set_config_word(&mut self, index: u32, value: u32) -> Result<(), LoadError> {
+        let map = self
+            .maps
+            .get_mut(maps::CONFIG)
+            .ok_or(LoadError::Missing { kind: "map", name: maps::CONFIG })?;
+        let err = |what, source| LoadError::Map { map: maps::CONFIG, what, source };
+        let mut config: Array<&mut MapData, u32> =
+            Array::try_from(map).map_err(|e| err("opening", e))?;
+        config.set(index, value, 0).map_err(|e| err("writing", e))
     }
 
     /// Turns audit mode on or off.
@@ -299,18 +378,7 @@ impl Instance {
     /// # Errors
     /// [`LoadError::Map`].
     pub fn set_audit(&mut self, audit: bool) -> Result<(), LoadError> {
-        let map = self
-            .maps
-            .get_mut(maps::CONFIG)
-            .ok_or(LoadError::Missing { kind: "map", name: maps::CONFIG })?;
-        let mut config: Array<&mut MapData, u32> = Array::try_from(map)
-            .map_err(|source| LoadError::Map { map: maps::CONFIG, what: "opening", source })?;
-        let flags = if audit { CONFIG_AUDIT } else { 0 };
-        config.set(0, flags, 0).map_err(|source| LoadError::Map {
-            map: maps::CONFIG,
-            what: "writing",
-            source,
-        })
+        self.set_config_word(config::FLAGS, if audit { CONFIG_AUDIT } else { 0 })
     }
 
     /// The decision totals, summed over CPUs.
@@ -411,6 +479,36 @@ impl Reference {
         })?;
         Ok(Self { _ebpf: ebpf })
     }
+}
+
+/// `bpf(BPF_MAP_DELETE_ELEM)` of key 0: aya 0.14 has no public delete for arrays of maps.
+/// A missing element is fine.
+fn delete_first_elem(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    /// The `map_elem` part of `union bpf_attr`.
+    #[repr(C)]
+    struct MapElemAttr {
+        map_fd: u32,
+        pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+    let key = 0u32;
+    let attr = MapElemAttr {
+        map_fd: u32::try_from(fd.as_raw_fd()).map_err(io::Error::other)?,
+        pad: 0,
+        key: (&raw const key) as u64,
+        value: 0,
+        flags: 0,
+    };
+    // SAFETY: a valid bpf_attr prefix for BPF_MAP_DELETE_ELEM, alive for the call.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_MAP_DELETE_ELEM, &raw const attr, size_of::<MapElemAttr>())
+    };
+    let err = io::Error::last_os_error();
+    if rc == 0 || err.raw_os_error() == Some(libc::ENOENT) { Ok(()) } else { Err(err) }
 }
 
 fn link_io(e: &LinkError) -> io::Error {

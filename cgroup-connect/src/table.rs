@@ -251,7 +251,7 @@ fn compile_family(
 
 impl Compiled {
     /// The index chunk, then the data chunks, with records made by `record(start, key, word)`.
-    fn into_chunks<R: Record + Copy + Default>(
+    fn into_chunks<R: Record + aya::Pod>(
         self,
         record: impl Fn(u128, u32, u32) -> R,
         default: u32,
@@ -268,8 +268,7 @@ impl Compiled {
             offsets.push(u32::try_from(next).expect("records fit u32"));
             next += class.len();
         }
-        let blank = Chunk { records: [R::default(); CHUNK_RECORDS as usize] };
-        let mut chunks = vec![blank; 1 + next.div_ceil(chunk_len)];
+        let mut chunks = zeroed_chunks::<R>(1 + next.div_ceil(chunk_len));
         let mut put = |g: usize, r: R| chunks[1 + g / chunk_len].records[g % chunk_len] = r;
         for (g, (start, slot)) in self.intervals.iter().enumerate() {
             let word = match *slot {
@@ -291,6 +290,20 @@ impl Compiled {
         }
         chunks
     }
+}
+
+/// `n` zeroed chunks, made on the heap (a chunk of IPv6 records is 384 KiB: too big for a
+/// stack).
+fn zeroed_chunks<R: aya::Pod>(n: usize) -> Vec<Chunk<R>> {
+    let mut chunks: Vec<Chunk<R>> = Vec::with_capacity(n);
+    // SAFETY: Pod records are plain data for which all-zero bytes are a valid value (the
+    // header, intervals and entries the compiler writes over them; zero elsewhere), and the
+    // capacity is `n`.
+    unsafe {
+        std::ptr::write_bytes(chunks.as_mut_ptr(), 0, n);
+        chunks.set_len(n);
+    }
+    chunks
 }
 
 /// The verdict word for a destination, looked up in compiled tables the way the BPF programs
@@ -461,19 +474,26 @@ mod tests {
         assert!(err.to_string().contains("192.0.2.1/32"), "{err}");
     }
 
-        #[test]
+    #[test]
     fn more_rules_than_the_capacity_are_refused() {
         let over = MAX_RULES_PER_FAMILY + 1;
         let rules = (0..over).map(|i| TableRule {
-            net: IpNet::new(std::net::Ipv4Addr::from(u32::try_from(i).unwrap()).into(), 32).unwrap(),
+            net: IpNet::new(std::net::Ipv4Addr::from(u32::try_from(i).unwrap()).into(), 32)
+                .unwrap(),
             ports: None,
             proto: Proto::Any,
             action: Action::Block,
             id: 1,
         });
         let err = compile(Action::Allow, rules).unwrap_err();
-        assert!(matches!(err, TableError::TooManyRules { family: "IPv4", count } if count == over), "{err}");
-        assert!(err.to_string().contains("4194305 IPv4 rules exceed the capacity of 4194304"), "{err}");
+        assert!(
+            matches!(err, TableError::TooManyRules { family: "IPv4", count } if count == over),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("4194305 IPv4 rules exceed the capacity of 4194304"),
+            "{err}"
+        );
     }
 
     #[test]

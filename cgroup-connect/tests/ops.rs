@@ -328,3 +328,35 @@ fn tells_systemd_when_it_enforces() {
     assert_eq!(&buf[..got.expect("READY=1 within 30 s")], b"READY=1");
     assert_eq!(enforcing, Blocked, "enforcing once ready");
 }
+
+/// Reloads that move the table to another size class (one rule <-> 100,000 rules) while two
+/// threads connect: the address both policies block stays blocked, the one both allow stays
+/// allowed.
+#[test]
+fn reloads_across_table_sizes_leave_no_gap() {
+    require_privileges!();
+    let cg = temp_cgroup();
+    let dir = TempDir::new("classes");
+    let small = "127.0.0.2\n".to_owned();
+    let big: String = std::iter::once("127.0.0.2".to_owned())
+        .chain((0..100_000u32).map(|i| std::net::Ipv4Addr::from(0x0a00_0000 + 2 * i).to_string()))
+        .map(|l| l + "\n")
+        .collect();
+    let list = dir.write("list.txt", &small);
+    let b = Blocker::start(&[
+        "--cgroup",
+        cg.path().to_str().unwrap(),
+        "--block-list",
+        list.to_str().unwrap(),
+    ]);
+    let cases = vec![(lo("127.0.0.2"), vec![Blocked]), (lo("127.0.0.1"), vec![Allowed])];
+    let probers = [Prober::start(cg.path(), cases.clone()), Prober::start(cg.path(), cases)];
+    for i in 0..6 {
+        let _ = dir.write("list.txt", if i % 2 == 0 { &big } else { &small });
+        let _ = blocker_ok(&["reload", &b.name]);
+    }
+    for p in probers {
+        let report = p.finish();
+        assert!(report.probes > 10 && report.wrong.is_empty(), "{report:?}");
+    }
+}

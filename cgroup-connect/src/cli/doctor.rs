@@ -7,7 +7,7 @@ use aya::{maps::MapType, util::KernelVersion};
 
 use crate::{
     cgroup::{self, TempCgroup},
-    loader::Instance,
+    loader::{Instance, Prepared},
     pins::InstancePaths,
     privileges,
 };
@@ -188,7 +188,9 @@ fn cgroup_bpf() -> Check {
         );
     }
     // Created and dropped at once: dropping detaches, then the pins go.
-    let result = Instance::create(&paths, temp.dir(), &tables, false, false).map(drop);
+    let result = Prepared::load()
+        .and_then(|p| Instance::create(&paths, temp.dir(), &tables, false, false, p))
+        .map(drop);
     let _ = crate::loader::unpin(&paths);
     let _ = crate::pins::remove_dirs(&paths);
     match result {

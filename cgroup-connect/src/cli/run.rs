@@ -14,7 +14,7 @@ use crate::{
     cgroup::{self, CgroupDir},
     control::{self, Counts, PolicyView},
     events::{EventLine, EventReader},
-    loader::{self, Instance},
+    loader::{self, Instance, LoadError, Prepared},
     metrics::{self, Snapshot},
     pins::{self, InstancePaths},
     policy::{Policy, Sources},
@@ -143,7 +143,6 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let mut state = State::new(&args.name, cgroup.path().to_owned(), args.sources().absolute());
     state.audit = args.audit;
     state.pinned = args.pin;
-    state.policy()?;
     let metrics_addr = args.metrics.as_deref().map(metrics::parse_addr).transpose()?;
     privileges::check()?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -164,12 +163,14 @@ async fn serve(
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    // The verifier takes most of a start: let it run while the policy is read and compiled.
+    let preparing = std::thread::spawn(Prepared::load);
     let mut names = Names::new();
     // Everything that can fail on the policy fails here, before anything attaches.
     let (policy, tables) = control::compile(&state, &mut names).await?;
     let counts = control::counts(&policy, &tables);
     state.counts = counts;
-    let (mut instance, adopted) = attach(paths, cgroup, &tables, &mut state)?;
+    let (mut instance, adopted) = attach(paths, cgroup, &tables, &mut state, preparing)?;
     drop(tables);
     release_free_memory();
     println!(
@@ -253,6 +254,7 @@ fn attach(
     cgroup: &CgroupDir,
     tables: &Tables,
     state: &mut State,
+    preparing: std::thread::JoinHandle<Result<Prepared, LoadError>>,
 ) -> anyhow::Result<(Instance, bool)> {
     paths.create_dirs()?;
     let _lock = Lock::acquire(paths)?;
@@ -278,7 +280,10 @@ fn attach(
     } else {
         // Pins left by an unpinned instance that was killed: nothing enforces them.
         loader::unpin(paths)?;
-        (Instance::create(paths, cgroup, tables, state.audit, state.pinned)?, false)
+        let prepared = preparing
+            .join()
+            .map_err(|_| anyhow::anyhow!("loading the BPF programs panicked"))??;
+        (Instance::create(paths, cgroup, tables, state.audit, state.pinned, prepared)?, false)
     };
     state.pid = Some(std::process::id());
     state.save(paths)?;
