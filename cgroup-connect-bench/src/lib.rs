@@ -293,31 +293,27 @@ fn measure_loads(
         for (k, kind) in kinds.iter().enumerate() {
             let before = env::settled_kernel_memory_kib();
             let (took, held) = if *kind == "blocker" {
-                {
-                    let cg = TempCgroup::create(&root, "cgroup-connect-bench")?;
-                    let b = BlockerProc::start(
-                        &cfg.blocker,
-                        cg.path(),
-                        &["--block-list", list.to_str().context("path")?],
-                    )?;
-                    let after = env::settled_kernel_memory_kib();
-                    rss = env::rss_kib(b.pid());
-                    writes.push(
-                        b.timings.iter().find(|(p, _)| p == "write").map_or(f64::NAN, |(_, s)| *s),
-                    );
-                    (b.start_to_enforce, after.saturating_sub(before))
-                }
+                let cg = TempCgroup::create(&root, "cgroup-connect-bench")?;
+                let b = BlockerProc::start(
+                    &cfg.blocker,
+                    cg.path(),
+                    &["--block-list", list.to_str().context("path")?],
+                )?;
+                let after = env::settled_kernel_memory_kib();
+                rss = env::rss_kib(b.pid());
+                writes.push(
+                    b.timings.iter().find(|(p, _)| p == "write").map_or(f64::NAN, |(_, s)| *s),
+                );
+                (b.start_to_enforce, after.saturating_sub(before))
             } else {
-                {
-                    let ns = Netns::new()?;
-                    let took = match *kind {
-                        "ipset hash:ip" => ns.timed("ipset", &["restore"], &ipset)?,
-                        "nftables hash set" => ns.timed("nft", &["-f", "-"], &nft_hash)?,
-                        _ => ns.timed("nft", &["-f", "-"], &nft_interval)?,
-                    };
-                    let after = env::settled_kernel_memory_kib();
-                    (took, after.saturating_sub(before))
-                }
+                let ns = Netns::new()?;
+                let took = match *kind {
+                    "ipset hash:ip" => ns.timed("ipset", &["restore"], &ipset)?,
+                    "nftables hash set" => ns.timed("nft", &["-f", "-"], &nft_hash)?,
+                    _ => ns.timed("nft", &["-f", "-"], &nft_interval)?,
+                };
+                let after = env::settled_kernel_memory_kib();
+                (took, after.saturating_sub(before))
             };
             seconds[k].push(took.as_secs_f64());
             kib[k].push(held as f64);

@@ -164,6 +164,9 @@ async fn serve(
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     // The verifier takes most of a start: let it run while the policy is read and compiled.
+    // One malloc arena for both threads, so what the loader frees can be given back.
+    // SAFETY: mallopt only tunes the allocator.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     let preparing = std::thread::spawn(Prepared::load);
     let mut names = Names::new();
     // Everything that can fail on the policy fails here, before anything attaches.
