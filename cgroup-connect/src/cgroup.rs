@@ -201,14 +201,6 @@ impl TempCgroup {
         self.dir.path()
     }
 
-    /// Moves the process `pid` (all its threads) into this cgroup.
-    ///
-    /// # Errors
-    /// When the kernel refuses the write to cgroup.procs.
-    pub fn add_process(&self, pid: u32) -> io::Result<()> {
-        std::fs::write(self.path().join("cgroup.procs"), pid.to_string())
-    }
-
     /// Makes a child of this cgroup, also removed on drop (before this one, by drop order).
     ///
     /// # Errors

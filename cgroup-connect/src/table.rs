@@ -57,8 +57,7 @@ pub struct Tables {
 }
 
 /// The verdict word of the default action.
-#[must_use]
-pub fn default_word(default: Action) -> u32 {
+fn default_word(default: Action) -> u32 {
     word::verdict(default == Action::Block, Proto::Any, word::DEFAULT_RULE)
 }
 
