@@ -191,6 +191,17 @@ pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// `BPF_F_INNER_MAP`: that would let sizes vary, and stop the verifier inlining lookups.
 pub const TABLE_FLAGS: u32 = BPF_F_MMAPABLE;
 
+/// IPv4 tables also have a bucket table: for each run of `2^V4_BUCKET_SHIFT` addresses
+/// (the top 15 bits of an address), the number of the interval that holds its first address.
+/// A decision then searches only between two bucket boundaries.
+pub const V4_BUCKET_SHIFT: u32 = 17;
+/// Buckets of an IPv4 table; the bucket table has one more entry, the last interval.
+pub const V4_BUCKETS: u32 = 1 << (32 - V4_BUCKET_SHIFT);
+/// Where the index chunk of an IPv4 table says which chunk its bucket table starts in.
+pub const V4_BUCKET_BASE_RECORD: u32 = CHUNK_RECORDS - 1;
+/// Chunks the bucket table takes: two `u32` entries a record.
+pub const V4_BUCKET_CHUNKS: u32 = (V4_BUCKETS + 1).div_ceil(2).div_ceil(CHUNK_RECORDS);
+
 /// log2 of [`CHUNK_RECORDS`].
 pub const CHUNK_BITS: u32 = 14;
 /// Records per chunk.
@@ -429,6 +440,69 @@ pub fn decide<'a, R: Record + 'a>(
     }
     None
 }
+
+/// [`decide`] for IPv4 tables, through their bucket table: the interval that holds `addr` is
+/// between the buckets' boundaries, found in a few steps for rules spread over the address
+/// space, and never more steps than [`decide`] takes.
+#[inline(always)]
+pub fn decide_v4<'a>(
+    get: impl Fn(u32) -> Option<&'a Chunk<V4Record>>,
+    addr: u32,
+    port: u16,
+    proto: Proto,
+) -> Option<u32> {
+    let index = get(0)?;
+    let count = index.at(0).key;
+    if count == 0 {
+        return None;
+    }
+    // As in decide: a word that is always 0, unknown to the verifier.
+    let zero = index.at(1).word;
+    let base = index.at(V4_BUCKET_BASE_RECORD).key;
+    let bucket = |b: u32| -> Option<u32> {
+        let record = get(base + (b >> 1 >> CHUNK_BITS))?.at(b >> 1);
+        Some(if b & 1 == 0 { record.key } else { record.word })
+    };
+    let b = addr >> V4_BUCKET_SHIFT;
+    let first = bucket(b)?;
+    let last = bucket(b + 1)?;
+    if last < first || last >= count {
+        return None;
+    }
+    // The last interval in first..=last whose start is <= addr; `first`'s start is.
+    let mut lo = first + zero;
+    let mut len = last - first + 1;
+    for _ in 0..MAX_SEARCH_STEPS {
+        if len <= 1 {
+            break;
+        }
+        let half = len / 2;
+        let mid = lo + half;
+        if get(1 + (mid >> CHUNK_BITS))?.at(mid).key <= addr {
+            lo = mid;
+        }
+        len -= half;
+    }
+    if len != 1 {
+        return None;
+    }
+    let word = get(1 + (lo >> CHUNK_BITS))?.at(lo).word;
+    if word & word::DIRECT != 0 {
+        return Some(word);
+    }
+    let class = get(1 + (word >> CHUNK_BITS))?;
+    let first_entry = word & CHUNK_MASK;
+    for k in 0..MAX_CLASS_LEN {
+        let entry = class.at(first_entry + k);
+        if entry_matches(entry.key, entry.word, port, proto) {
+            return Some(entry.word);
+        }
+    }
+    None
+}
+
+/// Steps of the IPv4 bucket search: enough for every interval a table may hold.
+pub const MAX_SEARCH_STEPS: u32 = 24;
 
 /// The last `k` in `0..len` with `key(k) <= addr`, for keys sorted ascending and
 /// `key(0) <= addr`, in at most [`CHUNK_BITS`] steps; `None` if `len` is 0 or too large.

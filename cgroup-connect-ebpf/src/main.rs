@@ -23,7 +23,8 @@ use aya_ebpf::{
 use cgroup_connect_common::{
     ALLOW, BLOCK, CONFIG_AUDIT, Chunk, EVENTS_BYTES, Event, Proto, RULE_FAILED_CLOSED,
     RULE_HITS_CAPACITY, Record, TABLE_CLASSES, TABLE_FLAGS, V4Record, V6Record, config, decide,
-    hook, ip4_from_user, ip6_from_user, mapped_ip4, port_from_user, stats, verdict, word,
+    decide_v4, hook, ip4_from_user, ip6_from_user, mapped_ip4, port_from_user, stats, verdict,
+    word,
 };
 
 /// One outer map per table size class: its template fixes the table size, so the verifier
@@ -44,7 +45,7 @@ macro_rules! size_classes {
         #[inline(always)]
         fn judge_v4(addr: u32, port: u16, proto: Proto) -> Option<u32> {
             match *CONFIG.get(config::V4_CLASS)? {
-                $($class => judge(&$v4, addr, port, proto),)*
+                                $($class => judge_v4_table(&$v4, addr, port, proto),)*
                 _ => None,
             }
         }
@@ -67,6 +68,17 @@ size_classes! {
     V4_3 "rules_v4_3" V6_3 "rules_v6_3" 3;
     V4_4 "rules_v4_4" V6_4 "rules_v6_4" 4;
 
+}
+
+#[inline(always)]
+fn judge_v4_table<const CHUNKS: usize>(
+    tables: &Tables<V4Record, CHUNKS>,
+    addr: u32,
+    port: u16,
+    proto: Proto,
+) -> Option<u32> {
+    let table = tables.get(0)?;
+    decide_v4(|i| table.get(i), addr, port, proto)
 }
 
 #[inline(always)]

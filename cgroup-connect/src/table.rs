@@ -9,7 +9,8 @@ use std::{collections::HashMap, net::IpAddr};
 
 use cgroup_connect_common::{
     ALL_PORTS, CHUNK_RECORDS, Chunk, MAX_CLASS_LEN, MAX_INTERVALS, MAX_RULES_PER_FAMILY, Proto,
-    Rank, Record, V4Record, V6Record, pack_ports, word,
+    Rank, Record, TABLE_CLASSES, V4_BUCKET_BASE_RECORD, V4_BUCKET_CHUNKS, V4_BUCKET_SHIFT,
+    V4_BUCKETS, V4Record, V6Record, pack_ports, word,
 };
 use ipnet::IpNet;
 
@@ -82,7 +83,7 @@ pub fn compile(
     }
     let (v4_rules, v6_rules) = (v4.len(), v6.len());
     let dw = default_word(default);
-    let v4 = compile_family("IPv4", u128::from(u32::MAX), dw, v4)?.into_chunks(
+    let mut v4 = compile_family("IPv4", u128::from(u32::MAX), dw, v4)?.into_chunks(
         |start, key, word| V4Record {
             key: if key == START {
                 u32::try_from(start).expect("IPv4 addresses fit u32")
@@ -100,6 +101,15 @@ pub fn compile(
         },
         dw,
     );
+    add_v4_buckets(&mut v4);
+    for (family, chunks) in [("IPv4", v4.len()), ("IPv6", v6.len())] {
+        if chunks > *TABLE_CLASSES.last().expect("classes") as usize {
+            return Err(TableError::TooManyIntervals {
+                family,
+                count: chunks * CHUNK_RECORDS as usize,
+            });
+        }
+    }
     Ok(Tables { v4, v6, v4_rules, v6_rules })
 }
 
@@ -291,6 +301,35 @@ impl Compiled {
     }
 }
 
+/// Appends the bucket table to an IPv4 table and records where it starts (see
+/// `V4_BUCKET_SHIFT`): entry `b` is the interval that holds address `b << V4_BUCKET_SHIFT`,
+/// entry `V4_BUCKETS` the last interval.
+fn add_v4_buckets(chunks: &mut Vec<Chunk<V4Record>>) {
+    let count = chunks[0].records[0].key as usize;
+    let start =
+        |i: usize| chunks[1 + i / CHUNK_RECORDS as usize].records[i % CHUNK_RECORDS as usize].key;
+    let mut entries = Vec::with_capacity(V4_BUCKETS as usize + 1);
+    let mut i = 0;
+    for b in 0..V4_BUCKETS {
+        let first_address = b << V4_BUCKET_SHIFT;
+        while i + 1 < count && start(i + 1) <= first_address {
+            i += 1;
+        }
+        entries.push(u32::try_from(i).expect("intervals fit u32"));
+    }
+    entries.push(u32::try_from(count - 1).expect("intervals fit u32"));
+    let base = chunks.len();
+    chunks.extend(zeroed_chunks::<V4Record>(V4_BUCKET_CHUNKS as usize));
+    for (r, pair) in entries.chunks(2).enumerate() {
+        let record =
+            &mut chunks[base + r / CHUNK_RECORDS as usize].records[r % CHUNK_RECORDS as usize];
+        record.key = pair[0];
+        record.word = pair.get(1).copied().unwrap_or(0);
+    }
+    chunks[0].records[V4_BUCKET_BASE_RECORD as usize].key =
+        u32::try_from(base).expect("few chunks");
+}
+
 /// `n` zeroed chunks, made on the heap (a chunk of IPv6 records is 384 KiB: too big for a
 /// stack).
 fn zeroed_chunks<R: aya::Pod>(n: usize) -> Vec<Chunk<R>> {
@@ -309,13 +348,13 @@ fn zeroed_chunks<R: aya::Pod>(n: usize) -> Vec<Chunk<R>> {
 /// do (IPv4-mapped IPv6 addresses by the IPv4 table).
 #[must_use]
 pub fn lookup(tables: &Tables, addr: IpAddr, port: u16, proto: Proto) -> Option<u32> {
-    use cgroup_connect_common::{decide, mapped_ip4};
+    use cgroup_connect_common::{decide, decide_v4, mapped_ip4};
     match addr {
-        IpAddr::V4(a) => decide(|i| tables.v4.get(i as usize), u32::from(a), port, proto),
+        IpAddr::V4(a) => decide_v4(|i| tables.v4.get(i as usize), u32::from(a), port, proto),
         IpAddr::V6(a) => {
             let halves = halves(u128::from(a));
             match mapped_ip4(halves) {
-                Some(v4) => decide(|i| tables.v4.get(i as usize), v4, port, proto),
+                Some(v4) => decide_v4(|i| tables.v4.get(i as usize), v4, port, proto),
                 None => decide(|i| tables.v6.get(i as usize), halves, port, proto),
             }
         }
@@ -376,7 +415,7 @@ mod tests {
     fn empty_rules_give_the_default() {
         for default in [Action::Allow, Action::Block] {
             let t = compile(default, []).unwrap();
-            assert_eq!(t.v4.len(), 2, "index and one data chunk");
+            assert_eq!(t.v4.len(), 2 + V4_BUCKET_CHUNKS as usize, "index, one data chunk, buckets");
             assert_eq!(t.v4[0].records[0].key, 1, "one interval");
             let w = lookup(&t, "1.2.3.4".parse().unwrap(), 1, Proto::Tcp).unwrap();
             assert_eq!(word::blocks(w), default == Action::Block);
@@ -507,7 +546,10 @@ mod tests {
         let t = compile(Action::Allow, rules).unwrap();
         assert_eq!(t.v4_rules, 1_000_000);
         assert_eq!(t.v4[0].records[0].key, 2_000_001, "intervals");
-        assert_eq!(t.v4.len(), 1 + 2_000_001usize.div_ceil(CHUNK_RECORDS as usize));
+        assert_eq!(
+            t.v4.len(),
+            1 + 2_000_001usize.div_ceil(CHUNK_RECORDS as usize) + V4_BUCKET_CHUNKS as usize
+        );
         let w = lookup(&t, "10.0.0.200".parse().unwrap(), 1, Proto::Tcp).unwrap();
         assert_eq!((word::blocks(w), word::rule(w)), (true, 101));
         assert!(!word::blocks(lookup(&t, "10.0.0.201".parse().unwrap(), 1, Proto::Tcp).unwrap()));
