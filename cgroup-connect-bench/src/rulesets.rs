@@ -68,7 +68,7 @@ pub fn v4_prefixes(n: usize, seed: u64) -> Vec<(Ipv4Addr, u8)> {
                 95..99 => span(16, 23, r),
                 _ => span(8, 15, r),
             };
-                        let mask = if len == 32 { u32::MAX } else { !(u32::MAX >> len) };
+            let mask = if len == 32 { u32::MAX } else { !(u32::MAX >> len) };
             loop {
                 let net = u32::from(addr4(&mut rng)) & mask;
                 if TARGET & mask != net {
