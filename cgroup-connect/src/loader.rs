@@ -176,68 +176,61 @@ impl Instance {
         pin_links: bool,
         prepared: Prepared,
     ) -> Result<Self, LoadError> {
-        let result = Self::create_inner(paths, cgroup, tables, audit, pin_links, prepared);
+        // Nothing may stay attached or pinned after an error: the body runs in a closure so
+        // that every `?` reaches the clean-up below.
+        let result = (|| {
+            let mut ebpf = prepared.ebpf;
+            let mut this = Self { maps: StdHashMap::new(), links: Vec::new() };
+            for name in maps::PINNED {
+                let map = ebpf.take_map(name).ok_or(LoadError::Missing { kind: "map", name })?;
+                this.maps.insert(name, map);
+            }
+            this.swap(tables)?;
+            this.set_audit(audit)?;
+            for name in maps::PINNED {
+                let path = paths.map(name);
+                this.maps[name].pin(&path).map_err(|e| LoadError::Pin {
+                    path: path.display().to_string(),
+                    what: "pinning a map",
+                    source: pin_io(e),
+                })?;
+            }
+            let attaching = std::time::Instant::now();
+            for name in programs::ALL {
+                let program: &mut CgroupSockAddr = ebpf
+                    .program_mut(name)
+                    .and_then(|p| p.try_into().ok())
+                    .ok_or(LoadError::Missing { kind: "program", name })?;
+                // On 5.7+ aya attaches through bpf_link_create, and a cgroup link always runs
+                // alongside other programs (the kernel attaches it with BPF_F_ALLOW_MULTI); it
+                // rejects any flag, so the mode must be the flag-less Single.
+                let attach_err = |source| LoadError::Attach {
+                    program: name,
+                    cgroup: cgroup.path().display().to_string(),
+                    source,
+                };
+                let id = program.attach(cgroup, CgroupAttachMode::Single).map_err(attach_err)?;
+                let link = program.take_link(id).map_err(attach_err)?;
+                let fd_link = FdLink::try_from(link)
+                    .map_err(|source| LoadError::Link { program: name, source })?;
+                this.links.push(if pin_links {
+                    let path = paths.link(name);
+                    HeldLink::Pinned(fd_link.pin(&path).map_err(|e| LoadError::Pin {
+                        path: path.display().to_string(),
+                        what: "pinning a link",
+                        source: pin_io(e),
+                    })?)
+                } else {
+                    HeldLink::Owned(fd_link)
+                });
+            }
+            crate::timings::add("attach", attaching.elapsed());
+            Ok(this)
+        })();
         if result.is_err() {
             let _ = unpin(paths);
         }
         result
-    }
-
-    fn create_inner(
-        paths: &InstancePaths,
-        cgroup: &CgroupDir,
-        tables: &Tables,
-        audit: bool,
-        pin_links: bool,
-        prepared: Prepared,
-    ) -> Result<Self, LoadError> {
-        let mut ebpf = prepared.ebpf;
-        let mut this = Self { maps: StdHashMap::new(), links: Vec::new() };
-        for name in maps::PINNED {
-            let map = ebpf.take_map(name).ok_or(LoadError::Missing { kind: "map", name })?;
-            this.maps.insert(name, map);
-        }
-        this.swap(tables)?;
-        this.set_audit(audit)?;
-        for name in maps::PINNED {
-            let path = paths.map(name);
-            this.maps[name].pin(&path).map_err(|e| LoadError::Pin {
-                path: path.display().to_string(),
-                what: "pinning a map",
-                source: pin_io(e),
-            })?;
-        }
-        let attaching = std::time::Instant::now();
-        for name in programs::ALL {
-            let program: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .and_then(|p| p.try_into().ok())
-                .ok_or(LoadError::Missing { kind: "program", name })?;
-            // On 5.7+ aya attaches through bpf_link_create, and a cgroup link always runs
-            // alongside other programs (the kernel attaches it with BPF_F_ALLOW_MULTI); it
-            // rejects any flag, so the mode must be the flag-less Single.
-            let attach_err = |source| LoadError::Attach {
-                program: name,
-                cgroup: cgroup.path().display().to_string(),
-                source,
-            };
-            let id = program.attach(cgroup, CgroupAttachMode::Single).map_err(attach_err)?;
-            let link = program.take_link(id).map_err(attach_err)?;
-            let fd_link = FdLink::try_from(link)
-                .map_err(|source| LoadError::Link { program: name, source })?;
-            this.links.push(if pin_links {
-                let path = paths.link(name);
-                HeldLink::Pinned(fd_link.pin(&path).map_err(|e| LoadError::Pin {
-                    path: path.display().to_string(),
-                    what: "pinning a link",
-                    source: pin_io(e),
-                })?)
-            } else {
-                HeldLink::Owned(fd_link)
-            });
-        }
-        crate::timings::add("attach", attaching.elapsed());
-        Ok(this)
     }
 
     /// Opens a running or pinned instance from its pins: its maps, and its links if pinned.

@@ -163,11 +163,12 @@ async fn serve(
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    // The verifier takes most of a start: let it run while the policy is read and compiled.
+    // The verifier takes most of a start: let it run while the policy is read and compiled,
+    // unless a pinned instance will be adopted (its programs are loaded already).
     // One malloc arena for both threads, so what the loader frees can be given back.
     // SAFETY: mallopt only tunes the allocator.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
-    let preparing = std::thread::spawn(Prepared::load);
+    let preparing = (!paths.has_pinned_links()).then(|| std::thread::spawn(Prepared::load));
     let mut names = Names::new();
     // Everything that can fail on the policy fails here, before anything attaches.
     let (policy, tables) = control::compile(&state, &mut names).await?;
@@ -257,7 +258,7 @@ fn attach(
     cgroup: &CgroupDir,
     tables: &Tables,
     state: &mut State,
-    preparing: std::thread::JoinHandle<Result<Prepared, LoadError>>,
+    preparing: Option<std::thread::JoinHandle<Result<Prepared, LoadError>>>,
 ) -> anyhow::Result<(Instance, bool)> {
     paths.create_dirs()?;
     let _lock = Lock::acquire(paths)?;
@@ -283,9 +284,13 @@ fn attach(
     } else {
         // Pins left by an unpinned instance that was killed: nothing enforces them.
         loader::unpin(paths)?;
-        let prepared = preparing
-            .join()
-            .map_err(|_| anyhow::anyhow!("loading the BPF programs panicked"))??;
+        let prepared = match preparing {
+            Some(thread) => thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("loading the BPF programs panicked"))??,
+            // The pins went away while the policy compiled: load now.
+            None => Prepared::load()?,
+        };
         (Instance::create(paths, cgroup, tables, state.audit, state.pinned, prepared)?, false)
     };
     state.pid = Some(std::process::id());
