@@ -7,7 +7,7 @@
 //! table or the new one, never a mix, and the kernel frees the old table once no program runs
 //! on it. A decision only reads the table of its destination's family (IPv4-mapped IPv6
 //! destinations read the IPv4 one).
-use std::{collections::HashMap as StdHashMap, io, os::fd::AsFd as _};
+use std::{collections::HashMap as StdHashMap, io, os::fd::AsFd as _, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfError, Pod,
@@ -17,6 +17,7 @@ use aya::{
     pin::PinError as AyaPinError,
     programs::{
         CgroupAttachMode, CgroupSockAddr, ProgramError, ProgramType,
+        cgroup_sock_addr::CgroupSockAddrLinkId,
         links::{FdLink, LinkError, PinnedLink},
     },
     util::KernelVersion,
@@ -75,6 +76,9 @@ pub enum LoadError {
         #[source]
         source: MapError,
     },
+    /// A table has more chunks than the largest size class holds.
+    #[error("table {map} has {chunks} chunks, more than the largest size class holds ({max})")]
+    TooBig { map: &'static str, chunks: usize, max: u32 },
     /// Mapping a table into memory failed.
     #[error("mapping table {map} ({bytes} bytes) into memory failed")]
     Mmap {
@@ -83,21 +87,43 @@ pub enum LoadError {
         #[source]
         source: io::Error,
     },
-    /// Pinning or opening a pin failed.
-    #[error("pin {path}: {what} failed")]
-    Pin {
-        path: String,
-        what: &'static str,
+    /// Freeing the table of a size class (emptying its outer map) failed.
+    #[error("freeing the table of {map} failed")]
+    FreeTable {
+        map: &'static str,
         #[source]
         source: io::Error,
     },
-}
-
-fn pin_io(e: AyaPinError) -> io::Error {
-    match e {
-        AyaPinError::SyscallError(e) => e.io_error,
-        other => io::Error::other(other.to_string()),
-    }
+    /// Pinning a map or a link failed.
+    #[error("pinning {what} at {} failed", path.display())]
+    Pin {
+        /// `a map` or `a link`.
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: AyaPinError,
+    },
+    /// A pinned map could not be opened.
+    #[error("opening the pinned map {} failed", path.display())]
+    OpenMap {
+        path: PathBuf,
+        #[source]
+        source: MapError,
+    },
+    /// A pinned link could not be opened.
+    #[error("opening the pinned link {} failed", path.display())]
+    OpenLink {
+        path: PathBuf,
+        #[source]
+        source: LinkError,
+    },
+    /// A pin exists and could not be removed.
+    #[error("unpinning {} failed", path.display())]
+    Unpin {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Totals of an instance's decisions since it was created.
@@ -139,11 +165,9 @@ impl Prepared {
         let started = std::time::Instant::now();
         let mut ebpf = Ebpf::load(BPF_OBJECT).map_err(LoadError::Object)?;
         for name in programs::ALL {
-            let program: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .and_then(|p| p.try_into().ok())
-                .ok_or(LoadError::Missing { kind: "program", name })?;
-            program.load().map_err(|source| LoadError::Program { program: name, source })?;
+            program(&mut ebpf, name)?
+                .load()
+                .map_err(|source| LoadError::Program { program: name, source })?;
         }
         crate::timings::add("verify", started.elapsed());
         Ok(Self { ebpf })
@@ -189,36 +213,25 @@ impl Instance {
             this.set_audit(audit)?;
             for name in maps::PINNED {
                 let path = paths.map(name);
-                this.maps[name].pin(&path).map_err(|e| LoadError::Pin {
-                    path: path.display().to_string(),
-                    what: "pinning a map",
-                    source: pin_io(e),
+                this.maps[name].pin(&path).map_err(|source| LoadError::Pin {
+                    what: "a map",
+                    path,
+                    source,
                 })?;
             }
             let attaching = std::time::Instant::now();
             for name in programs::ALL {
-                let program: &mut CgroupSockAddr = ebpf
-                    .program_mut(name)
-                    .and_then(|p| p.try_into().ok())
-                    .ok_or(LoadError::Missing { kind: "program", name })?;
-                // On 5.7+ aya attaches through bpf_link_create, and a cgroup link always runs
-                // alongside other programs (the kernel attaches it with BPF_F_ALLOW_MULTI); it
-                // rejects any flag, so the mode must be the flag-less Single.
-                let attach_err = |source| LoadError::Attach {
-                    program: name,
-                    cgroup: cgroup.path().display().to_string(),
-                    source,
-                };
-                let id = program.attach(cgroup, CgroupAttachMode::Single).map_err(attach_err)?;
-                let link = program.take_link(id).map_err(attach_err)?;
+                let program = program(&mut ebpf, name)?;
+                let id = attach(program, name, cgroup)?;
+                let link = program.take_link(id).map_err(attach_error(name, cgroup))?;
                 let fd_link = FdLink::try_from(link)
                     .map_err(|source| LoadError::Link { program: name, source })?;
                 this.links.push(if pin_links {
                     let path = paths.link(name);
-                    HeldLink::Pinned(fd_link.pin(&path).map_err(|e| LoadError::Pin {
-                        path: path.display().to_string(),
-                        what: "pinning a link",
-                        source: pin_io(e),
+                    HeldLink::Pinned(fd_link.pin(&path).map_err(|source| LoadError::Pin {
+                        what: "a link",
+                        path,
+                        source,
                     })?)
                 } else {
                     HeldLink::Owned(fd_link)
@@ -236,31 +249,21 @@ impl Instance {
     /// Opens a running or pinned instance from its pins: its maps, and its links if pinned.
     ///
     /// # Errors
-    /// [`LoadError::Pin`] when a map pin is missing or cannot be opened.
+    /// [`LoadError::OpenMap`] when a map pin is missing or cannot be opened,
+    /// [`LoadError::OpenLink`] when a link pin exists and cannot be opened.
     pub fn open(paths: &InstancePaths) -> Result<Self, LoadError> {
         let mut this = Self { maps: StdHashMap::new(), links: Vec::new() };
         for name in maps::PINNED {
             let path = paths.map(name);
-            let pin_err = |source| LoadError::Pin {
-                path: path.display().to_string(),
-                what: "opening a map",
-                source,
-            };
-            let data =
-                MapData::from_pin(&path).map_err(|e| pin_err(io::Error::other(e.to_string())))?;
-            let map =
-                Map::from_map_data(data).map_err(|e| pin_err(io::Error::other(e.to_string())))?;
+            let map = MapData::from_pin(&path)
+                .and_then(Map::from_map_data)
+                .map_err(|source| LoadError::OpenMap { path, source })?;
             this.maps.insert(name, map);
         }
         for name in programs::ALL {
             let path = paths.link(name);
             if path.exists() {
-                let link = PinnedLink::from_pin(&path).map_err(|e| LoadError::Pin {
-                    path: path.display().to_string(),
-                    what: "opening a link",
-                    source: link_io(&e),
-                })?;
-                this.links.push(HeldLink::Pinned(link));
+                this.links.push(HeldLink::Pinned(open_link(path)?));
             }
         }
         Ok(this)
@@ -295,10 +298,13 @@ impl Instance {
     ) -> Result<(), LoadError> {
         use aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY;
         let map_err = |what, source| LoadError::Map { map: name, what, source };
-        let too_big =
-            || map_err("sizing", MapError::OutOfBounds { index: u32::MAX, max_entries: u32::MAX });
-        let class =
-            TABLE_CLASSES.iter().position(|&c| c as usize >= chunks.len()).ok_or_else(too_big)?;
+        let class = TABLE_CLASSES.iter().position(|&c| c as usize >= chunks.len()).ok_or(
+            LoadError::TooBig {
+                map: name,
+                chunks: chunks.len(),
+                max: TABLE_CLASSES[TABLE_CLASSES.len() - 1],
+            },
+        )?;
         let entries = TABLE_CLASSES[class];
         let selected = self.config_word(selector)? as usize;
         for (k, outer) in outers.iter().enumerate() {
@@ -324,12 +330,8 @@ impl Instance {
             })?;
             mem.copy_from_slice(bytes);
         }
-        let outer = outers[class];
-        let outer_map =
-            self.maps.get_mut(outer).ok_or(LoadError::Missing { kind: "map", name: outer })?;
-        let mut outer_map: ArrayOfMaps<&mut MapData, MapData> =
-            ArrayOfMaps::try_from(outer_map).map_err(|e| map_err("opening", e))?;
-        outer_map.set(0, &table, 0).map_err(|e| map_err("installing", e))?;
+        let mut outer: ArrayOfMaps<&mut MapData, MapData> = self.map_mut(outers[class])?;
+        outer.set(0, &table, 0).map_err(|e| map_err("installing", e))?;
         self.set_config_word(selector, u32::try_from(class).expect("five classes"))
     }
 
@@ -338,32 +340,42 @@ impl Instance {
         let Some(Map::ArrayOfMaps(data)) = self.maps.get(outer) else {
             return Err(LoadError::Missing { kind: "map", name: outer });
         };
-        delete_first_elem(data.fd().as_fd()).map_err(|source| LoadError::Pin {
-            path: outer.to_owned(),
-            what: "freeing a table",
+        delete_first_elem(data.fd().as_fd())
+            .map_err(|source| LoadError::FreeTable { map: outer, source })
+    }
+
+    /// The map `name` as the aya type `T`.
+    fn map<'a, T>(&'a self, name: &'static str) -> Result<T, LoadError>
+    where
+        T: TryFrom<&'a Map, Error = MapError>,
+    {
+        typed(name, self.maps.get(name))
+    }
+
+    /// The map `name` as the aya type `T`, for writing.
+    fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, LoadError>
+    where
+        T: TryFrom<&'a mut Map, Error = MapError>,
+    {
+        typed(name, self.maps.get_mut(name))
+    }
+
+    fn config_word(&self, index: u32) -> Result<u32, LoadError> {
+        let config: Array<&MapData, u32> = self.map(maps::CONFIG)?;
+        config.get(&index, 0).map_err(|source| LoadError::Map {
+            map: maps::CONFIG,
+            what: "reading",
             source,
         })
     }
 
-    fn config_word(&self, index: u32) -> Result<u32, LoadError> {
-        let map = self
-            .maps
-            .get(maps::CONFIG)
-            .ok_or(LoadError::Missing { kind: "map", name: maps::CONFIG })?;
-        let err = |what, source| LoadError::Map { map: maps::CONFIG, what, source };
-        let config: Array<&MapData, u32> = Array::try_from(map).map_err(|e| err("opening", e))?;
-        config.get(&index, 0).map_err(|e| err("reading", e))
-    }
-
     fn set_config_word(&mut self, index: u32, value: u32) -> Result<(), LoadError> {
-        let map = self
-            .maps
-            .get_mut(maps::CONFIG)
-            .ok_or(LoadError::Missing { kind: "map", name: maps::CONFIG })?;
-        let err = |what, source| LoadError::Map { map: maps::CONFIG, what, source };
-        let mut config: Array<&mut MapData, u32> =
-            Array::try_from(map).map_err(|e| err("opening", e))?;
-        config.set(index, value, 0).map_err(|e| err("writing", e))
+        let mut config: Array<&mut MapData, u32> = self.map_mut(maps::CONFIG)?;
+        config.set(index, value, 0).map_err(|source| LoadError::Map {
+            map: maps::CONFIG,
+            what: "writing",
+            source,
+        })
     }
 
     /// Turns audit mode on or off.
@@ -379,12 +391,8 @@ impl Instance {
     /// # Errors
     /// [`LoadError::Map`].
     pub fn totals(&self) -> Result<Totals, LoadError> {
-        let map = self
-            .maps
-            .get(maps::STATS)
-            .ok_or(LoadError::Missing { kind: "map", name: maps::STATS })?;
+        let array: PerCpuArray<&MapData, u64> = self.map(maps::STATS)?;
         let err = |source| LoadError::Map { map: maps::STATS, what: "reading", source };
-        let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(err)?;
         let total = |i| array.get(&i, 0).map(|v| v.iter().sum::<u64>()).map_err(err);
         Ok(Totals {
             allowed: total(stats::ALLOWED)?,
@@ -400,12 +408,7 @@ impl Instance {
     /// # Errors
     /// [`LoadError::Map`].
     pub fn rule_hits(&self) -> Result<Vec<(u32, u64)>, LoadError> {
-        let map = self
-            .maps
-            .get(maps::RULE_HITS)
-            .ok_or(LoadError::Missing { kind: "map", name: maps::RULE_HITS })?;
-        let err = |source| LoadError::Map { map: maps::RULE_HITS, what: "reading", source };
-        let hits: PerCpuHashMap<&MapData, u32, u64> = PerCpuHashMap::try_from(map).map_err(err)?;
+        let hits: PerCpuHashMap<&MapData, u32, u64> = self.map(maps::RULE_HITS)?;
         let mut out = Vec::new();
         // An entry evicted while iterating is skipped, not an error.
         for (rule, values) in hits.iter().flatten() {
@@ -415,13 +418,7 @@ impl Instance {
     }
 
     fn clear_hits(&mut self) -> Result<(), LoadError> {
-        let map = self
-            .maps
-            .get_mut(maps::RULE_HITS)
-            .ok_or(LoadError::Missing { kind: "map", name: maps::RULE_HITS })?;
-        let err = |source| LoadError::Map { map: maps::RULE_HITS, what: "clearing", source };
-        let mut hits: PerCpuHashMap<&mut MapData, u32, u64> =
-            PerCpuHashMap::try_from(map).map_err(err)?;
+        let mut hits: PerCpuHashMap<&mut MapData, u32, u64> = self.map_mut(maps::RULE_HITS)?;
         let keys: Vec<u32> = hits.keys().filter_map(Result::ok).collect();
         for key in keys {
             let _ = hits.remove(&key);
@@ -434,16 +431,50 @@ impl Instance {
     /// # Errors
     /// [`LoadError::Map`].
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
-        let map = self
-            .maps
-            .remove(maps::EVENTS)
-            .ok_or(LoadError::Missing { kind: "map", name: maps::EVENTS })?;
-        RingBuf::try_from(map).map_err(|source| LoadError::Map {
-            map: maps::EVENTS,
-            what: "opening",
-            source,
-        })
+        typed(maps::EVENTS, self.maps.remove(maps::EVENTS))
     }
+}
+
+/// `map`, the map `name` if the instance has it, as the aya type `T`.
+fn typed<M, T>(name: &'static str, map: Option<M>) -> Result<T, LoadError>
+where
+    T: TryFrom<M, Error = MapError>,
+{
+    let map = map.ok_or(LoadError::Missing { kind: "map", name })?;
+    T::try_from(map).map_err(|source| LoadError::Map { map: name, what: "opening", source })
+}
+
+/// The program `name` of the object.
+fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut CgroupSockAddr, LoadError> {
+    ebpf.program_mut(name)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(LoadError::Missing { kind: "program", name })
+}
+
+/// Attaches the loaded `program` to `cgroup`.
+fn attach(
+    program: &mut CgroupSockAddr,
+    name: &'static str,
+    cgroup: &CgroupDir,
+) -> Result<CgroupSockAddrLinkId, LoadError> {
+    // On 5.7+ aya attaches through bpf_link_create, and a cgroup link always runs alongside
+    // other programs (the kernel attaches it with BPF_F_ALLOW_MULTI); it rejects any flag, so
+    // the mode must be the flag-less Single.
+    program.attach(cgroup, CgroupAttachMode::Single).map_err(attach_error(name, cgroup))
+}
+
+/// Reports a failure to attach the program `name` to `cgroup`.
+fn attach_error(name: &'static str, cgroup: &CgroupDir) -> impl Fn(ProgramError) -> LoadError {
+    let cgroup = cgroup.path().display().to_string();
+    move |source| LoadError::Attach { program: name, cgroup: cgroup.clone(), source }
+}
+
+/// Opens the link pinned at `path`.
+fn open_link(path: PathBuf) -> Result<PinnedLink, LoadError> {
+    PinnedLink::from_pin(&path).map_err(|source| LoadError::OpenLink { path, source })
 }
 
 /// The benchmarks' reference program (allows everything) attached to a cgroup; dropping it
@@ -460,16 +491,9 @@ impl Reference {
     pub fn attach(cgroup: &CgroupDir) -> Result<Self, LoadError> {
         let name = programs::REFERENCE_ALLOW;
         let mut ebpf = Ebpf::load(BPF_OBJECT).map_err(LoadError::Object)?;
-        let program: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(LoadError::Missing { kind: "program", name })?;
+        let program = program(&mut ebpf, name)?;
         program.load().map_err(|source| LoadError::Program { program: name, source })?;
-        program.attach(cgroup, CgroupAttachMode::Single).map_err(|source| LoadError::Attach {
-            program: name,
-            cgroup: cgroup.path().display().to_string(),
-            source,
-        })?;
+        attach(program, name, cgroup)?;
         Ok(Self { _ebpf: ebpf })
     }
 }
@@ -504,37 +528,25 @@ fn delete_first_elem(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
     if rc == 0 || err.raw_os_error() == Some(libc::ENOENT) { Ok(()) } else { Err(err) }
 }
 
-fn link_io(e: &LinkError) -> io::Error {
-    io::Error::other(e.to_string())
-}
-
 /// Removes an instance's pins: unpins its links (which detaches them once no process holds
 /// them) and its maps. Missing pins are fine.
 ///
 /// # Errors
-/// [`LoadError::Pin`] for a pin that exists and cannot be removed.
+/// [`LoadError::OpenLink`] or [`LoadError::Unpin`] for a pin that exists and cannot be
+/// removed.
 pub fn unpin(paths: &InstancePaths) -> Result<(), LoadError> {
     for name in programs::ALL {
         let path = paths.link(name);
         if path.exists() {
-            let err = |source| LoadError::Pin {
-                path: path.display().to_string(),
-                what: "unpinning a link",
-                source,
-            };
-            let link = PinnedLink::from_pin(&path).map_err(|e| err(link_io(&e)))?;
-            drop(link.unpin().map_err(err)?);
+            let link = open_link(path.clone())?;
+            drop(link.unpin().map_err(|source| LoadError::Unpin { path, source })?);
         }
     }
     for name in maps::PINNED {
         let path = paths.map(name);
         match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(LoadError::Pin {
-                    path: path.display().to_string(),
-                    what: "unpinning a map",
-                    source: e,
-                });
+            Err(source) if source.kind() != io::ErrorKind::NotFound => {
+                return Err(LoadError::Unpin { path, source });
             }
             _ => {}
         }
