@@ -119,7 +119,7 @@ fn an_event_flood_is_bounded_and_losses_are_counted() {
     require_privileges!();
     let cg = temp_cgroup();
     let dir = TempDir::new("flood");
-    let events = dir.0.join("events.jsonl");
+    let events = dir.path().join("events.jsonl");
     let b = Blocker::start(&[
         "--cgroup",
         cg.path().to_str().unwrap(),
@@ -161,7 +161,7 @@ fn audit_mode_reports_but_blocks_nothing() {
     require_privileges!();
     let cg = temp_cgroup();
     let dir = TempDir::new("audit");
-    let events = dir.0.join("events.jsonl");
+    let events = dir.path().join("events.jsonl");
     let b = Blocker::start(&[
         "--cgroup",
         cg.path().to_str().unwrap(),
@@ -301,7 +301,7 @@ fn tells_systemd_when_it_enforces() {
     require_privileges!();
     let cg = temp_cgroup();
     let dir = TempDir::new("notify");
-    let socket_path = dir.0.join("notify.sock");
+    let socket_path = dir.path().join("notify.sock");
     let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
     socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let name = common::instance_name();

@@ -1,0 +1,193 @@
+//! The real `blocker` binary: a guard around a running `blocker run`, and one-shot commands.
+use std::{
+    io::{BufRead as _, BufReader},
+    os::unix::process::CommandExt as _,
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+/// Path of the blocker binary under test.
+pub const BLOCKER: &str = env!("CARGO_BIN_EXE_blocker");
+
+/// A unique instance name for a test.
+#[must_use]
+pub fn instance_name() -> String {
+    super::unique_name("test")
+}
+
+/// A running `blocker run`. On drop: SIGKILL if the test did not stop it, then
+/// `blocker detach NAME`, so no pin outlives the test.
+pub struct Blocker {
+    child: Child,
+    /// The instance name (given with --name, or made unique).
+    pub name: String,
+    /// The line that began with "attached".
+    pub attached_line: String,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Blocker {
+    /// Starts `blocker run ARGS` (with a unique `--name` unless ARGS has one) and waits (up
+    /// to 30 s) for its `attached` line.
+    #[must_use]
+    pub fn start(args: &[&str]) -> Self {
+        let name = match args.iter().position(|a| *a == "--name") {
+            Some(i) => args[i + 1].to_owned(),
+            None => instance_name(),
+        };
+        let mut full: Vec<&str> = args.to_vec();
+        if !args.contains(&"--name") {
+            full.extend(["--name", &name]);
+        }
+        let mut child = Command::new(BLOCKER)
+            .arg("run")
+            .args(&full)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {BLOCKER}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = |child: Child| {
+            let out = child.wait_with_output().unwrap_or_else(|e| panic!("collect output: {e}"));
+            String::from_utf8_lossy(&out.stderr).into_owned()
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) if line.starts_with("attached") => {
+                    return Self { child, name, attached_line: line, lines };
+                }
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        panic!(
+                            "blocker {args:?} exited with {status} before attaching: {}",
+                            stderr(child)
+                        );
+                    }
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    panic!("blocker {args:?} did not attach ({e:?}): {}", stderr(child));
+                }
+            }
+        }
+    }
+
+    /// Its pid.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (0: none, just wait) and waits (up to 10 s) for the exit; returns the
+    /// status and the rest of stdout. The guard stays: its drop still detaches the instance.
+    pub fn stop(&mut self, signal: i32) -> (ExitStatus, Vec<String>) {
+        let pid = i32::try_from(self.child.id()).expect("pid fits i32");
+        if signal != 0 {
+            // SAFETY: pid is our own child, still unreaped.
+            unsafe { libc::kill(pid, signal) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) =
+                self.child.try_wait().unwrap_or_else(|e| panic!("wait for blocker {pid}: {e}"))
+            {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "blocker did not exit within 10 s of signal {signal}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let rest = self.lines.try_iter().collect();
+        (status, rest)
+    }
+
+    /// Lines printed since the `attached` line, waiting up to `wait` for one that contains
+    /// `wanted` (returns all read, the match last).
+    pub fn wait_for_line(&self, wanted: &str, wait: Duration) -> Option<String> {
+        let deadline = Instant::now() + wait;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(wanted) => return Some(line),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+}
+
+impl Drop for Blocker {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        detach_quietly(&self.name);
+    }
+}
+
+/// `blocker detach NAME`, ignoring "no instance".
+pub fn detach_quietly(name: &str) {
+    let _ = Command::new(BLOCKER)
+        .args(["detach", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Runs the blocker to completion with `args` (it must exit within 30 s), as user and group
+/// `uid` when given.
+#[must_use]
+pub fn blocker_output(args: &[&str], uid: Option<u32>) -> Output {
+    let mut cmd = Command::new(BLOCKER);
+    cmd.args(args).stdin(Stdio::null());
+    if let Some(uid) = uid {
+        // SAFETY: setgroups/setgid/setuid are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(uid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn blocker: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap_or_else(|e| panic!("wait for blocker {args:?}: {e}")).is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("blocker {args:?} did not exit within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap_or_else(|e| panic!("collect output of blocker {args:?}: {e}"))
+}
+
+/// Runs `blocker ARGS`, expecting success, and returns its standard output.
+#[must_use]
+pub fn blocker_ok(args: &[&str]) -> String {
+    let out = blocker_output(args, None);
+    assert!(out.status.success(), "blocker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
