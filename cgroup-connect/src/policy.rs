@@ -285,23 +285,21 @@ fn read_policy(path: &Path, rules: &mut Vec<SourcedRule>) -> Result<Option<Actio
 mod tests {
     use super::*;
 
-    struct TempDir(PathBuf);
+    /// A temporary directory (tempfile's, removed on drop) to write policy files in.
+    struct TempDir(tempfile::TempDir);
     impl TempDir {
         fn new(tag: &str) -> Self {
-            let dir = std::env::temp_dir()
-                .join(format!("cgroup-connect-policy-{tag}-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            Self(dir)
+            Self(
+                tempfile::Builder::new()
+                    .prefix(&format!("cgroup-connect-policy-{tag}-"))
+                    .tempdir()
+                    .unwrap(),
+            )
         }
         fn write(&self, name: &str, text: &str) -> PathBuf {
-            let p = self.0.join(name);
+            let p = self.0.path().join(name);
             std::fs::write(&p, text).unwrap();
             p
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 
@@ -348,7 +346,7 @@ path = "drop.txt"
         assert_eq!(p.rules[0].origin, Origin::Line { path: Arc::from(path.as_path()), line: 5 });
         assert_eq!(
             p.rules[3].origin.to_string(),
-            format!("{}:4", dir.0.join("drop.txt").display())
+            format!("{}:4", dir.0.path().join("drop.txt").display())
         );
     }
 
@@ -385,7 +383,7 @@ path = "drop.txt"
             "{err}"
         );
 
-        let missing = dir.0.join("missing.txt");
+        let missing = dir.0.path().join("missing.txt");
         let err =
             Policy::load(&Sources { allow_lists: vec![missing.clone()], ..Sources::default() })
                 .unwrap_err();
@@ -454,9 +452,8 @@ mod fuzz {
         /// Any document is either a policy or an error that names the file and a line.
         #[test]
         fn policy_files_never_panic(pieces in proptest::collection::vec(toml_piece(), 0..12)) {
-            let dir = std::env::temp_dir().join(format!("cgroup-connect-fuzz-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            let path = dir.join("p.toml");
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("p.toml");
             std::fs::write(&path, pieces.concat()).unwrap();
             match Policy::load(&Sources { policy: Some(path.clone()), ..Sources::default() }) {
                 Ok(_) => {}
@@ -468,9 +465,8 @@ mod fuzz {
         /// Any list line is a rule or an error naming the line.
         #[test]
         fn list_lines_never_panic(lines in proptest::collection::vec("\\PC{0,30}", 1..8)) {
-            let dir = std::env::temp_dir().join(format!("cgroup-connect-fuzz-list-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            let path = dir.join("l.txt");
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("l.txt");
             std::fs::write(&path, lines.join("\n")).unwrap();
             if let Err(e) = Policy::load(&Sources { block_lists: vec![path], ..Sources::default() }) {
                 prop_assert!(e.to_string().contains("l.txt:"), "{}", e);
