@@ -3,6 +3,7 @@
 use std::{
     io::{self, Write},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
     time::{Duration, SystemTime},
 };
 
@@ -11,7 +12,7 @@ use cgroup_connect_common::{Event, hook, verdict};
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 
-use crate::control::PolicyView;
+use crate::view::PolicyView;
 
 /// An event as printed.
 #[derive(Debug, Serialize)]
@@ -126,21 +127,49 @@ impl EventReader {
         Ok(Self { ring })
     }
 
-    /// Waits for events, then hands each one waiting to `each`.
+    /// Waits for events, then returns every one waiting.
     ///
     /// # Errors
     /// When waiting fails.
-    pub async fn next_batch(&mut self, mut each: impl FnMut(&Event)) -> io::Result<()> {
+    pub async fn next_batch(&mut self) -> io::Result<Vec<Event>> {
         let mut guard = self.ring.readable_mut().await?;
         let ring = guard.get_inner_mut();
+        let mut batch = Vec::new();
         while let Some(item) = ring.next() {
             if item.len() >= size_of::<Event>() {
                 // SAFETY: the programs write whole Events; read_unaligned copes with any alignment.
-                let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
-                each(&event);
+                batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
             }
         }
         guard.clear_ready();
-        Ok(())
+        Ok(batch)
     }
+}
+
+/// Where `--events FILE` writes: FILE opened for appending, or standard output for `-`.
+///
+/// # Errors
+/// When the file cannot be opened.
+pub fn open_sink(path: &Path) -> io::Result<Box<dyn Write + Send>> {
+    if path.as_os_str() == "-" {
+        return Ok(Box::new(io::stdout()));
+    }
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    Ok(Box::new(io::LineWriter::new(file)))
+}
+
+/// Writes `batch` to `out`, one line (text or JSON) an event, then flushes.
+///
+/// # Errors
+/// When the writer fails.
+pub fn write_batch(
+    batch: &[Event],
+    view: &mut PolicyView,
+    out: &mut impl Write,
+    json: bool,
+) -> io::Result<()> {
+    for e in batch {
+        EventLine::new(e, view).write(out, json)?;
+    }
+    out.flush()
 }

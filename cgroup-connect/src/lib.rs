@@ -1,12 +1,15 @@
 //! cgroup-connect: an outbound connection firewall for Linux cgroups.
 //!
 //! The `blocker` binary is a thin shell over this library: [`cli`] holds one module per
-//! subcommand; [`loader`] is the only code that touches aya; [`cgroup`] finds and validates
+//! subcommand. [`instance`] owns an instance's lifecycle (start, every change, stop, detach);
+//! [`loader`] is the only code that touches aya; [`rules`] and [`policy`] own the rule
+//! language and its sources, [`table`] compiles rules into the tables the programs search;
+//! [`state`] and [`pins`] own what an instance keeps on disk; [`cgroup`] finds and validates
 //! cgroup v2 directories; [`privileges`] checks capabilities up front.
 pub mod cgroup;
 pub mod cli;
-pub mod control;
 pub mod events;
+pub mod instance;
 pub mod loader;
 pub mod metrics;
 pub mod pins;
@@ -15,5 +18,7 @@ pub mod privileges;
 pub mod resolve;
 pub mod rules;
 pub mod state;
+pub mod systemd;
 pub mod table;
 pub mod timings;
+pub mod view;

@@ -12,7 +12,13 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{control::Counts, loader::Totals};
+use crate::{
+    instance,
+    loader::{Instance, Totals},
+    pins::InstancePaths,
+    state::Counts,
+    view::PolicyView,
+};
 
 /// Rules shown by hits.
 pub const TOP_RULES: usize = 20;
@@ -43,6 +49,23 @@ pub struct Snapshot {
     /// (rule text, hits), busiest first.
     pub top_rules: Vec<(String, u64)>,
     pub counts: Counts,
+}
+
+impl Snapshot {
+    /// Reads the instance's counters now; what cannot be read shows as zero (a scrape never
+    /// fails).
+    pub fn read(paths: &InstancePaths, view: &mut PolicyView) -> Self {
+        let Ok(instance) = Instance::open(paths) else { return Self::default() };
+        let totals = instance.totals().unwrap_or_default();
+        let top_rules = view
+            .busiest_rules(&instance, TOP_RULES)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(_, text, hits)| (text, hits))
+            .collect();
+        let counts = instance::load(paths).map(|s| s.counts).unwrap_or_default();
+        Self { totals, top_rules, counts }
+    }
 }
 
 /// The Prometheus text of a snapshot.

@@ -52,6 +52,16 @@ pub enum StateError {
     },
 }
 
+/// How many rules an instance holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Rules, as written (a hostname is one rule).
+    pub rules: usize,
+    /// Prefixes in the IPv4 and IPv6 tables (a hostname counts once per address).
+    pub ipv4: usize,
+    pub ipv6: usize,
+}
+
 /// A live edit: an action and a rule in its canonical text.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveRule {
@@ -86,7 +96,7 @@ pub struct State {
     pub removed: Vec<LiveRule>,
     /// Rule counts as last compiled.
     #[serde(default)]
-    pub counts: crate::control::Counts,
+    pub counts: Counts,
 }
 
 impl State {
@@ -104,7 +114,7 @@ impl State {
             sources,
             added: vec![],
             removed: vec![],
-            counts: crate::control::Counts::default(),
+            counts: Counts::default(),
         }
     }
 

@@ -3,7 +3,8 @@
 use anyhow::bail;
 
 use crate::{
-    control,
+    cli::runtime::block_on,
+    instance,
     pins::InstancePaths,
     resolve::Names,
     rules::{Action, Destination, Rule},
@@ -45,7 +46,7 @@ pub struct NotFoundError {
 pub fn add(args: &EditArgs) -> anyhow::Result<()> {
     let paths = InstancePaths::new(&args.name)?;
     let rules = args.live_rules();
-    let (_, counts) = block_on(control::apply(&paths, &mut Names::new(), |state| {
+    let applied = block_on(instance::apply(&paths, &mut Names::new(), |state| {
         for rule in rules {
             state.removed.retain(|r| *r != rule);
             if !state.added.contains(&rule) {
@@ -54,7 +55,7 @@ pub fn add(args: &EditArgs) -> anyhow::Result<()> {
         }
         Ok(())
     }))?;
-    println!("instance {}: {} rules", paths.name, counts.rules);
+    println!("instance {}: {} rules", paths.name, applied.counts.rules);
     Ok(())
 }
 
@@ -65,7 +66,7 @@ pub fn add(args: &EditArgs) -> anyhow::Result<()> {
 pub fn remove(args: &EditArgs) -> anyhow::Result<()> {
     let paths = InstancePaths::new(&args.name)?;
     let rules = args.live_rules();
-    let (_, counts) = block_on(control::apply(&paths, &mut Names::new(), |state| {
+    let applied = block_on(instance::apply(&paths, &mut Names::new(), |state| {
         let policy = state.policy()?;
         for rule in rules {
             if let Some(i) = state.added.iter().position(|r| *r == rule) {
@@ -81,11 +82,6 @@ pub fn remove(args: &EditArgs) -> anyhow::Result<()> {
         }
         Ok(())
     }))?;
-    println!("instance {}: {} rules", paths.name, counts.rules);
+    println!("instance {}: {} rules", paths.name, applied.counts.rules);
     Ok(())
-}
-
-/// Runs a future on a runtime of its own (hostname resolution needs one).
-pub(crate) fn block_on<T>(f: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f)
 }

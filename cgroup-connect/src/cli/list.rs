@@ -1,7 +1,7 @@
 //! `blocker list`: the rules an instance enforces, in order, with where each came from.
 use serde::Serialize;
 
-use crate::{control, pins::InstancePaths, rules::Action};
+use crate::{instance, pins::InstancePaths, rules::Action};
 
 /// Arguments of `blocker list`.
 #[derive(Debug, clap::Args)]
@@ -34,7 +34,7 @@ struct ListedRule {
 /// No such instance, or a source that no longer reads.
 pub fn list(args: &ListArgs) -> anyhow::Result<()> {
     let paths = InstancePaths::new(&args.name)?;
-    let policy = control::load(&paths)?.policy()?;
+    let policy = instance::load(&paths)?.policy()?;
     let rules = policy
         .rules
         .iter()

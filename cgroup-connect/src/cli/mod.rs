@@ -9,8 +9,15 @@
 use clap::{Parser, Subcommand};
 
 use crate::{
-    cgroup::CgroupError, loader::LoadError, metrics::AddrError, pins::PinError,
-    policy::PolicyError, privileges::PrivilegeError, resolve::ResolveError, table::TableError,
+    cgroup::CgroupError,
+    instance::{BusyError, ElsewhereError},
+    loader::LoadError,
+    metrics::AddrError,
+    pins::PinError,
+    policy::PolicyError,
+    privileges::PrivilegeError,
+    resolve::ResolveError,
+    table::TableError,
 };
 
 pub mod detach;
@@ -20,6 +27,7 @@ pub mod events;
 pub mod list;
 pub mod reload;
 pub mod run;
+pub mod runtime;
 pub mod stats;
 pub mod status;
 
@@ -94,8 +102,8 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 Some(PinError::Name { .. } | PinError::NoInstance { .. })
             )
             || cause.is::<edit::NotFoundError>()
-            || cause.is::<run::BusyError>()
-            || cause.is::<run::ElsewhereError>()
+            || cause.is::<BusyError>()
+            || cause.is::<ElsewhereError>()
         {
             return EXIT_USAGE;
         }

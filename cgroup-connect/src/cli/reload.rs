@@ -1,6 +1,6 @@
 //! `blocker reload`: re-read an instance's policy sources and swap its tables at once; a bad
 //! source is refused and the old policy stays in force. `blocker run` does the same on SIGHUP.
-use crate::{cli::edit::block_on, control, pins::InstancePaths, resolve::Names};
+use crate::{cli::runtime::block_on, instance, pins::InstancePaths, resolve::Names};
 
 /// Arguments of `blocker reload`.
 #[derive(Debug, clap::Args)]
@@ -18,12 +18,8 @@ pub struct ReloadArgs {
 /// No such instance, or a bad source (the old policy stays).
 pub fn reload(args: &ReloadArgs) -> anyhow::Result<()> {
     let paths = InstancePaths::new(&args.name)?;
-    let (policy, counts) = block_on(control::apply(&paths, &mut Names::new(), |_| Ok(())))?;
-    println!(
-        "reloaded instance {}: {}",
-        paths.name,
-        crate::cli::run::summary(&policy, counts, false)
-    );
+    let applied = block_on(instance::apply(&paths, &mut Names::new(), |_| Ok(())))?;
+    println!("reloaded instance {}: {}", paths.name, applied.summary(false));
     let report = crate::timings::take_report();
     if args.timings {
         eprintln!("{report}");

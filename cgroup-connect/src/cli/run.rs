@@ -1,28 +1,28 @@
-//! `blocker run`: read the policy, resolve hostnames, compile the tables, then create the
-//! instance (or adopt a pinned one of the same name, with no window without enforcement),
-//! stay attached until SIGINT or SIGTERM while serving reloads (SIGHUP), hostname refreshes,
-//! events and metrics, and on exit detach (or, with `--pin`, leave it enforcing).
+//! `blocker run`: its arguments, and the loop of the process that serves an instance. The
+//! instance's lifecycle (start, changes, stop) belongs to [`crate::instance`]; this loop
+//! serves reloads (SIGHUP), hostname refreshes, events and metrics until SIGINT or SIGTERM.
 use std::{
-    io::Write as _,
+    io::{Write as _, stdout},
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, PoisonError},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 
 use crate::{
     cgroup::{self, CgroupDir},
-    control::{self, Counts, PolicyView},
-    events::{EventLine, EventReader},
-    loader::{self, Instance, LoadError, Prepared},
+    cli::runtime::{Request, Signals, block_on},
+    events::{self, EventReader},
+    instance,
     metrics::{self, Snapshot},
     pins::{self, InstancePaths},
-    policy::{Policy, Sources},
+    policy::Sources,
     privileges,
     resolve::Names,
     rules::{Action, Destination},
-    state::{Lock, State},
-    table::Tables,
+    state::State,
+    systemd, timings,
+    view::PolicyView,
 };
 
 /// What the seed blocked when given no rule at all: example.com's old address.
@@ -108,26 +108,6 @@ impl RunArgs {
     }
 }
 
-/// Another process serves the instance already.
-#[derive(Debug, thiserror::Error)]
-#[error("instance {name} is already run by process {pid}: stop it, or pick another --name")]
-pub struct BusyError {
-    pub name: String,
-    pub pid: u32,
-}
-
-/// The pinned instance of that name is attached elsewhere.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "instance {name} is attached to cgroup {}, not {}: `blocker detach {name}` first, or pick another --name",
-    attached.display(), wanted.display()
-)]
-pub struct ElsewhereError {
-    pub name: String,
-    pub attached: PathBuf,
-    pub wanted: PathBuf,
-}
-
 /// Runs until SIGINT or SIGTERM.
 ///
 /// # Errors
@@ -145,62 +125,54 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     state.pinned = args.pin;
     let metrics_addr = args.metrics.as_deref().map(metrics::parse_addr).transpose()?;
     privileges::check()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    rt.block_on(serve(args, &paths, &cgroup, state, metrics_addr))
+    block_on(serve(args, &paths, &cgroup, state, metrics_addr))
 }
+
+/// An events reader and where its lines go.
+type Events = (EventReader, Box<dyn std::io::Write + Send>);
 
 async fn serve(
     args: &RunArgs,
     paths: &InstancePaths,
     cgroup: &CgroupDir,
-    mut state: State,
+    state: State,
     metrics_addr: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    // The verifier takes most of a start: let it run while the policy is read and compiled,
-    // unless a pinned instance will be adopted (its programs are loaded already).
-    // One malloc arena for both threads, so what the loader frees can be given back.
-    // SAFETY: mallopt only tunes the allocator.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
-    let preparing = (!paths.has_pinned_links()).then(|| std::thread::spawn(Prepared::load));
+    let mut signals = Signals::new(true)?;
     let mut names = Names::new();
-    // Everything that can fail on the policy fails here, before anything attaches.
-    let (policy, tables) = control::compile(&state, &mut names).await?;
-    let counts = control::counts(&policy, &tables);
-    state.counts = counts;
-    let (mut instance, adopted) = attach(paths, cgroup, &tables, &mut state, preparing)?;
-    drop(tables);
-    release_free_memory();
+    let instance::Started { mut instance, adopted, applied } =
+        instance::start(paths, cgroup, state, &mut names).await?;
     println!(
         "attached to cgroup {} as instance {}{}: {}",
         cgroup.path().display(),
         paths.name,
         if adopted { " (adopted from its pins)" } else { "" },
-        summary(&policy, counts, args.audit),
+        applied.summary(args.audit),
     );
-    std::io::stdout().flush().context("writing to stdout")?;
-    notify_ready();
-    let report = crate::timings::take_report();
+    stdout().flush().context("writing to stdout")?;
+    systemd::notify_ready();
+    let report = timings::take_report();
     if args.timings {
         eprintln!("{report}");
     }
 
-    let view = Arc::new(Mutex::new(PolicyView::new(paths, &policy)));
-    drop(policy);
-    release_free_memory();
-    let mut events = match &args.events {
-        Some(path) => Some((EventReader::new(instance.take_events()?)?, open_events(path)?)),
+    let view = Arc::new(Mutex::new(PolicyView::new(paths, &applied.policy)));
+    drop(applied);
+    instance::release_free_memory();
+    let mut events: Option<Events> = match &args.events {
+        Some(path) => Some((
+            EventReader::new(instance.take_events()?)?,
+            events::open_sink(path)
+                .with_context(|| format!("opening the events file {}", path.display()))?,
+        )),
         None => None,
     };
     let metrics_task = match metrics_addr {
         Some(addr) => {
-            let snapshot = snapshot_source(paths.clone(), Arc::clone(&view));
+            let (paths, view) = (paths.clone(), Arc::clone(&view));
+            let snapshot = Arc::new(move || {
+                Snapshot::read(&paths, &mut view.lock().unwrap_or_else(PoisonError::into_inner))
+            });
             let (bound, server) = metrics::serve(addr, snapshot)
                 .await
                 .with_context(|| format!("serving metrics on {addr}"))?;
@@ -212,15 +184,16 @@ async fn serve(
     loop {
         let refresh = names.next_refresh().map(tokio::time::Instant::from_std);
         tokio::select! {
-            _ = int.recv() => break,
-            _ = term.recv() => break,
-                        _ = hup.recv() => reload(paths, &mut names, "reloaded").await,
+            request = signals.next() => match request {
+                Request::Stop => break,
+                Request::Reload => reload(paths, &mut names, "reloaded").await,
+            },
             () = sleep_until(refresh) => {
                 if names.refresh().await {
-                                        reload(paths, &mut names, "hostnames re-resolved").await;
+                    reload(paths, &mut names, "hostnames re-resolved").await;
                 }
             }
-                        result = next_events(&mut events, &view) => {
+            result = next_events(&mut events, &view) => {
                 if let Err(e) = result {
                     eprintln!("blocker: warning: writing events failed: {e:#}; no longer writing them");
                     events = None;
@@ -231,155 +204,34 @@ async fn serve(
     if let Some(task) = metrics_task {
         task.abort();
     }
-    let _lock = Lock::acquire(paths)?;
+    instance::stop(paths, instance, args.pin)?;
     if args.pin {
-        state = control::load(paths)?;
-        state.pid = None;
-        state.save(paths)?;
         println!(
             "exiting; instance {} stays attached to {} (pinned)",
             paths.name,
             cgroup.path().display()
         );
     } else {
-        drop(instance);
-        loader::unpin(paths)?;
-        pins::remove_dirs(paths)
-            .with_context(|| format!("removing the folders of instance {}", paths.name))?;
         println!("detached from cgroup {}", cgroup.path().display());
     }
     Ok(())
 }
 
-/// Creates the instance, or adopts the pinned instance of the same name (its programs keep
-/// enforcing while the new tables swap in), under the instance's lock; saves `state`.
-fn attach(
-    paths: &InstancePaths,
-    cgroup: &CgroupDir,
-    tables: &Tables,
-    state: &mut State,
-    preparing: Option<std::thread::JoinHandle<Result<Prepared, LoadError>>>,
-) -> anyhow::Result<(Instance, bool)> {
-    paths.create_dirs()?;
-    let _lock = Lock::acquire(paths)?;
-    let previous = State::load(paths)?;
-    if let Some(prev) = previous.as_ref().filter(|p| p.process_alive()) {
-        bail!(BusyError { name: paths.name.clone(), pid: prev.pid.unwrap_or_default() });
-    }
-    let found = if paths.has_pinned_links() {
-        if let Some(prev) = &previous
-            && prev.cgroup != cgroup.path()
-        {
-            bail!(ElsewhereError {
-                name: paths.name.clone(),
-                attached: prev.cgroup.clone(),
-                wanted: cgroup.path().to_owned()
-            });
-        }
-        let mut instance = Instance::open(paths)?;
-        instance.swap(tables)?;
-        instance.set_audit(state.audit)?;
-        state.since = previous.as_ref().map_or(state.since, |p| p.since);
-        (instance, true)
-    } else {
-        // Pins left by an unpinned instance that was killed: nothing enforces them.
-        loader::unpin(paths)?;
-        let prepared = match preparing {
-            Some(thread) => thread
-                .join()
-                .map_err(|_| anyhow::anyhow!("loading the BPF programs panicked"))??,
-            // The pins went away while the policy compiled: load now.
-            None => Prepared::load()?,
-        };
-        (Instance::create(paths, cgroup, tables, state.audit, state.pinned, prepared)?, false)
-    };
-    state.pid = Some(std::process::id());
-    state.save(paths)?;
-    Ok(found)
-}
-
 /// Re-reads the sources and swaps the tables; on failure the old policy stays in force.
 async fn reload(paths: &InstancePaths, names: &mut Names, what: &str) {
-    match control::apply(paths, names, |_| Ok(())).await {
-        Ok((policy, counts)) => println!("{what}: {}", summary(&policy, counts, false)),
+    match instance::apply(paths, names, |_| Ok(())).await {
+        Ok(applied) => println!("{what}: {}", applied.summary(false)),
         Err(e) => eprintln!("blocker: error: {what} failed, the old policy stays in force: {e:#}"),
     }
-    let _ = std::io::stdout().flush();
-    release_free_memory();
+    let _ = stdout().flush();
 }
 
-type EventSink = Box<dyn std::io::Write + Send>;
-
-fn open_events(path: &std::path::Path) -> anyhow::Result<EventSink> {
-    if path.as_os_str() == "-" {
-        return Ok(Box::new(std::io::stdout()));
-    }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("opening the events file {}", path.display()))?;
-    Ok(Box::new(std::io::LineWriter::new(file)))
-}
-
-async fn next_events(
-    events: &mut Option<(EventReader, EventSink)>,
-    view: &Mutex<PolicyView>,
-) -> anyhow::Result<()> {
+/// Waits for the next events and writes them; never resolves without a reader.
+async fn next_events(events: &mut Option<Events>, view: &Mutex<PolicyView>) -> anyhow::Result<()> {
     let Some((reader, sink)) = events else { return std::future::pending().await };
-    let mut result = Ok(());
-    reader
-        .next_batch(|e| {
-            if result.is_ok() {
-                let mut view = view.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                result = EventLine::new(e, &mut view).write(sink, true);
-            }
-        })
-        .await?;
-    sink.flush()?;
-    Ok(result?)
-}
-
-fn snapshot_source(
-    paths: InstancePaths,
-    view: Arc<Mutex<PolicyView>>,
-) -> Arc<dyn Fn() -> Snapshot + Send + Sync> {
-    Arc::new(move || {
-        let Ok(instance) = Instance::open(&paths) else { return Snapshot::default() };
-        let totals = instance.totals().unwrap_or_default();
-        let mut hits = instance.rule_hits().unwrap_or_default();
-        hits.sort_unstable_by_key(|h| std::cmp::Reverse(h.1));
-        hits.truncate(metrics::TOP_RULES);
-        let mut view = view.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let top_rules = hits.into_iter().map(|(id, n)| (view.rule_text(id), n)).collect();
-        let counts = control::load(&paths).map(|s| s.counts).unwrap_or_default();
-        Snapshot { totals, top_rules, counts }
-    })
-}
-
-/// Tells systemd (`Type=notify`) that the instance enforces, so units ordered after it start
-/// only then. Does nothing outside systemd.
-fn notify_ready() {
-    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else { return };
-    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
-    let bytes = socket.as_encoded_bytes();
-    let sent = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt as _;
-        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
-            .and_then(|a| sock.send_to_addr(b"READY=1", &a))
-    } else {
-        sock.send_to(b"READY=1", &socket)
-    };
-    if let Err(e) = sent {
-        eprintln!("blocker: warning: telling systemd we are ready failed: {e}");
-    }
-}
-
-/// Gives the heap that parsing and compiling used back to the system: a long-running
-/// instance keeps only its policy.
-fn release_free_memory() {
-    // SAFETY: malloc_trim only releases free heap pages.
-    unsafe { libc::malloc_trim(0) };
+    let batch = reader.next_batch().await?;
+    let mut view = view.lock().unwrap_or_else(PoisonError::into_inner);
+    Ok(events::write_batch(&batch, &mut view, sink, true)?)
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
@@ -387,29 +239,6 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// `N rules (block 1.2.3.4, allow 10.0.0.0/8, ... and M more), ... default allow`.
-#[must_use]
-pub fn summary(policy: &Policy, counts: Counts, audit: bool) -> String {
-    const SHOWN: usize = 5;
-    let mut shown: Vec<String> =
-        policy.rules.iter().take(SHOWN).map(|r| r.rule.to_string()).collect();
-    if policy.rules.len() > SHOWN {
-        shown.push(format!("and {} more", policy.rules.len() - SHOWN));
-    }
-    let default = match policy.default {
-        Action::Allow => "allow",
-        Action::Block => "deny",
-    };
-    format!(
-        "{} rules ({}), {} IPv4 and {} IPv6 prefixes, default {default}{}",
-        counts.rules,
-        shown.join(", "),
-        counts.ipv4,
-        counts.ipv6,
-        if audit { ", audit mode (nothing is blocked)" } else { "" }
-    )
 }
 
 #[cfg(test)]

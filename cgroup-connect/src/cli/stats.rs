@@ -2,9 +2,10 @@
 use serde::Serialize;
 
 use crate::{
-    control::{self, PolicyView},
+    instance,
     loader::{Instance, Totals},
     pins::InstancePaths,
+    view::PolicyView,
 };
 
 /// Rules listed by hits.
@@ -40,14 +41,12 @@ struct RuleHits {
 /// No such instance.
 pub fn stats(args: &StatsArgs) -> anyhow::Result<()> {
     let paths = InstancePaths::new(&args.name)?;
-    let mut view = PolicyView::new(&paths, &control::load(&paths)?.policy()?);
+    let mut view = PolicyView::new(&paths, &instance::load(&paths)?.policy()?);
     let instance = Instance::open(&paths)?;
-    let mut hits = instance.rule_hits()?;
-    hits.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    hits.truncate(TOP);
-    let rules = hits
+    let rules = view
+        .busiest_rules(&instance, TOP)?
         .into_iter()
-        .map(|(id, hits)| RuleHits { id, rule: view.rule_text(id), hits })
+        .map(|(id, rule, hits)| RuleHits { id, rule, hits })
         .collect();
     let stats = Stats { totals: instance.totals()?, rules };
     if args.json {

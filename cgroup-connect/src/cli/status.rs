@@ -3,9 +3,8 @@
 use serde::Serialize;
 
 use crate::{
-    control::Counts,
     pins::{self, InstancePaths},
-    state::State,
+    state::{Counts, State},
 };
 
 /// Arguments of `blocker status`.

@@ -1,0 +1,271 @@
+//! An instance's lifecycle, in one place: [`start`] (create, or adopt a pinned instance of the
+//! same name), [`apply`] (every change: add, remove, reload, hostname refresh), [`stop`] (the
+//! serving process exits) and [`detach`] (remove it from outside).
+//!
+//! Each step takes the instance's lock, reads its state, computes the policy (sources read
+//! now, plus live edits), resolves hostnames, compiles, swaps the tables and writes the state
+//! back. A failure at any step leaves the tables and the state as they were.
+use std::{
+    thread::JoinHandle,
+    time::{Duration, Instant as Clock},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    cgroup::CgroupDir,
+    loader::{self, Instance, LoadError, Prepared},
+    pins::{self, InstancePaths, PinError},
+    policy::Policy,
+    resolve::Names,
+    rules::Action,
+    state::{Counts, Lock, State},
+    table::{self, Tables},
+    timings,
+};
+
+/// Another process serves the instance already.
+#[derive(Debug, thiserror::Error)]
+#[error("instance {name} is already run by process {pid}: stop it, or pick another --name")]
+pub struct BusyError {
+    pub name: String,
+    pub pid: u32,
+}
+
+/// The pinned instance of that name is attached elsewhere.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "instance {name} is attached to cgroup {}, not {}: `blocker detach {name}` first, or pick another --name",
+    attached.display(), wanted.display()
+)]
+pub struct ElsewhereError {
+    pub name: String,
+    pub attached: std::path::PathBuf,
+    pub wanted: std::path::PathBuf,
+}
+
+/// A policy in force and its counts: what [`start`] and [`apply`] return.
+pub struct Applied {
+    pub policy: Policy,
+    pub counts: Counts,
+}
+
+impl Applied {
+    /// `N rules (block 1.2.3.4, allow 10.0.0.0/8, ... and M more), ... default allow`.
+    #[must_use]
+    pub fn summary(&self, audit: bool) -> String {
+        const SHOWN: usize = 5;
+        let rules = &self.policy.rules;
+        let mut shown: Vec<String> = rules.iter().take(SHOWN).map(|r| r.rule.to_string()).collect();
+        if rules.len() > SHOWN {
+            shown.push(format!("and {} more", rules.len() - SHOWN));
+        }
+        let default = match self.policy.default {
+            Action::Allow => "allow",
+            Action::Block => "deny",
+        };
+        format!(
+            "{} rules ({}), {} IPv4 and {} IPv6 prefixes, default {default}{}",
+            self.counts.rules,
+            shown.join(", "),
+            self.counts.ipv4,
+            self.counts.ipv6,
+            if audit { ", audit mode (nothing is blocked)" } else { "" }
+        )
+    }
+}
+
+/// An instance this process serves, from [`start`] to [`stop`].
+pub struct Started {
+    pub instance: Instance,
+    /// Whether a pinned instance was adopted (its programs kept enforcing throughout).
+    pub adopted: bool,
+    pub applied: Applied,
+}
+
+/// Reads the state of an existing instance.
+///
+/// # Errors
+/// [`PinError::NoInstance`] when it has none.
+pub fn load(paths: &InstancePaths) -> anyhow::Result<State> {
+    Ok(State::load(paths)?.ok_or_else(|| PinError::NoInstance { name: paths.name.clone() })?)
+}
+
+/// The policy and tables of a state, with hostnames resolved through `names` (which then
+/// holds exactly the policy's names).
+async fn compile(state: &State, names: &mut Names) -> anyhow::Result<(Policy, Tables, Counts)> {
+    let policy = timings::time("read", || state.policy())?;
+    let started = Clock::now();
+    names.sync(&policy.names()).await?;
+    timings::add("resolve", started.elapsed());
+    let tables = timings::time("compile", || {
+        table::compile(policy.default, policy.table_rules(|name| names.addrs(name)))
+    })?;
+    let counts = Counts { rules: policy.rules.len(), ipv4: tables.v4_rules, ipv6: tables.v6_rules };
+    Ok((policy, tables, counts))
+}
+
+/// Starts serving the instance `state` describes on `cgroup`: compiles its policy, then
+/// creates it, or adopts the pinned instance of the same name (its programs keep enforcing
+/// while the new tables swap in), under the instance's lock, and saves the state with this
+/// process as its server.
+///
+/// The verifier takes most of a start: it runs in a thread while the policy is read and
+/// compiled, unless a pinned instance will be adopted (its programs are loaded already).
+///
+/// # Errors
+/// A bad source, an unresolvable hostname or a capacity limit (nothing is attached then),
+/// [`BusyError`], [`ElsewhereError`], or a load or attach failure (nothing new stays attached).
+pub async fn start(
+    paths: &InstancePaths,
+    cgroup: &CgroupDir,
+    mut state: State,
+    names: &mut Names,
+) -> anyhow::Result<Started> {
+    // One malloc arena for both threads, so what the loader frees can be given back.
+    // SAFETY: mallopt only tunes the allocator.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    let preparing = (!paths.has_pinned_links()).then(|| std::thread::spawn(Prepared::load));
+    // Everything that can fail on the policy fails here, before anything attaches.
+    let (policy, tables, counts) = compile(&state, names).await?;
+    state.counts = counts;
+    let (instance, adopted) = attach(paths, cgroup, &tables, &mut state, preparing)?;
+    drop(tables);
+    release_free_memory();
+    Ok(Started { instance, adopted, applied: Applied { policy, counts } })
+}
+
+fn attach(
+    paths: &InstancePaths,
+    cgroup: &CgroupDir,
+    tables: &Tables,
+    state: &mut State,
+    preparing: Option<JoinHandle<Result<Prepared, LoadError>>>,
+) -> anyhow::Result<(Instance, bool)> {
+    paths.create_dirs()?;
+    let _lock = Lock::acquire(paths)?;
+    let previous = State::load(paths)?;
+    if let Some(prev) = previous.as_ref().filter(|p| p.process_alive()) {
+        bail!(BusyError { name: paths.name.clone(), pid: prev.pid.unwrap_or_default() });
+    }
+    let found = if paths.has_pinned_links() {
+        if let Some(prev) = &previous
+            && prev.cgroup != cgroup.path()
+        {
+            bail!(ElsewhereError {
+                name: paths.name.clone(),
+                attached: prev.cgroup.clone(),
+                wanted: cgroup.path().to_owned()
+            });
+        }
+        let mut instance = Instance::open(paths)?;
+        instance.swap(tables)?;
+        instance.set_audit(state.audit)?;
+        state.since = previous.as_ref().map_or(state.since, |p| p.since);
+        (instance, true)
+    } else {
+        // Pins left by an unpinned instance that was killed: nothing enforces them.
+        loader::unpin(paths)?;
+        let prepared = match preparing {
+            Some(thread) => thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("loading the BPF programs panicked"))??,
+            // The pins went away while the policy compiled: load now.
+            None => Prepared::load()?,
+        };
+        (Instance::create(paths, cgroup, tables, state.audit, state.pinned, prepared)?, false)
+    };
+    state.pid = Some(std::process::id());
+    state.save(paths)?;
+    Ok(found)
+}
+
+/// Applies `edit` to the state of instance `paths` under its lock, then recompiles and swaps
+/// its tables: the one path of every change (add, remove, reload, hostname refresh).
+///
+/// # Errors
+/// Whatever `edit` refuses, or the compile or swap failure; nothing is changed then.
+pub async fn apply(
+    paths: &InstancePaths,
+    names: &mut Names,
+    edit: impl FnOnce(&mut State) -> anyhow::Result<()>,
+) -> anyhow::Result<Applied> {
+    if !paths.state.exists() {
+        return Err(PinError::NoInstance { name: paths.name.clone() }.into());
+    }
+    let _lock = Lock::acquire(paths)?;
+    let mut state = load(paths)?;
+    edit(&mut state)?;
+    let (policy, tables, counts) = compile(&state, names).await?;
+    Instance::open(paths)?.swap(&tables)?;
+    drop(tables);
+    state.counts = counts;
+    state.save(paths)?;
+    release_free_memory();
+    Ok(Applied { policy, counts })
+}
+
+/// The serving process exits: a pinned instance keeps enforcing, with no process; any other
+/// is detached and its pins and folders removed.
+///
+/// # Errors
+/// The state cannot be saved, or a pin or folder cannot be removed.
+pub fn stop(paths: &InstancePaths, instance: Instance, pinned: bool) -> anyhow::Result<()> {
+    let _lock = Lock::acquire(paths)?;
+    if pinned {
+        let mut state = load(paths)?;
+        state.pid = None;
+        state.save(paths)?;
+        Ok(())
+    } else {
+        drop(instance);
+        remove(paths)
+    }
+}
+
+/// Removes an instance from outside: stops the process serving it, if any (SIGTERM, then up
+/// to 10 s), then removes its pins (which detaches pinned links) and its folders.
+///
+/// # Errors
+/// No such instance, a process that does not exit, or a pin that cannot be removed.
+pub fn detach(paths: &InstancePaths) -> anyhow::Result<()> {
+    if !paths.exists() {
+        return Err(PinError::NoInstance { name: paths.name.clone() }.into());
+    }
+    let state = State::load(paths).ok().flatten();
+    if let Some(pid) = state.as_ref().filter(|s| s.process_alive()).and_then(|s| s.pid) {
+        terminate(pid)?;
+    }
+    let _lock = if paths.state.exists() { Some(Lock::acquire(paths)?) } else { None };
+    remove(paths)
+}
+
+/// Unpins everything of the instance and removes its folders (the lock must be held).
+fn remove(paths: &InstancePaths) -> anyhow::Result<()> {
+    loader::unpin(paths)?;
+    pins::remove_dirs(paths)
+        .with_context(|| format!("removing the folders of instance {}", paths.name))
+}
+
+/// SIGTERM, then up to 10 s for the process to exit.
+fn terminate(pid: u32) -> anyhow::Result<()> {
+    let pid_t = i32::try_from(pid).context("pid out of range")?;
+    // SAFETY: a signal to a process we checked runs this program.
+    unsafe { libc::kill(pid_t, libc::SIGTERM) };
+    let deadline = Clock::now() + Duration::from_secs(10);
+    while crate::state::process_alive(pid) {
+        anyhow::ensure!(
+            Clock::now() < deadline,
+            "process {pid} did not exit within 10 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Gives the heap that parsing and compiling used back to the system: a long-running
+/// instance keeps only its policy.
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim only releases free heap pages.
+    unsafe { libc::malloc_trim(0) };
+}
