@@ -1,0 +1,100 @@
+//! What the programs and userspace address each other by: the names of the programs and maps
+//! (as the kernel, `bpftool` and the pins show them), the sizes of the maps the object
+//! declares, and the indices of the config words and stats totals.
+//!
+//! The BPF crate spells these names again as literals (the aya-ebpf macros take nothing else);
+//! a host test of the userspace crate checks the built object against this module.
+
+/// Names of the BPF programs, as the kernel and `bpftool prog` show them.
+pub mod programs {
+    /// `cgroup/connect4`: `connect()` on IPv4 sockets (TCP, UDP), and TCP Fast Open.
+    pub const CONNECT4: &str = "check_connect4";
+    /// `cgroup/connect6`: `connect()` on IPv6 sockets, including IPv4-mapped destinations.
+    pub const CONNECT6: &str = "check_connect6";
+    /// `cgroup/sendmsg4`: `sendto()`/`sendmsg()` with a destination on unconnected IPv4 UDP
+    /// sockets, and on IPv6 sockets to IPv4-mapped destinations.
+    pub const SENDMSG4: &str = "check_sendmsg4";
+    /// `cgroup/sendmsg6`: the same on IPv6 UDP sockets.
+    pub const SENDMSG6: &str = "check_sendmsg6";
+    /// All of them, in the order they are attached.
+    pub const ALL: [&str; 4] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6];
+    /// `cgroup/connect4` that allows everything: the benchmarks' reference, never attached by
+    /// the blocker.
+    pub const REFERENCE_ALLOW: &str = "reference_allow";
+}
+
+/// Names of the BPF maps, as the kernel and `bpftool map` show them.
+pub mod maps {
+    /// Arrays of maps with one slot each, one per size class ([`crate::TABLE_CLASSES`]): the
+    /// IPv4 table ([`crate::V4Record`]s) is in the one [`crate::config::V4_CLASS`] selects.
+    pub const RULES_V4: [&str; 5] =
+        ["rules_v4_0", "rules_v4_1", "rules_v4_2", "rules_v4_3", "rules_v4_4"];
+    /// The same for the IPv6 table ([`crate::V6Record`]s), selected by [`crate::config::V6_CLASS`].
+    pub const RULES_V6: [&str; 5] =
+        ["rules_v6_0", "rules_v6_1", "rules_v6_2", "rules_v6_3", "rules_v6_4"];
+    /// Name given to each IPv4 table userspace creates.
+    pub const TABLE_V4: &str = "table_v4";
+    /// Name given to each IPv6 table userspace creates.
+    pub const TABLE_V6: &str = "table_v6";
+    /// Per-CPU array of `u64` totals, indexed by [`crate::stats`].
+    pub const STATS: &str = "stats";
+    /// LRU per-CPU hash: rule id -> decisions it made (only rules, not the default).
+    pub const RULE_HITS: &str = "rule_hits";
+    /// Ring buffer of [`crate::Event`]s: blocked attempts, and would-be blocks in audit mode.
+    pub const EVENTS: &str = "events";
+    /// Array of `u32`s indexed by [`crate::config`]: flags and the table size classes.
+    pub const CONFIG: &str = "config";
+    /// Every map an instance pins.
+    pub const PINNED: [&str; 14] = [
+        RULES_V4[0],
+        RULES_V4[1],
+        RULES_V4[2],
+        RULES_V4[3],
+        RULES_V4[4],
+        RULES_V6[0],
+        RULES_V6[1],
+        RULES_V6[2],
+        RULES_V6[3],
+        RULES_V6[4],
+        STATS,
+        RULE_HITS,
+        EVENTS,
+        CONFIG,
+    ];
+}
+
+/// Indices of the [`maps::CONFIG`] words.
+pub mod config {
+    /// Flags: [`crate::CONFIG_AUDIT`].
+    pub const FLAGS: u32 = 0;
+    /// The size class that holds the IPv4 table.
+    pub const V4_CLASS: u32 = 1;
+    /// The size class that holds the IPv6 table.
+    pub const V6_CLASS: u32 = 2;
+    /// Number of words.
+    pub const LEN: u32 = 3;
+}
+
+/// Indices of the [`maps::STATS`] totals.
+pub mod stats {
+    /// Decisions that let the call proceed (audit-mode would-be blocks are counted apart).
+    pub const ALLOWED: u32 = 0;
+    /// Decisions that made the call fail with EPERM.
+    pub const BLOCKED: u32 = 1;
+    /// Audit mode: decisions that would have blocked, and let the call proceed.
+    pub const AUDITED: u32 = 2;
+    /// Events that did not fit in the ring buffer.
+    pub const EVENTS_LOST: u32 = 3;
+    /// Decisions made on a missing or malformed table (failed closed).
+    pub const FAILED_CLOSED: u32 = 4;
+    /// Number of totals.
+    pub const COUNT: u32 = 5;
+}
+
+/// [`maps::CONFIG`] flag: judge and report, block nothing.
+pub const CONFIG_AUDIT: u32 = 1;
+/// Entries of [`maps::RULE_HITS`]: the busiest rules stay, the least recently hit go.
+pub const RULE_HITS_CAPACITY: u32 = 16_384;
+/// Bytes of the [`maps::EVENTS`] ring buffer (a power of two, a page multiple): about 14,000
+/// events; when it is full, events are counted in [`stats::EVENTS_LOST`] and dropped.
+pub const EVENTS_BYTES: u32 = 1 << 20;

@@ -1,0 +1,144 @@
+//! The layout of the rule tables: chunks of records, their size classes, and the IPv4 bucket
+//! table.
+//!
+//! Userspace compiles the rules of each address family into one table: a BPF array of
+//! [`Chunk`]s of [`CHUNK_RECORDS`] records each. The data records, numbered across chunks 1,
+//! 2, ... (record `g` is at `g % CHUNK_RECORDS` of chunk `1 + g / CHUNK_RECORDS`), are
+//!
+//! - records `0..n`, the intervals: sorted, non-overlapping address ranges that together cover
+//!   the whole address space; each starts at its record's address and ends where the next
+//!   begins, and its `word` is either a verdict ([`crate::word::DIRECT`] set) or the number of
+//!   the first record of a class;
+//! - after them, the classes: runs of entries (`key` = port range, `word` = verdict with an
+//!   optional protocol) tried in order; the last entry of a run matches every port and
+//!   protocol, so a run always ends in a verdict. No run crosses a chunk boundary.
+//!
+//! Chunk 0 is the index: its record 0 is the header (`key` = `n`, `word` = the default
+//! verdict), and its record `1 + k` is the fence of data chunk `k`: the start of its first
+//! interval.
+//!
+//! A decision is a binary search of the fences, a binary search in one chunk, then at most
+//! [`MAX_CLASS_LEN`] entries of a class: see [`crate::decide`]. The lookups are inlined by the
+//! verifier (see [`TABLE_CLASSES`]). The whole table is swapped at once (it is an inner map of
+//! an array of maps), so every decision sees one policy or the other.
+
+/// Table sizes, in chunks (the index chunk included). A table is created at the smallest
+/// class that holds it; each class has its own outer map, whose inner-map template fixes the
+/// size, so the verifier inlines every lookup (no helper call per lookup).
+///
+/// Five classes, four times apart: every class costs the verifier another copy of the search,
+/// and a table wastes at most three quarters of its class.
+pub const TABLE_CLASSES: [u32; 5] = [2, 8, 32, 128, 512];
+
+/// `BPF_F_MMAPABLE`: userspace writes a whole table with one copy through `mmap`.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+/// Flags of every table, and of the inner-map templates the BPF object declares. Not
+/// `BPF_F_INNER_MAP`: that would let sizes vary, and stop the verifier inlining lookups.
+pub const TABLE_FLAGS: u32 = BPF_F_MMAPABLE;
+
+/// IPv4 tables also have a bucket table: for each run of `2^V4_BUCKET_SHIFT` addresses
+/// (the top 15 bits of an address), the number of the interval that holds its first address.
+/// A decision then searches only between two bucket boundaries.
+pub const V4_BUCKET_SHIFT: u32 = 17;
+/// Buckets of an IPv4 table; the bucket table has one more entry, the last interval.
+pub const V4_BUCKETS: u32 = 1 << (32 - V4_BUCKET_SHIFT);
+/// Where the index chunk of an IPv4 table says which chunk its bucket table starts in.
+pub const V4_BUCKET_BASE_RECORD: u32 = CHUNK_RECORDS - 1;
+/// Chunks the bucket table takes: two `u32` entries a record.
+pub const V4_BUCKET_CHUNKS: u32 = (V4_BUCKETS + 1).div_ceil(2).div_ceil(CHUNK_RECORDS);
+
+/// log2 of [`CHUNK_RECORDS`].
+pub const CHUNK_BITS: u32 = 14;
+/// Records per chunk.
+pub const CHUNK_RECORDS: u32 = 1 << CHUNK_BITS;
+/// Keeps an index inside a chunk (and shows the verifier that it is).
+pub const CHUNK_MASK: u32 = CHUNK_RECORDS - 1;
+/// Most data chunks: the largest size class holds them with the index chunk.
+pub const MAX_DATA_CHUNKS: u32 = TABLE_CLASSES[TABLE_CLASSES.len() - 1] - 1;
+/// Most intervals a table may hold.
+pub const MAX_INTERVALS: u32 = CHUNK_RECORDS * MAX_DATA_CHUNKS;
+/// Most entries of one class: how many rules with ports or a protocol may cover one address
+/// before an unconditional rule (or the default) ends the run.
+pub const MAX_CLASS_LEN: u32 = 32;
+/// Most rules per address family in one instance.
+pub const MAX_RULES_PER_FAMILY: usize = 4 << 20;
+
+/// An inclusive port range packed in a record key: low port in the high half.
+#[must_use]
+pub const fn pack_ports(lo: u16, hi: u16) -> u32 {
+    ((lo as u32) << 16) | hi as u32
+}
+
+/// The key of a class entry that matches every port.
+pub const ALL_PORTS: u32 = pack_ports(0, u16::MAX);
+
+/// One record of a table: see the module docs for what `key` and `word` hold in each part.
+pub trait Record {
+    /// An address of this family, ordered as numbers.
+    type Addr: Ord + Copy;
+    /// Where the interval of this record starts.
+    fn start(&self) -> Self::Addr;
+    /// The header's interval count, or a class entry's packed ports.
+    fn key(&self) -> u32;
+    /// A verdict word or a class index.
+    fn word(&self) -> u32;
+}
+
+/// One element of a table: [`CHUNK_RECORDS`] records.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chunk<R> {
+    pub records: [R; CHUNK_RECORDS as usize],
+}
+
+impl<R> Chunk<R> {
+    /// The record at `i % CHUNK_RECORDS`: the mask keeps the access in bounds for the verifier.
+    #[inline(always)]
+    pub fn at(&self, i: u32) -> &R {
+        &self.records[(i & CHUNK_MASK) as usize]
+    }
+}
+
+/// A record of the IPv4 table. `key` is also the interval's first address (as a number).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct V4Record {
+    pub key: u32,
+    pub word: u32,
+}
+
+/// A record of the IPv6 table: the interval's first address is `hi:lo` (as a number).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct V6Record {
+    pub hi: u64,
+    pub lo: u64,
+    pub key: u32,
+    pub word: u32,
+}
+
+impl Record for V4Record {
+    type Addr = u32;
+    fn start(&self) -> u32 {
+        self.key
+    }
+    fn key(&self) -> u32 {
+        self.key
+    }
+    fn word(&self) -> u32 {
+        self.word
+    }
+}
+
+impl Record for V6Record {
+    type Addr = (u64, u64);
+    fn start(&self) -> (u64, u64) {
+        (self.hi, self.lo)
+    }
+    fn key(&self) -> u32 {
+        self.key
+    }
+    fn word(&self) -> u32 {
+        self.word
+    }
+}
