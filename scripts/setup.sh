@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for building and testing cgroup-connect on a fresh machine:
-#   - a nightly toolchain with rust-src (the BPF crate is built with -Z build-std=core),
+#   - a nightly toolchain with rust-src (the BPF crate is built with -Z build-std=core) and
+#     clippy (it is linted for the BPF target),
 #   - bpf-linker, built against the nightly toolchain's own libLLVM,
 #   - the apt packages the tests and benchmarks use.
 # Each step checks first and does nothing when its result is already there.
@@ -41,12 +42,16 @@ install_nightly() {
         log "installing the nightly toolchain"
         rustup toolchain install nightly --profile minimal
     fi
-    if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'; then
-        log "adding rust-src to nightly"
-        rustup component add rust-src --toolchain nightly
-    else
-        log "nightly with rust-src present"
-    fi
+    # clippy: scripts/test.sh lints the BPF crate for its own target.
+    local component
+    for component in rust-src clippy; do
+        if ! rustup component list --toolchain nightly --installed | grep -q "^$component"; then
+            log "adding $component to nightly"
+            rustup component add "$component" --toolchain nightly
+        else
+            log "nightly with $component present"
+        fi
+    done
 }
 
 install_bpf_linker() {

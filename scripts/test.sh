@@ -15,4 +15,8 @@ fi
 cargo fmt --all --check
 ./scripts/build.sh
 cargo clippy --release --locked --all-targets -- -D warnings
+# The BPF crate builds only for the BPF target, with the toolchain build.rs uses.
+rustup run "${BPF_TOOLCHAIN:-nightly}" cargo clippy --package cgroup-connect-ebpf --release \
+    --locked --target bpfel-unknown-none -Z build-std=core --target-dir target/bpf-clippy \
+    -- -D warnings
 cargo test --release --locked
