@@ -31,6 +31,12 @@ use crate::{cgroup::CgroupDir, pins::InstancePaths, table::Tables};
 /// The BPF object built by build.rs from the cgroup-connect-ebpf crate.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cgroup-connect"));
 
+/// The embedded BPF object: `tests/object.rs` checks it against the common crate's names.
+#[must_use]
+pub fn bpf_object() -> &'static [u8] {
+    BPF_OBJECT
+}
+
 /// Why the programs could not be loaded, their tables written, pinned or attached.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {

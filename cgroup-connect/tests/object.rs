@@ -1,0 +1,61 @@
+//! The embedded BPF object holds exactly the programs and maps the common crate names. The BPF
+//! crate spells these names again as literals (the aya-ebpf macros take nothing else), so
+//! without this test a drift would show only when a program or map fails to load.
+use std::collections::BTreeSet;
+
+use aya_obj::{
+    EbpfSectionKind, Object, ProgramSection,
+    programs::CgroupSockAddrAttachType::{Connect4, Connect6, UDPSendMsg4, UDPSendMsg6},
+};
+use cgroup_connect::loader::bpf_object;
+use cgroup_connect_common::{maps, programs};
+
+fn object() -> Object {
+    Object::parse(bpf_object()).unwrap_or_else(|e| {
+        panic!("parsing the embedded BPF object (was it built with CGROUP_CONNECT_SKIP_EBPF?): {e}")
+    })
+}
+
+#[test]
+fn programs_are_the_named_ones_at_their_hooks() {
+    let object = object();
+    let found: BTreeSet<&str> = object.programs.keys().map(String::as_str).collect();
+    let named: BTreeSet<&str> =
+        programs::ALL.into_iter().chain([programs::REFERENCE_ALLOW]).collect();
+    assert_eq!(found, named, "programs in the object, and named in cgroup-connect-common");
+    for name in named {
+        let ProgramSection::CgroupSockAddr { attach_type } = object.programs[name].section else {
+            panic!("{name} is not a cgroup sock_addr program");
+        };
+        let right = match name {
+            programs::CONNECT4 | programs::REFERENCE_ALLOW => matches!(attach_type, Connect4),
+            programs::CONNECT6 => matches!(attach_type, Connect6),
+            programs::SENDMSG4 => matches!(attach_type, UDPSendMsg4),
+            programs::SENDMSG6 => matches!(attach_type, UDPSendMsg6),
+            _ => unreachable!("{name} is in the set above"),
+        };
+        assert!(right, "{name} attaches at {attach_type:?}");
+    }
+}
+
+#[test]
+fn maps_are_the_named_ones_and_all_pinned() {
+    let object = object();
+    // Data sections (.rodata and the like) are maps too, but the compiler's: only declared maps.
+    let found: BTreeSet<&str> = object
+        .maps
+        .iter()
+        .filter(|(_, map)| {
+            matches!(map.section_kind(), EbpfSectionKind::Maps | EbpfSectionKind::BtfMaps)
+        })
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let named: BTreeSet<&str> = maps::RULES_V4
+        .into_iter()
+        .chain(maps::RULES_V6)
+        .chain([maps::STATS, maps::RULE_HITS, maps::EVENTS, maps::CONFIG])
+        .collect();
+    assert_eq!(found, named, "maps in the object, and named in cgroup-connect-common");
+    let pinned: BTreeSet<&str> = maps::PINNED.into_iter().collect();
+    assert_eq!(pinned, named, "maps an instance pins, and maps in the object");
+}
