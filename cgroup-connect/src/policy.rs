@@ -9,13 +9,12 @@ use std::{
     sync::Arc,
 };
 
-use cgroup_connect_common::Proto;
 use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
 use crate::{
-    rules::{self, Action, Destination, Host, Rule, RuleError},
+    rules::{Action, Destination, Host, Rule, RuleError},
     table::TableRule,
 };
 
@@ -218,6 +217,29 @@ struct RuleEntry {
     proto: Option<Spanned<String>>,
 }
 
+impl RuleEntry {
+    /// Its destination, built from its fields by the rule language's one constructor.
+    fn destination(&self) -> Result<Destination, (std::ops::Range<usize>, RuleError)> {
+        let dst = self.dst.get_ref().trim();
+        let ports = self.ports.as_ref().map(|p| match p.get_ref() {
+            PortsValue::Number(n) => n.to_string(),
+            PortsValue::Text(t) => t.clone(),
+        });
+        let proto = self.proto.as_ref().map(|p| p.get_ref().as_str());
+        Destination::from_parts(dst, dst, ports.as_deref(), proto).map_err(|error| {
+            // The error's line is that of the field it is about.
+            let field = match error {
+                RuleError::Port { .. } | RuleError::ReversedPorts { .. } => {
+                    self.ports.as_ref().map(Spanned::span)
+                }
+                RuleError::Proto { .. } => self.proto.as_ref().map(Spanned::span),
+                _ => None,
+            };
+            (field.unwrap_or_else(|| self.dst.span()), error)
+        })
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum PortsValue {
@@ -250,26 +272,9 @@ fn read_policy(path: &Path, rules: &mut Vec<SourcedRule>) -> Result<Option<Actio
     let action = |v: &Spanned<String>| v.get_ref().parse::<Action>().map_err(|e| fail(v.span(), e));
     let default = file.default.as_ref().map(action).transpose()?;
     for entry in &file.rule {
-        let dst = entry.dst.get_ref().trim();
-        let bare = dst.strip_prefix('[').and_then(|d| d.strip_suffix(']')).unwrap_or(dst);
-        let host = rules::parse_host(dst, bare).map_err(|e| fail(entry.dst.span(), e))?;
-        let ports = match &entry.ports {
-            None => None,
-            Some(p) => {
-                let text = match p.get_ref() {
-                    PortsValue::Number(n) => n.to_string(),
-                    PortsValue::Text(t) => t.clone(),
-                };
-                Some(rules::parse_ports(dst, &text).map_err(|e| fail(p.span(), e))?)
-            }
-        };
-        let proto = match &entry.proto {
-            None => Proto::Any,
-            Some(p) => rules::parse_proto(dst, p.get_ref()).map_err(|e| fail(p.span(), e))?,
-        };
-        let destination = Destination { host, ports, proto };
+        let dest = entry.destination().map_err(|(span, error)| fail(span, error))?;
         rules.push(SourcedRule {
-            rule: Rule { action: action(&entry.action)?, dest: destination },
+            rule: Rule { action: action(&entry.action)?, dest },
             origin: at(entry.dst.span()),
         });
     }

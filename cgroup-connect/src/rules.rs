@@ -1,9 +1,12 @@
 //! The rule language: `[tcp://|udp://] HOST [/LEN] [:PORT[-PORT]]`, where HOST is an IPv4
 //! address, an IPv6 address (in brackets when a port follows) or a hostname. Owns parsing and
 //! printing of rules; every error names the text it refused and says how to fix it.
+//!
+//! Every way to write a rule (flags, list lines, a policy file's `[[rule]]` fields, live
+//! edits) ends in one constructor, [`Destination::from_parts`].
 use std::{fmt, net::IpAddr, str::FromStr};
 
-use cgroup_connect_common::{Proto, Rank};
+use cgroup_connect_common::Proto;
 use ipnet::IpNet;
 
 /// What a rule does to the connections it matches.
@@ -95,16 +98,23 @@ pub enum RuleError {
     Brackets { rule: String },
 }
 
-impl Rule {
-    /// The rule's rank for a given prefix length (a hostname's addresses are full-length).
-    #[must_use]
-    pub fn rank(&self, prefix_len: u8) -> Rank {
-        Rank {
-            prefix_len,
-            has_port: self.dest.ports.is_some(),
-            has_proto: self.dest.proto != Proto::Any,
-            block: self.action == Action::Block,
-        }
+impl Destination {
+    /// A destination from the parts of a rule as written: `HOST[/LEN]` (an IPv6 address or
+    /// prefix may be in brackets), `PORT` or `PORT-PORT`, and `tcp` or `udp` (none for both).
+    /// The parts are checked in that order; errors quote `rule`, the text the parts came from.
+    ///
+    /// # Errors
+    /// A [`RuleError`] for the first part refused.
+    pub fn from_parts(
+        rule: &str,
+        host: &str,
+        ports: Option<&str>,
+        proto: Option<&str>,
+    ) -> Result<Self, RuleError> {
+        let host = parse_host(rule, host)?;
+        let ports = ports.map(|p| parse_ports(rule, p)).transpose()?;
+        let proto = proto.map_or(Ok(Proto::Any), |p| parse_proto(rule, p))?;
+        Ok(Self { host, ports, proto })
     }
 }
 
@@ -117,27 +127,24 @@ impl FromStr for Destination {
             return Err(RuleError::Empty);
         }
         let (proto, rest) = split_proto(rule)?;
-        let (host_part, ports) = split_ports(rule, rest)?;
-        let host = parse_host(rule, host_part)?;
-        let ports = ports.map(|p| parse_ports(rule, p)).transpose()?;
-        Ok(Self { host, ports, proto })
+        let (host, ports) = split_ports(rule, rest)?;
+        Self::from_parts(rule, host, ports, proto)
     }
 }
 
-fn split_proto(rule: &str) -> Result<(Proto, &str), RuleError> {
-    let Some((scheme, rest)) = rule.split_once("://") else { return Ok((Proto::Any, rule)) };
-    match scheme.to_ascii_lowercase().as_str() {
-        "tcp" => Ok((Proto::Tcp, rest)),
-        "udp" => Ok((Proto::Udp, rest)),
-        _ => Err(RuleError::Proto { rule: rule.to_owned(), value: scheme.to_owned() }),
-    }
+/// Splits off `PROTO://`, refusing a bad protocol before the rest of the rule is read.
+fn split_proto(rule: &str) -> Result<(Option<&str>, &str), RuleError> {
+    let Some((scheme, rest)) = rule.split_once("://") else { return Ok((None, rule)) };
+    parse_proto(rule, scheme)?;
+    Ok((Some(scheme), rest))
 }
 
-/// Splits `HOST[/LEN][:PORTS]`; an IPv6 host goes in brackets when ports follow.
+/// Splits `HOST[/LEN][:PORTS]`; an IPv6 host goes in brackets when ports follow, and keeps
+/// them (the host's parser takes them off).
 fn split_ports<'a>(rule: &str, rest: &'a str) -> Result<(&'a str, Option<&'a str>), RuleError> {
-    if let Some(inner) = rest.strip_prefix('[') {
-        let (host, after) =
-            inner.split_once(']').ok_or_else(|| RuleError::Brackets { rule: rule.to_owned() })?;
+    if rest.starts_with('[') {
+        let close = rest.find(']').ok_or_else(|| RuleError::Brackets { rule: rule.to_owned() })?;
+        let (host, after) = rest.split_at(close + 1);
         return match after {
             "" => Ok((host, None)),
             _ => after
@@ -153,14 +160,10 @@ fn split_ports<'a>(rule: &str, rest: &'a str) -> Result<(&'a str, Option<&'a str
     }
 }
 
-/// Parses `HOST[/LEN]`: an address, a CIDR prefix without host bits, or a hostname.
-///
-/// # Errors
-/// A [`RuleError`] that quotes `rule`.
-///
-/// # Panics
-/// Never: the prefix length is checked before use.
-pub fn parse_host(rule: &str, text: &str) -> Result<Host, RuleError> {
+/// Parses `HOST[/LEN]`, maybe in brackets: an address, a CIDR prefix without host bits, or a
+/// hostname.
+fn parse_host(rule: &str, text: &str) -> Result<Host, RuleError> {
+    let text = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
     let (addr, len) = match text.split_once('/') {
         Some((a, l)) => (a, Some(l)),
         None => (text, None),
@@ -208,10 +211,7 @@ fn is_hostname(s: &str) -> bool {
 }
 
 /// Parses `PORT` or `PORT-PORT`.
-///
-/// # Errors
-/// A [`RuleError`] that quotes `rule`.
-pub fn parse_ports(rule: &str, text: &str) -> Result<Ports, RuleError> {
+fn parse_ports(rule: &str, text: &str) -> Result<Ports, RuleError> {
     let port = |p: &str| {
         p.trim()
             .parse::<u16>()
@@ -229,11 +229,8 @@ pub fn parse_ports(rule: &str, text: &str) -> Result<Ports, RuleError> {
     Ok(Ports { lo, hi })
 }
 
-/// Parses `tcp` or `udp`.
-///
-/// # Errors
-/// A [`RuleError`] that quotes `rule`.
-pub fn parse_proto(rule: &str, text: &str) -> Result<Proto, RuleError> {
+/// Parses `tcp` or `udp`, in any case.
+fn parse_proto(rule: &str, text: &str) -> Result<Proto, RuleError> {
     match text.to_ascii_lowercase().as_str() {
         "tcp" => Ok(Proto::Tcp),
         "udp" => Ok(Proto::Udp),

@@ -62,18 +62,24 @@ pub struct Counts {
     pub ipv6: usize,
 }
 
-/// A live edit: an action and a rule in its canonical text.
+/// A live edit: an action and a destination, which the state file holds as its rule text
+/// (`{"action":"block","rule":"10.0.0.1"}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveRule {
     pub action: Action,
-    pub rule: String,
+    pub rule: Destination,
 }
 
 impl LiveRule {
     /// The live form of `rule`.
     #[must_use]
     pub fn of(rule: &Rule) -> Self {
-        Self { action: rule.action, rule: rule.dest.to_string() }
+        Self { action: rule.action, rule: rule.dest.clone() }
+    }
+
+    /// Whether it is `rule`.
+    fn is(&self, rule: &Rule) -> bool {
+        self.action == rule.action && self.rule == rule.dest
     }
 }
 
@@ -162,14 +168,10 @@ impl State {
     /// A [`PolicyError`] from the sources.
     pub fn policy(&self) -> Result<Policy, PolicyError> {
         let mut policy = Policy::load(&self.sources)?;
-        policy.rules.retain(|r| !self.removed.contains(&LiveRule::of(&r.rule)));
+        policy.rules.retain(|r| !self.removed.iter().any(|live| live.is(&r.rule)));
         for live in &self.added {
-            let dest: Destination = live
-                .rule
-                .parse()
-                .map_err(|error| PolicyError::Rule { origin: Origin::Live, error })?;
-            let rule = Rule { action: live.action, dest };
-            if !policy.rules.iter().any(|r| r.rule == rule) {
+            if !policy.rules.iter().any(|r| live.is(&r.rule)) {
+                let rule = Rule { action: live.action, dest: live.rule.clone() };
                 policy.rules.push(SourcedRule { rule, origin: Origin::Live });
             }
         }
@@ -230,13 +232,25 @@ mod tests {
             ..Sources::default()
         };
         let mut state = State::new("t", "/x".into(), sources);
-        state.removed.push(LiveRule { action: Action::Block, rule: "10.0.0.1".into() });
-        state.added.push(LiveRule { action: Action::Allow, rule: "tcp://[::1]:22".into() });
-        state.added.push(LiveRule { action: Action::Block, rule: "10.0.0.2".into() });
+        let live = |action, rule: &str| LiveRule { action, rule: rule.parse().unwrap() };
+        state.removed.push(live(Action::Block, "10.0.0.1"));
+        state.added.push(live(Action::Allow, "tcp://[::1]:22"));
+        state.added.push(live(Action::Block, "10.0.0.2"));
         let texts: Vec<String> =
             state.policy().unwrap().rules.iter().map(|r| r.rule.to_string()).collect();
         assert_eq!(texts, ["block 10.0.0.2", "allow tcp://[::1]:22"]);
         let json = serde_json::to_string(&state).unwrap();
         assert_eq!(serde_json::from_str::<State>(&json).unwrap(), state);
+    }
+
+    #[test]
+    fn live_rules_keep_their_json_form() {
+        let old = r#"{"action":"allow","rule":"tcp://[2001:db8::/32]:8000-8999"}"#;
+        let live: LiveRule = serde_json::from_str(old).unwrap();
+        assert_eq!(live.rule, "tcp://[2001:db8::/32]:8000-8999".parse().unwrap());
+        assert_eq!(serde_json::to_string(&live).unwrap(), old);
+        assert!(
+            serde_json::from_str::<LiveRule>(r#"{"action":"block","rule":"10.1.2.3/8"}"#).is_err()
+        );
     }
 }

@@ -27,6 +27,19 @@ pub struct TableRule {
     pub id: u32,
 }
 
+impl TableRule {
+    /// Its place in the decision order: the higher rank decides.
+    #[must_use]
+    pub fn rank(&self) -> Rank {
+        Rank {
+            prefix_len: self.net.prefix_len(),
+            has_port: self.ports.is_some(),
+            has_proto: self.proto != Proto::Any,
+            block: self.action == Action::Block,
+        }
+    }
+}
+
 /// Why rules could not be compiled: capacity limits, all checked before anything attaches.
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
@@ -132,15 +145,9 @@ impl Spec {
             }
             IpNet::V6(n) => (u128::from(n.network()), u128::from(n.broadcast())),
         };
-        let rank = Rank {
-            prefix_len: rule.net.prefix_len(),
-            has_port: rule.ports.is_some(),
-            has_proto: rule.proto != Proto::Any,
-            block: rule.action == Action::Block,
-        };
         let ports = rule.ports.map_or(ALL_PORTS, |p| pack_ports(p.lo, p.hi));
         let entry = (ports, word::verdict(rule.action == Action::Block, rule.proto, rule.id));
-        Self { start, end, net: rule.net, rank, entry }
+        Self { start, end, net: rule.net, rank: rule.rank(), entry }
     }
 }
 
