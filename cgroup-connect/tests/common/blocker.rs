@@ -1,7 +1,8 @@
 //! The real `blocker` binary: a guard around a running `blocker run`, and one-shot commands.
 use std::{
     io::{BufRead as _, BufReader},
-    os::unix::process::CommandExt as _,
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    path::PathBuf,
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -152,7 +153,11 @@ pub fn detach_quietly(name: &str) {
 /// `uid` when given.
 #[must_use]
 pub fn blocker_output(args: &[&str], uid: Option<u32>) -> Output {
-    let mut cmd = Command::new(BLOCKER);
+    // Another user may not be able to reach target/ (a checkout in /root or in a `mktemp -d`
+    // folder): that user runs a copy in a folder of root's that everyone may enter.
+    let copy = uid.map(|_| reachable_copy());
+    let program = copy.as_ref().map_or_else(|| BLOCKER.into(), |(_, path)| path.clone());
+    let mut cmd = Command::new(program);
     cmd.args(args).stdin(Stdio::null());
     if let Some(uid) = uid {
         // SAFETY: setgroups/setgid/setuid are async-signal-safe.
@@ -182,6 +187,21 @@ pub fn blocker_output(args: &[&str], uid: Option<u32>) -> Output {
         std::thread::sleep(Duration::from_millis(20));
     }
     child.wait_with_output().unwrap_or_else(|e| panic!("collect output of blocker {args:?}: {e}"))
+}
+
+/// A copy of the blocker, mode 0755, in a new folder of root's, mode 0755 (removed on drop).
+fn reachable_copy() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("cgroup-connect-bin-")
+        .tempdir()
+        .unwrap_or_else(|e| panic!("temporary folder for the blocker: {e}"));
+    let path = dir.path().join("blocker");
+    std::fs::copy(BLOCKER, &path).unwrap_or_else(|e| panic!("copy {BLOCKER}: {e}"));
+    for p in [dir.path(), path.as_path()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", p.display()));
+    }
+    (dir, path)
 }
 
 /// Runs `blocker ARGS`, expecting success, and returns its standard output.
