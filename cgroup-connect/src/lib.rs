@@ -6,6 +6,7 @@
 //! language and its sources, [`table`] compiles rules into the tables the programs search;
 //! [`state`] and [`pins`] own what an instance keeps on disk; [`cgroup`] finds and validates
 //! cgroup v2 directories; [`privileges`] checks capabilities up front.
+mod btf;
 pub mod cgroup;
 pub mod cli;
 pub mod events;

@@ -22,11 +22,14 @@ use aya::{
     },
     util::KernelVersion,
 };
-use cgroup_connect_common::{
-    CONFIG_AUDIT, TABLE_CLASSES, TABLE_FLAGS, config, maps, programs, stats,
-};
+use cgroup_connect_common::{CONFIG_AUDIT, TABLE_CLASSES, config, maps, programs, stats};
 
-use crate::{cgroup::CgroupDir, pins::InstancePaths, table::Tables};
+use crate::{
+    btf::{self, TableBtf},
+    cgroup::CgroupDir,
+    pins::InstancePaths,
+    table::Tables,
+};
 
 /// The BPF object built by build.rs from the cgroup-connect-ebpf crate.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cgroup-connect"));
@@ -85,6 +88,13 @@ pub enum LoadError {
     /// A table has more chunks than the largest size class holds.
     #[error("table {map} has {chunks} chunks, more than the largest size class holds ({max})")]
     TooBig { map: &'static str, chunks: usize, max: u32 },
+    /// The BTF a table is created with could not be loaded.
+    #[error("loading the BTF of table {map} failed")]
+    Btf {
+        map: &'static str,
+        #[source]
+        source: io::Error,
+    },
     /// Mapping a table into memory failed.
     #[error("mapping table {map} ({bytes} bytes) into memory failed")]
     Mmap {
@@ -302,7 +312,6 @@ impl Instance {
         name: &'static str,
         chunks: &[R],
     ) -> Result<(), LoadError> {
-        use aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY;
         let map_err = |what, source| LoadError::Map { map: name, what, source };
         let class = TABLE_CLASSES.iter().position(|&c| c as usize >= chunks.len()).ok_or(
             LoadError::TooBig {
@@ -311,21 +320,28 @@ impl Instance {
                 max: TABLE_CLASSES[TABLE_CLASSES.len() - 1],
             },
         )?;
-        let entries = TABLE_CLASSES[class];
         let selected = self.config_word(selector)? as usize;
         for (k, outer) in outers.iter().enumerate() {
             if k != class && k != selected {
                 self.free_table(outer)?;
             }
         }
-        let size = u32::try_from(size_of::<R>()).expect("chunks are smaller than 4 GiB");
-        let def =
-            aya_obj::Map::new_from_params(BPF_MAP_TYPE_ARRAY as u32, 4, size, entries, TABLE_FLAGS);
-        let table = MapData::create(def, name, None).map_err(|e| map_err("creating", e))?;
+        // The table is made as its outer map's template is, BTF included (see `btf`).
+        let Some(aya_obj::Map::Btf(mut def)) = template(outers[class]) else {
+            return Err(LoadError::Missing { kind: "inner-map template of", name: outers[class] });
+        };
+        let size = u32::try_from(size_of::<R>()).expect("a chunk is under 4 GiB");
+        let btf = TableBtf::load(&[size]).map_err(|source| LoadError::Btf { map: name, source })?;
+        def.def.btf_key_type_id = btf::KEY_TYPE;
+        def.def.btf_value_type_id = TableBtf::value_type(0);
+        let table = MapData::create(aya_obj::Map::Btf(def), name, Some(btf.as_fd()))
+            .map_err(|e| map_err("creating", e))?;
+        drop(btf);
         let bytes = as_bytes(chunks);
         if !bytes.is_empty() {
             // SAFETY: the map is ours alone until it is installed below, and its value area
-            // is `entries * size` bytes (each chunk is 8-aligned).
+            // is its template's `max_entries` chunks, TABLE_CLASSES[class] (tests/object.rs checks
+            // the templates), at least `chunks.len()` (each chunk is 8-aligned).
             let mut mem = unsafe {
                 memmap2::MmapOptions::new().len(bytes.len()).map_mut(&table.fd().as_fd())
             }
@@ -558,6 +574,17 @@ pub fn unpin(paths: &InstancePaths) -> Result<(), LoadError> {
         }
     }
     Ok(())
+}
+
+/// The inner-map template the object declares for outer map `outer`.
+fn template(outer: &str) -> Option<aya_obj::Map> {
+    static OBJECT: std::sync::OnceLock<Option<aya_obj::Object>> = std::sync::OnceLock::new();
+    OBJECT
+        .get_or_init(|| aya_obj::Object::parse(BPF_OBJECT).ok())
+        .as_ref()?
+        .maps
+        .get(outer)?
+        .inner()
 }
 
 fn as_bytes<R: Pod>(records: &[R]) -> &[u8] {

@@ -3,12 +3,15 @@
 //! without this test a drift would show only when a program or map fails to load.
 use std::collections::BTreeSet;
 
+use aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY;
 use aya_obj::{
     EbpfSectionKind, Object, ProgramSection,
     programs::CgroupSockAddrAttachType::{Connect4, Connect6, UDPSendMsg4, UDPSendMsg6},
 };
 use cgroup_connect::loader::bpf_object;
-use cgroup_connect_common::{maps, programs};
+use cgroup_connect_common::{
+    Chunk, TABLE_CLASSES, TABLE_FLAGS, V4Record, V6Record, maps, programs,
+};
 
 fn object() -> Object {
     Object::parse(bpf_object()).unwrap_or_else(|e| {
@@ -58,4 +61,27 @@ fn maps_are_the_named_ones_and_all_pinned() {
     assert_eq!(found, named, "maps in the object, and named in cgroup-connect-common");
     let pinned: BTreeSet<&str> = maps::PINNED.into_iter().collect();
     assert_eq!(pinned, named, "maps an instance pins, and maps in the object");
+}
+
+/// The loader creates each table from its outer map's inner-map template: the template must
+/// be an array of the class's size, of chunks of the family's records, mmapable.
+#[test]
+fn table_templates_follow_the_size_classes() {
+    let object = object();
+    let families = [
+        (maps::RULES_V4, size_of::<Chunk<V4Record>>()),
+        (maps::RULES_V6, size_of::<Chunk<V6Record>>()),
+    ];
+    for (outers, chunk) in families {
+        for (outer, class) in outers.into_iter().zip(TABLE_CLASSES) {
+            let inner = object.maps[outer]
+                .inner()
+                .unwrap_or_else(|| panic!("{outer} declares no inner-map template"));
+            assert_eq!(inner.map_type(), BPF_MAP_TYPE_ARRAY as u32, "{outer}");
+            assert_eq!(inner.key_size(), 4, "{outer}");
+            assert_eq!(inner.value_size() as usize, chunk, "{outer}");
+            assert_eq!(inner.max_entries(), class, "{outer}");
+            assert_eq!(inner.map_flags(), TABLE_FLAGS, "{outer}");
+        }
+    }
 }
