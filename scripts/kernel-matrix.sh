@@ -1,0 +1,237 @@
+#!/usr/bin/env bash
+# The real-kernel tests on several kernels: `blocker doctor` and every integration test binary,
+# on Debian's cloud kernels booted under qemu (TCG) from an initramfs that holds the release
+# build, the test binaries (at the paths they were built for) and the tools they run; and on
+# this machine's kernel, natively. One summary line per kernel; exit status 1 if any failed.
+#
+# Usage: sudo ./scripts/kernel-matrix.sh [KERNEL...]
+#   KERNEL: a Debian kernel series (6.1, 6.12: the newest linux-image-<series>...-cloud-amd64
+#   apt can download), an exact linux-image-... package name, or `host`.
+#   Default: 6.1 6.12 host.
+# Environment: KERNEL_MATRIX_CACHE (default target/kernel-matrix: downloaded kernels, initramfs,
+#   logs), VM_TIMEOUT (seconds per VM, default 1500), VM_CPUS (2), VM_MEMORY (2G).
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT_DIR"
+require_root "the kernel matrix (apt-get, and BPF on the host kernel)"
+
+cache=${KERNEL_MATRIX_CACHE:-$ROOT_DIR/target/kernel-matrix}
+vm_timeout=${VM_TIMEOUT:-1500}
+guest_dir=$ROOT_DIR/scripts/kernel-matrix
+mkdir -p "$cache/logs"
+if [[ $# -eq 0 ]]; then
+    set -- 6.1 6.12 host
+fi
+
+# Installs what the matrix needs and this machine lacks.
+ensure_packages() {
+    local missing=() pair
+    for pair in qemu-system-x86_64:qemu-system-x86 cpio:cpio jq:jq xz:xz-utils \
+        depmod:kmod bpftool:bpftool ip:iproute2 nft:nftables setpriv:util-linux; do
+        command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+    done
+    # The guest's sh and coreutils: a static busybox, which runs without libraries.
+    [[ $(dpkg-query -W -f='${Status}' busybox-static 2>/dev/null) == *' ok installed' ]] ||
+        missing+=(busybox-static)
+    if [[ ${#missing[@]} -gt 0 ]]; then
+        echo "kernel-matrix: installing ${missing[*]}"
+        apt-get update -q
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
+}
+
+# The newest downloadable linux-image package of a series such as 6.1 or 6.12.
+resolve_package() {
+    local series=$1 re pkg
+    if [[ $series == linux-image-* ]]; then
+        echo "$series"
+        return
+    fi
+    re="^linux-image-${series//./\\.}\.[0-9]+(-[0-9]+|\+deb[0-9]+)-cloud-amd64\$"
+    for pkg in $(apt-cache pkgnames linux-image- | grep -E "$re" | sort -rV); do
+        if [[ $(apt-cache policy "$pkg") == *'Candidate: '[0-9]* ]]; then
+            echo "$pkg"
+            return
+        fi
+    done
+    echo "kernel-matrix: apt has no cloud kernel of series $series (apt-get update?)" >&2
+    return 1
+}
+
+# Downloads and unpacks a kernel package once; prints the folder it is unpacked in.
+fetch_kernel() {
+    local pkg=$1 dir=$cache/kernels/$1
+    if [[ ! -d $dir/boot ]]; then
+        mkdir -p "$cache/kernels"
+        (cd "$cache/kernels" && apt-get download -q "$pkg" >&2)
+        dpkg-deb -x "$cache/kernels/${pkg}"_*.deb "$dir.tmp"
+        rm -f "$cache/kernels/${pkg}"_*.deb
+        mv "$dir.tmp" "$dir"
+    fi
+    echo "$dir"
+}
+
+# Copies a file into the staging root at the same path, with the symlinks that lead to it.
+stage_file() {
+    local root=$1 path=$2 target
+    while [[ -L $path ]]; do
+        mkdir -p "$root$(dirname "$path")"
+        ln -sfn "$(readlink "$path")" "$root$path"
+        target=$(readlink "$path")
+        [[ $target == /* ]] || target=$(dirname "$path")/$target
+        path=$target
+    done
+    [[ -e $root$path ]] && return
+    mkdir -p "$root$(dirname "$path")"
+    cp "$path" "$root$path"
+}
+
+# Copies an executable and the shared libraries it loads.
+stage_elf() {
+    local root=$1 exe=$2 lib
+    stage_file "$root" "$exe"
+    for lib in $(ldd "$exe" 2>/dev/null | grep -oE '/[^ ]+' || true); do
+        stage_file "$root" "$lib"
+    done
+}
+
+# The archive every guest shares: busybox, the tools, the blocker, the test binaries.
+build_common_cpio() {
+    local out=$1 root=$cache/root applet tool test
+    rm -rf "$root"
+    mkdir -p "$root"/{usr/bin,usr/sbin,usr/lib,usr/lib64,proc,sys,dev,tmp,run,root,etc,matrix}
+    # Debian's merged /usr, so that paths from ldd and the host resolve the same way.
+    for link in bin sbin lib lib64; do
+        ln -s "usr/$link" "$root/$link"
+    done
+    cp "$(command -v busybox)" "$root/usr/bin/busybox"
+    for applet in sh mount umount mkdir cat echo ls poweroff insmod uname sleep awk sed grep \
+        head tail basename dirname rm ln cp env id sync dmesg ps kill timeout; do
+        ln -s busybox "$root/usr/bin/$applet"
+    done
+    for tool in ip bpftool nft setpriv; do
+        stage_elf "$root" "$(command -v "$tool")"
+    done
+    stage_elf "$root" "$BLOCKER"
+    for test in "${TESTS[@]}"; do
+        stage_elf "$root" "$test"
+    done
+    cp "$guest_dir/init.sh" "$root/init"
+    cp "$guest_dir/suite.sh" "$root/matrix/suite.sh"
+    echo "$BLOCKER" >"$root/matrix/blocker"
+    printf '%s\n' "${TESTS[@]}" >"$root/matrix/tests"
+    printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n' \
+        >"$root/etc/passwd"
+    printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
+    printf '127.0.0.1 localhost\n::1 localhost\n' >"$root/etc/hosts"
+    (cd "$root" && find . | cpio -o -H newc --quiet) >"$out"
+}
+
+# The archive of one kernel's modules (nf_tables for nft, with what it depends on),
+# decompressed, and the order to load them in.
+build_modules_cpio() {
+    local kdir=$1 out=$2 kver root=$cache/modules-root list=()
+    kver=$(ls "$kdir/lib/modules")
+    local mdir=$kdir/lib/modules/$kver
+    # A package ships no modules.dep: its postinst runs depmod.
+    [[ -s $mdir/modules.dep ]] || depmod -b "$kdir" "$kver"
+    add_module() {
+        local rel=$1 dep
+        [[ " ${list[*]} " == *" $rel "* ]] && return
+        for dep in $(grep -E "^${rel//+/\\+}:" "$mdir/modules.dep" | cut -d: -f2); do
+            add_module "$dep"
+        done
+        list+=("$rel")
+    }
+    add_module "$(grep -oE '^[^:]*/nf_tables\.ko(\.xz|\.zst)?' "$mdir/modules.dep")"
+    rm -rf "$root"
+    mkdir -p "$root/matrix"
+    : >"$root/matrix/modules"
+    for rel in "${list[@]}"; do
+        local dest=$root/lib/modules/$kver/${rel%.xz}
+        mkdir -p "$(dirname "$dest")"
+        case $rel in
+        *.xz) xz -dc "$mdir/$rel" >"$dest" ;;
+        *) cp "$mdir/$rel" "$dest" ;;
+        esac
+        echo "/lib/modules/$kver/${rel%.xz}" >>"$root/matrix/modules"
+    done
+    (cd "$root" && find . | cpio -o -H newc --quiet) >"$out"
+}
+
+# Boots one kernel; prints its summary line; returns its status.
+run_vm() {
+    local name=$1 kdir=$2 vmlinuz initrd log start rc result
+    vmlinuz=$(ls "$kdir"/boot/vmlinuz-*)
+    initrd=$cache/initrd-$name.cpio
+    log=$cache/logs/$name.log
+    build_modules_cpio "$kdir" "$cache/modules-$name.cpio"
+    cat "$cache/common.cpio" "$cache/modules-$name.cpio" >"$initrd"
+    echo "kernel-matrix: booting $name under qemu (TCG; log: $log)"
+    start=$SECONDS
+    set +e
+    timeout --kill-after=10 "$vm_timeout" qemu-system-x86_64 -accel tcg -cpu max \
+        -smp "${VM_CPUS:-2}" -m "${VM_MEMORY:-2G}" -nodefaults -display none -no-reboot \
+        -serial stdio -monitor none -kernel "$vmlinuz" -initrd "$initrd" \
+        -append "console=ttyS0 rdinit=/init panic=-1 oops=panic quiet" </dev/null |
+        tee "$log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    result=$(grep -a '^MATRIX-RESULT' "$log" | tail -1 | tr -d '\r')
+    if [[ -z $result ]]; then
+        [[ $rc -eq 124 ]] && result="timed out after ${vm_timeout}s" || result="no result (qemu exit $rc)"
+        SUMMARY+=("$name: FAIL: $result, $((SECONDS - start))s in all")
+        return 1
+    fi
+    SUMMARY+=("$name: ${result#MATRIX-RESULT }, $((SECONDS - start))s in all")
+    [[ $result == *' status=0 '* ]]
+}
+
+run_host() {
+    local log=$cache/logs/host.log result status
+    echo "kernel-matrix: running on this machine's kernel $(uname -r) (log: $log)"
+    set +e
+    CI=true "$guest_dir/suite.sh" "$BLOCKER" "${TESTS[@]}" 2>&1 | tee "$log"
+    status=${PIPESTATUS[0]}
+    set -e
+    result=$(grep '^MATRIX-RESULT' "$log" | tail -1)
+    SUMMARY+=("host: ${result#MATRIX-RESULT }")
+    return "$status"
+}
+
+ensure_packages
+./scripts/build.sh
+BLOCKER=$ROOT_DIR/target/release/blocker
+# The integration tests of the userspace crate: the ones that load programs.
+mapfile -t TESTS < <(cargo test --release --locked -p cgroup-connect --no-run \
+    --message-format=json 2>/dev/null |
+    jq -r 'select(.reason == "compiler-artifact" and .target.kind == ["test"]) | .executable')
+if [[ ${#TESTS[@]} -eq 0 ]]; then
+    echo "error: cargo built no integration test binaries" >&2
+    exit 1
+fi
+
+SUMMARY=()
+failed=0
+common_built=false
+for kernel in "$@"; do
+    if [[ $kernel == host ]]; then
+        run_host || failed=1
+        continue
+    fi
+    if ! $common_built; then
+        build_common_cpio "$cache/common.cpio"
+        common_built=true
+    fi
+    pkg=$(resolve_package "$kernel") || {
+        SUMMARY+=("$kernel: FAIL: no package")
+        failed=1
+        continue
+    }
+    kdir=$(fetch_kernel "$pkg")
+    run_vm "${pkg#linux-image-}" "$kdir" || failed=1
+done
+echo
+echo "kernel-matrix summary:"
+printf '  %s\n' "${SUMMARY[@]}"
+exit "$failed"
