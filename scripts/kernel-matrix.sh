@@ -124,6 +124,8 @@ build_common_cpio() {
         >"$root/etc/passwd"
     printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
     printf '127.0.0.1 localhost\n::1 localhost\n' >"$root/etc/hosts"
+    # No network: a resolver that answers nothing, at once.
+    printf 'nameserver 127.0.0.1\noptions timeout:1 attempts:1\n' >"$root/etc/resolv.conf"
     (cd "$root" && find . | cpio -o -H newc --quiet) >"$out"
 }
 
