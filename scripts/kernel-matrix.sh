@@ -150,13 +150,14 @@ build_modules_cpio() {
     mkdir -p "$root/matrix"
     : >"$root/matrix/modules"
     for rel in "${list[@]}"; do
-        local dest=$root/lib/modules/$kver/${rel%.xz}
+        # Under usr/: an entry ./lib in this archive would replace the /lib -> usr/lib link.
+        local dest=$root/usr/lib/modules/$kver/${rel%.xz}
         mkdir -p "$(dirname "$dest")"
         case $rel in
         *.xz) xz -dc "$mdir/$rel" >"$dest" ;;
         *) cp "$mdir/$rel" "$dest" ;;
         esac
-        echo "/lib/modules/$kver/${rel%.xz}" >>"$root/matrix/modules"
+        echo "/usr/lib/modules/$kver/${rel%.xz}" >>"$root/matrix/modules"
     done
     (cd "$root" && find . | cpio -o -H newc --quiet) >"$out"
 }
