@@ -9,14 +9,14 @@
 #   apt can download), an exact linux-image-... package name, or `host`.
 #   Default: 6.1 6.12 host.
 # Environment: KERNEL_MATRIX_CACHE (default target/kernel-matrix: downloaded kernels, initramfs,
-#   logs), VM_TIMEOUT (seconds per VM, default 1500), VM_CPUS (2), VM_MEMORY (2G).
+#   logs), VM_TIMEOUT (seconds per VM, default 900), VM_CPUS (2), VM_MEMORY (2G).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT_DIR"
 require_root "the kernel matrix (apt-get, and BPF on the host kernel)"
 
 cache=${KERNEL_MATRIX_CACHE:-$ROOT_DIR/target/kernel-matrix}
-vm_timeout=${VM_TIMEOUT:-1500}
+vm_timeout=${VM_TIMEOUT:-900}
 guest_dir=$ROOT_DIR/scripts/kernel-matrix
 mkdir -p "$cache/logs"
 if [[ $# -eq 0 ]]; then
