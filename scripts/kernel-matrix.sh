@@ -63,7 +63,12 @@ fetch_kernel() {
     local pkg=$1 dir=$cache/kernels/$1
     if [[ ! -d $dir/boot ]]; then
         mkdir -p "$cache/kernels"
-        (cd "$cache/kernels" && apt-get download -q "$pkg" >&2)
+        # As root into root's folder: no _apt sandbox. Lists older than the archive name a
+        # package it no longer serves: update them once and try again.
+        if ! (cd "$cache/kernels" && apt-get download -q -o APT::Sandbox::User=root "$pkg" >&2); then
+            apt-get update -q >&2
+            (cd "$cache/kernels" && apt-get download -q -o APT::Sandbox::User=root "$pkg" >&2)
+        fi
         dpkg-deb -x "$cache/kernels/${pkg}"_*.deb "$dir.tmp"
         rm -f "$cache/kernels/${pkg}"_*.deb
         mv "$dir.tmp" "$dir"
@@ -242,7 +247,8 @@ for kernel in "$@"; do
         build_common_cpio "$cache/common.cpio"
         common_built=true
     fi
-    pkg=$(resolve_package "$kernel") || {
+    pkg=$(resolve_package "$kernel" 2>/dev/null) ||
+        pkg=$(apt-get update -q >&2 && resolve_package "$kernel") || {
         SUMMARY+=("$kernel: FAIL: no package")
         failed=1
         continue

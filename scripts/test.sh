@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Set-up, build, and every test: formatting, clippy, unit tests, and the integration tests
-# that load BPF programs on this kernel (these need root; under CI=true they never skip).
+# Set-up, build, and every test: formatting, clippy, unit tests, the integration tests that
+# load BPF programs on this kernel (these need root; under CI=true they never skip), then the
+# same integration tests on the other kernels of the matrix (scripts/kernel-matrix.sh), each
+# booted under qemu. KERNELS picks them (default "6.1 6.12"); KERNELS=none skips the matrix
+# with a word, except under CI=true.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT_DIR"
@@ -20,3 +23,16 @@ rustup run "${BPF_TOOLCHAIN:-nightly}" cargo clippy --package cgroup-connect-ebp
     --locked --target bpfel-unknown-none -Z build-std=core --target-dir target/bpf-clippy \
     -- -D warnings
 cargo test --release --locked
+kernels=${KERNELS:-6.1 6.12}
+if [[ $kernels == none ]]; then
+    if [[ ${CI:-} == true ]]; then
+        echo "error: CI=true and KERNELS=none: the kernel matrix must run in CI" >&2
+        exit 1
+    fi
+    echo "warning: KERNELS=none: the kernel matrix is skipped (it tests 6.1 and 6.12 under qemu)" >&2
+elif [[ $(id -u) -ne 0 ]]; then
+    echo "warning: not root: the kernel matrix is skipped (it needs apt-get and qemu)" >&2
+else
+    # shellcheck disable=SC2086 # one word a kernel
+    ./scripts/kernel-matrix.sh $kernels
+fi
