@@ -19,7 +19,7 @@ use crate::{
     policy::Policy,
     resolve::Names,
     rules::Action,
-    state::{Counts, Lock, State},
+    state::{self, Counts, Lock, Server, State},
     table::{self, Tables},
     timings,
 };
@@ -42,6 +42,26 @@ pub struct ElsewhereError {
     pub name: String,
     pub attached: std::path::PathBuf,
     pub wanted: std::path::PathBuf,
+}
+
+/// Nothing enforces the instance any more: an edit would change nothing and not be kept.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "instance {name} is not enforced: the process that served it is gone and its links were not pinned, so nothing enforces its rules and the edit would be lost: start it again with `blocker run --name {name} ...`, or remove it with `blocker detach {name}`"
+)]
+pub struct NotEnforcedError {
+    pub name: String,
+}
+
+/// `detach` found a process of this program under the instance's pid, but the state (from an
+/// older version) cannot tell whether it serves the instance or only reuses the pid.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the state of instance {name} names process {pid}, which runs the blocker, but not when it started, so it may be another instance's: if it serves {name}, stop it (kill {pid}), then detach again"
+)]
+pub struct UnverifiedError {
+    pub name: String,
+    pub pid: u32,
 }
 
 /// A policy in force and its counts: what [`start`] and [`apply`] return.
@@ -175,7 +195,7 @@ fn attach(
         };
         (Instance::create(paths, cgroup, tables, state.audit, state.pinned, prepared)?, false)
     };
-    state.pid = Some(std::process::id());
+    state.served_by_me();
     state.save(paths)?;
     Ok(found)
 }
@@ -184,17 +204,23 @@ fn attach(
 /// its tables: the one path of every change (add, remove, reload, hostname refresh).
 ///
 /// # Errors
-/// Whatever `edit` refuses, or the compile or swap failure; nothing is changed then.
+/// [`NotEnforcedError`] when neither a process nor pinned links enforce the instance, an
+/// unsafe folder ([`PinError::Unsafe`]), whatever `edit` refuses, or the compile or swap
+/// failure; nothing is changed then.
 pub async fn apply(
     paths: &InstancePaths,
     names: &mut Names,
     edit: impl FnOnce(&mut State) -> anyhow::Result<()>,
 ) -> anyhow::Result<Applied> {
+    paths.check_dirs()?;
     if !paths.state.exists() {
         return Err(PinError::NoInstance { name: paths.name.clone() }.into());
     }
     let _lock = Lock::acquire(paths)?;
     let mut state = load(paths)?;
+    if !state.process_alive() && !paths.has_pinned_links() {
+        bail!(NotEnforcedError { name: paths.name.clone() });
+    }
     edit(&mut state)?;
     let (policy, tables, counts) = compile(&state, names).await?;
     Instance::open(paths)?.swap(&tables)?;
@@ -214,7 +240,7 @@ pub fn stop(paths: &InstancePaths, instance: Instance, pinned: bool) -> anyhow::
     let _lock = Lock::acquire(paths)?;
     if pinned {
         let mut state = load(paths)?;
-        state.pid = None;
+        state.served_by_none();
         state.save(paths)?;
         Ok(())
     } else {
@@ -224,17 +250,22 @@ pub fn stop(paths: &InstancePaths, instance: Instance, pinned: bool) -> anyhow::
 }
 
 /// Removes an instance from outside: stops the process serving it, if any (SIGTERM, then up
-/// to 10 s), then removes its pins (which detaches pinned links) and its folders.
+/// to 10 s), then removes its pins (which detaches pinned links) and its folders. A process
+/// that only reuses the instance's pid is never signalled.
 ///
 /// # Errors
-/// No such instance, a process that does not exit, or a pin that cannot be removed.
+/// No such instance, an unsafe folder ([`PinError::Unsafe`]), a process that does not exit,
+/// [`UnverifiedError`], or a pin that cannot be removed.
 pub fn detach(paths: &InstancePaths) -> anyhow::Result<()> {
+    paths.check_dirs()?;
     if !paths.exists() {
         return Err(PinError::NoInstance { name: paths.name.clone() }.into());
     }
     let state = State::load(paths).ok().flatten();
-    if let Some(pid) = state.as_ref().filter(|s| s.process_alive()).and_then(|s| s.pid) {
-        terminate(pid)?;
+    match state.as_ref().map_or(Server::None, State::server) {
+        Server::Alive(pid) => terminate(pid, state.and_then(|s| s.pid_start))?,
+        Server::Unverified(pid) => bail!(UnverifiedError { name: paths.name.clone(), pid }),
+        Server::None => {}
     }
     let _lock = if paths.state.exists() { Some(Lock::acquire(paths)?) } else { None };
     remove(paths)
@@ -247,13 +278,14 @@ fn remove(paths: &InstancePaths) -> anyhow::Result<()> {
         .with_context(|| format!("removing the folders of instance {}", paths.name))
 }
 
-/// SIGTERM, then up to 10 s for the process to exit.
-fn terminate(pid: u32) -> anyhow::Result<()> {
+/// SIGTERM, then up to 10 s for the process (`pid`, started at `start`) to exit.
+fn terminate(pid: u32, start: Option<u64>) -> anyhow::Result<()> {
     let pid_t = i32::try_from(pid).context("pid out of range")?;
-    // SAFETY: a signal to a process we checked runs this program.
+    // SAFETY: a signal to a process we checked runs this program and started when the
+    // instance's did.
     unsafe { libc::kill(pid_t, libc::SIGTERM) };
     let deadline = Clock::now() + Duration::from_secs(10);
-    while crate::state::process_alive(pid) {
+    while state::is_process(pid, start) {
         anyhow::ensure!(
             Clock::now() < deadline,
             "process {pid} did not exit within 10 s of SIGTERM"

@@ -7,10 +7,21 @@
 //!
 //! Both folders are root-only (0700). bpffs cannot hold plain files, hence the two places;
 //! both are cleared at reboot, as the kernel objects are.
+//!
+//! The blocker makes these folders itself and trusts nothing it did not make: every component
+//! of their paths, from `/`, must be a folder owned by root, opened without following a
+//! symbolic link. Another user who made `/sys/fs/bpf/cgroup-connect` first (bpffs is often
+//! mode 1777) could otherwise unpin an instance's links, which silently ends enforcement.
 use std::{
+    ffi::OsStr,
     fs, io,
-    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
-    path::{Path, PathBuf},
+    os::fd::OwnedFd,
+    path::{Component, Path, PathBuf},
+};
+
+use rustix::{
+    fs::{AtFlags, CWD, FileType, Mode, OFlags},
+    io::Errno,
 };
 
 /// Where bpffs is mounted.
@@ -39,12 +50,28 @@ pub enum PinError {
     NoInstance { name: String },
     #[error("cannot mount bpffs on {BPFFS}: mount it with `mount -t bpf bpf {BPFFS}`")]
     Mount(#[source] io::Error),
+    #[error(
+        "unsafe path {}: it {problem}; the blocker makes its folders itself, owned by root: remove it and try again",
+        path.display()
+    )]
+    Unsafe { path: PathBuf, problem: Unsafety },
     #[error("cannot prepare {}", path.display())]
     Io {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
+}
+
+/// What makes a path unsafe to keep pins or state in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unsafety {
+    #[error("is a symbolic link")]
+    Symlink,
+    #[error("is not a folder")]
+    NotAFolder,
+    #[error("is owned by uid {0}, not root")]
+    Owner(u32),
 }
 
 /// The paths of one instance.
@@ -112,31 +139,108 @@ impl InstancePaths {
         self.pins.exists() || self.state_file().exists()
     }
 
-    /// Makes both folders (root-only), mounting bpffs first if needed.
+    /// Makes both folders (root-only), mounting bpffs first if needed, and checks every
+    /// component of their paths (see [`private_dir`]).
     ///
     /// # Errors
-    /// A [`PinError`] naming the folder that could not be made.
+    /// [`PinError::Unsafe`] naming a path that is a symbolic link, not a folder or not root's,
+    /// or another [`PinError`] naming the folder that could not be made.
     pub fn create_dirs(&self) -> Result<(), PinError> {
         ensure_bpffs()?;
-        for dir in [Path::new(PIN_ROOT), &self.pins, Path::new(STATE_ROOT), &self.state] {
-            make_private_dir(dir)?;
+        private_dir(Path::new(BPFFS), &self.pins)?;
+        private_dir(Path::new(RUN), &self.state)?;
+        Ok(())
+    }
+
+    /// Checks the components of both folders that exist, as [`create_dirs`](Self::create_dirs)
+    /// does, without making or changing anything: commands that use an existing instance call
+    /// it before they trust its pins or state.
+    ///
+    /// # Errors
+    /// [`PinError::Unsafe`] or [`PinError::Io`], as for `create_dirs`.
+    pub fn check_dirs(&self) -> Result<(), PinError> {
+        for dir in [&self.pins, &self.state] {
+            walk(dir, None)?;
         }
         Ok(())
     }
 }
 
-fn make_private_dir(dir: &Path) -> Result<(), PinError> {
-    let io_err = |source| PinError::Io { path: dir.to_owned(), source };
-    match fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err)
-        }
-        Err(e) => Err(io_err(e)),
-    }
+/// The folder that holds [`STATE_ROOT`].
+const RUN: &str = "/run";
+
+/// Makes folder `dir` and the folders between it and `base` (which must exist), each mode
+/// 0700, and opens it. Every component from `/` is opened without following a symbolic link
+/// and must be a folder owned by root; the mode is set through the opened folder, never
+/// through a path.
+///
+/// # Errors
+/// [`PinError::Unsafe`] naming the first unsafe component, or [`PinError::Io`].
+///
+/// # Panics
+/// When `dir` is not an absolute plain path under `base`.
+pub fn private_dir(base: &Path, dir: &Path) -> Result<OwnedFd, PinError> {
+    assert!(
+        dir.starts_with(base) && dir != base,
+        "{} is not under {}",
+        dir.display(),
+        base.display()
+    );
+    let made = base.components().count();
+    walk(dir, Some(made)).map(|fd| fd.expect("walk makes missing folders"))
 }
 
-/// Mounts bpffs on [`BPFFS`] if nothing of that type is there.
+/// Opens absolute `path` one component at a time (see [`private_dir`]). With `make: Some(n)`,
+/// the components after the first `n` are made when missing and set to mode 0700; with None,
+/// a missing component ends the walk with `Ok(None)`.
+fn walk(path: &Path, make: Option<usize>) -> Result<Option<OwnedFd>, PinError> {
+    let mut at = PathBuf::new();
+    let mut dir: Option<OwnedFd> = None;
+    for (i, component) in path.components().enumerate() {
+        let name = match component {
+            Component::RootDir => OsStr::new("/"),
+            Component::Normal(name) => name,
+            _ => unreachable!("instance paths are absolute and plain: {}", path.display()),
+        };
+        at.push(name);
+        let io_err = |source: Errno| PinError::Io { path: at.clone(), source: source.into() };
+        let parent = dir.as_ref().map_or(CWD, rustix::fd::AsFd::as_fd);
+        let ours = make.is_some_and(|n| i >= n);
+        if ours {
+            match rustix::fs::mkdirat(parent, name, Mode::RWXU) {
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(e) => return Err(io_err(e)),
+            }
+        }
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = match rustix::fs::openat(parent, name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) if make.is_none() => return Ok(None),
+            Err(Errno::LOOP | Errno::NOTDIR) => {
+                let st =
+                    rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW).map_err(io_err)?;
+                let problem = if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
+                    Unsafety::Symlink
+                } else {
+                    Unsafety::NotAFolder
+                };
+                return Err(PinError::Unsafe { path: at, problem });
+            }
+            Err(e) => return Err(io_err(e)),
+        };
+        let owner = rustix::fs::fstat(&fd).map_err(io_err)?.st_uid;
+        if owner != 0 {
+            return Err(PinError::Unsafe { path: at, problem: Unsafety::Owner(owner) });
+        }
+        if ours {
+            rustix::fs::fchmod(&fd, Mode::RWXU).map_err(io_err)?;
+        }
+        dir = Some(fd);
+    }
+    Ok(dir)
+}
+
+/// Mounts bpffs on [`BPFFS`], root-only (mode 0700), if nothing of that type is there.
 ///
 /// # Errors
 /// [`PinError::Mount`] when it cannot be mounted.
@@ -149,9 +253,11 @@ pub fn ensure_bpffs() -> Result<(), PinError> {
         return Ok(());
     }
     fs::create_dir_all(BPFFS).map_err(PinError::Mount)?;
+    // Without mode=0700 the kernel makes the mount 1777, where anyone may make folders.
+    let data = c"mode=0700";
     // SAFETY: valid C strings; mounting bpffs has no other preconditions.
     let rc = unsafe {
-        libc::mount(c"bpf".as_ptr(), path.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
+        libc::mount(c"bpf".as_ptr(), path.as_ptr(), c"bpf".as_ptr(), 0, data.as_ptr().cast())
     };
     if rc != 0 {
         return Err(PinError::Mount(io::Error::last_os_error()));
@@ -195,7 +301,67 @@ pub fn remove_dirs(paths: &InstancePaths) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::{PermissionsExt as _, chown, symlink};
+
     use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    fn unsafety(result: Result<impl std::fmt::Debug, PinError>) -> (PathBuf, Unsafety) {
+        match result {
+            Err(PinError::Unsafe { path, problem }) => (path, problem),
+            other => panic!("not refused as unsafe: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn private_dirs_refuse_symlinks_files_and_other_users_folders() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(std::env::var_os("CI").is_none_or(|v| v != "true"), "CI=true: needs root");
+            eprintln!("skipping: chown needs root");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path();
+        let made = base.join("a/b");
+        private_dir(base, &made).unwrap();
+        fs::set_permissions(base.join("a"), fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(base, &made).unwrap();
+        assert_eq!((mode(&base.join("a")), mode(&made)), (0o700, 0o700));
+
+        // Another user's symlink to their folder: refused, and its target keeps its mode.
+        let target = base.join("target");
+        fs::create_dir(&target).unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o755)).unwrap();
+        symlink(&target, base.join("link")).unwrap();
+        let refused = unsafety(private_dir(base, &base.join("link/x")));
+        assert_eq!(refused, (base.join("link"), Unsafety::Symlink));
+        assert_eq!(mode(&target), 0o755, "no chmod through the symlink");
+        assert!(!target.join("x").exists());
+
+        let theirs = base.join("theirs");
+        fs::create_dir(&theirs).unwrap();
+        chown(&theirs, Some(65534), Some(65534)).unwrap();
+        let refused = unsafety(private_dir(base, &theirs.join("x")));
+        assert_eq!(refused, (theirs.clone(), Unsafety::Owner(65534)));
+        assert_eq!(
+            unsafety(walk(&theirs.join("x"), None)),
+            (theirs.clone(), Unsafety::Owner(65534))
+        );
+        let msg = PinError::Unsafe { path: theirs.clone(), problem: Unsafety::Owner(65534) };
+        assert!(
+            msg.to_string().contains(&format!("{}: it is owned by uid 65534", theirs.display()))
+        );
+
+        fs::write(base.join("file"), "").unwrap();
+        let refused = unsafety(private_dir(base, &base.join("file/x")));
+        assert_eq!(refused, (base.join("file"), Unsafety::NotAFolder));
+
+        assert!(walk(&base.join("missing/x"), None).unwrap().is_none(), "nothing there: fine");
+    }
 
     #[test]
     fn names_are_plain_folder_names() {

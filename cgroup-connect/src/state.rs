@@ -96,6 +96,10 @@ pub struct State {
     pub since: u64,
     /// The `blocker run` process serving it, if any.
     pub pid: Option<u32>,
+    /// When that process started ([`start_time`]): a pid can be reused, a pid and its start
+    /// time cannot. Absent in the state files of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_start: Option<u64>,
     /// The policy sources as given to `blocker run` (paths made absolute).
     pub sources: Sources,
     pub added: Vec<LiveRule>,
@@ -117,6 +121,7 @@ impl State {
             audit: false,
             since,
             pid: None,
+            pid_start: None,
             sources,
             added: vec![],
             removed: vec![],
@@ -154,6 +159,7 @@ impl State {
             .create(true)
             .truncate(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)
             .map_err(err)?;
         let text = serde_json::to_string_pretty(self).map_err(|e| err(io::Error::other(e)))?;
@@ -178,20 +184,71 @@ impl State {
         Ok(policy)
     }
 
-    /// Whether the process that serves it is alive.
+    /// Records this process as the one serving it.
+    pub fn served_by_me(&mut self) {
+        let pid = std::process::id();
+        self.pid = Some(pid);
+        self.pid_start = start_time(pid);
+    }
+
+    /// Records that no process serves it.
+    pub fn served_by_none(&mut self) {
+        self.pid = None;
+        self.pid_start = None;
+    }
+
+    /// The process that serves it, as far as `/proc` tells.
+    #[must_use]
+    pub fn server(&self) -> Server {
+        match (self.pid, self.pid_start) {
+            (Some(pid), Some(_)) if is_process(pid, self.pid_start) => Server::Alive(pid),
+            (Some(pid), None) if is_process(pid, None) => Server::Unverified(pid),
+            _ => Server::None,
+        }
+    }
+
+    /// Whether a process may serve it: [`Server::Alive`] or [`Server::Unverified`].
     #[must_use]
     pub fn process_alive(&self) -> bool {
-        self.pid.is_some_and(process_alive)
+        self.server() != Server::None
     }
 }
 
-/// Whether `pid` is a live process running this same program.
+/// The process that serves an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    /// No process: none was recorded, or its pid is gone or now another process's.
+    None,
+    /// The recorded process: same pid, same program, same start time.
+    Alive(u32),
+    /// A process of this program has the recorded pid, but the state (written by an older
+    /// version) has no start time to tell whether it is the same process.
+    Unverified(u32),
+}
+
+/// Whether `pid` is a live process running this same program and, when `start` is given,
+/// started at that time (so not a later process that reuses the pid).
 #[must_use]
-pub fn process_alive(pid: u32) -> bool {
+pub fn is_process(pid: u32, start: Option<u64>) -> bool {
     let Ok(exe) = fs::read_link(format!("/proc/{pid}/exe")) else { return false };
     let me = std::env::current_exe().ok();
     let name = |p: &std::path::Path| p.file_name().map(std::ffi::OsStr::to_os_string);
     me.is_some_and(|me| name(&me) == name(&exe))
+        && start.is_none_or(|start| start_time(pid) == Some(start))
+}
+
+/// When process `pid` started, in clock ticks after boot (field 22 of `/proc/PID/stat`).
+#[must_use]
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_start_time(&stat)
+}
+
+/// Field 22 of a `/proc/PID/stat` line. The second field, the command name in parentheses,
+/// may hold spaces and parentheses itself: the fields after it follow its last `)`.
+fn parse_start_time(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_ascii_whitespace().nth(22 - 3)?.parse().ok()
 }
 
 /// An exclusive lock on an instance, held until dropped.
@@ -211,6 +268,7 @@ impl Lock {
             .create(true)
             .truncate(false)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(paths.lock_file())
             .map_err(err)?;
         // SAFETY: flock on a descriptor we own.
@@ -241,6 +299,33 @@ mod tests {
         assert_eq!(texts, ["block 10.0.0.2", "allow tcp://[::1]:22"]);
         let json = serde_json::to_string(&state).unwrap();
         assert_eq!(serde_json::from_str::<State>(&json).unwrap(), state);
+    }
+
+    #[test]
+    fn start_time_is_field_22_after_the_last_parenthesis() {
+        let stat = "42 (a) b) (c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 12345 \
+                    300 18446744073709551615";
+        assert_eq!(parse_start_time(stat), Some(987_654));
+        assert_eq!(parse_start_time("42 (x) S 1"), None);
+        let me = std::process::id();
+        assert!(start_time(me).is_some());
+        assert!(is_process(me, start_time(me)));
+        assert!(!is_process(me, start_time(me).map(|t| t + 1)), "another start: another process");
+    }
+
+    #[test]
+    fn state_without_a_start_time_loads_and_its_process_is_unverified() {
+        let mut state = State::new("t", "/x".into(), Sources::default());
+        let json = serde_json::to_string(&state).unwrap();
+        assert!(!json.contains("pid_start"), "{json}");
+        state.pid = Some(std::process::id());
+        let old: State = serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
+        assert_eq!(old.server(), Server::Unverified(std::process::id()));
+        state.served_by_me();
+        assert_eq!(state.server(), Server::Alive(std::process::id()));
+        state.pid_start = state.pid_start.map(|t| t + 1);
+        assert_eq!(state.server(), Server::None, "same pid, another start: not its process");
+        assert!(!state.process_alive());
     }
 
     #[test]

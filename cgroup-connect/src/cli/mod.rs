@@ -5,12 +5,13 @@
 //! - 0: success;
 //! - 1: a runtime failure (the kernel refused a load or attach, a doctor check failed);
 //! - 2: a usage error: a bad flag or value, such as an invalid address or cgroup directory;
-//! - 3: this machine cannot run the blocker: missing privileges or kernel support.
+//! - 3: this machine cannot run the blocker (safely): missing privileges or kernel support, or
+//!   a pin or state folder that is a symbolic link or not root's.
 use clap::{Parser, Subcommand};
 
 use crate::{
     cgroup::CgroupError,
-    instance::{BusyError, ElsewhereError},
+    instance::{BusyError, ElsewhereError, NotEnforcedError},
     loader::LoadError,
     metrics::AddrError,
     pins::PinError,
@@ -104,11 +105,13 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             || cause.is::<edit::NotFoundError>()
             || cause.is::<BusyError>()
             || cause.is::<ElsewhereError>()
+            || cause.is::<NotEnforcedError>()
         {
             return EXIT_USAGE;
         }
         if cause.is::<PrivilegeError>()
             || matches!(cause.downcast_ref(), Some(LoadError::Unsupported))
+            || matches!(cause.downcast_ref(), Some(PinError::Unsafe { .. }))
         {
             return EXIT_UNSUPPORTED;
         }
