@@ -1,11 +1,13 @@
 //! Instances and persistence on the real kernel: pinning, SIGKILL, adoption, detach.
 mod common;
 
+use std::{fs, os::unix::fs::PermissionsExt as _, path::Path};
+
 use common::{
-    Blocker,
+    Blocker, BpfMount,
     Outcome::{Allowed, Blocked},
-    Prober, assert_nothing_attached, attached_count, blocker_ok, blocker_output, connect_in,
-    instance_name, lo, outcome, temp_cgroup,
+    Prober, as_nobody, assert_nothing_attached, attached_count, blocker_ok, blocker_output,
+    connect_in, in_private_mounts, instance_name, lo, outcome, temp_cgroup,
 };
 
 #[test]
@@ -140,4 +142,146 @@ fn a_busy_name_or_another_cgroup_is_refused() {
     let out = blocker_output(&["run", "--name", "bad/name"], None);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad/name"));
+}
+
+/// The mode bits of `path` (not following a symlink).
+fn mode(path: &str) -> u32 {
+    fs::symlink_metadata(path).unwrap_or_else(|e| panic!("stat {path}: {e}")).permissions().mode()
+        & 0o7777
+}
+
+#[test]
+fn pin_and_state_folders_that_another_user_made_first_are_refused() {
+    require_privileges!();
+    let cg = temp_cgroup();
+    let cgroup = cg.path().to_str().unwrap();
+    // What nobody makes first, on a machine where bpffs and /run are world-writable; the path
+    // the blocker must name; and the problem with it.
+    let cases: [(&[&[&str]], &str, &str); 4] = [
+        (&[&["mkdir", "/sys/fs/bpf/cgroup-connect"]], "/sys/fs/bpf/cgroup-connect", "uid 65534"),
+        (
+            &[
+                &["mkdir", "-m", "755", "/run/theirs"],
+                &["ln", "-s", "/run/theirs", "/sys/fs/bpf/cgroup-connect"],
+            ],
+            "/sys/fs/bpf/cgroup-connect",
+            "symbolic link",
+        ),
+        (&[&["mkdir", "/run/cgroup-connect"]], "/run/cgroup-connect", "uid 65534"),
+        (
+            &[
+                &["mkdir", "-m", "755", "/run/theirs"],
+                &["ln", "-s", "/run/theirs", "/run/cgroup-connect"],
+            ],
+            "/run/cgroup-connect",
+            "symbolic link",
+        ),
+    ];
+    for (made, path, problem) in cases {
+        in_private_mounts(BpfMount::WorldWritable, || {
+            for command in made {
+                as_nobody(command[0], &command[1..]);
+            }
+            let name = instance_name();
+            let out = blocker_output(
+                &["run", "--cgroup", cgroup, "--name", &name, "--block", "127.0.0.2"],
+                None,
+            );
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(3), "{made:?}: {stderr}");
+            assert!(stderr.contains(&format!("unsafe path {path}: it")), "{made:?}: {stderr}");
+            assert!(stderr.contains(problem), "{made:?}: {stderr}");
+            assert_nothing_attached(cg.path());
+            if Path::new("/run/theirs").exists() {
+                assert_eq!(mode("/run/theirs"), 0o755, "no chmod through the symlink");
+                assert_eq!(fs::read_dir("/run/theirs").unwrap().count(), 0, "nothing made in it");
+            }
+        });
+    }
+}
+
+#[test]
+fn the_blocker_mounts_bpffs_root_only() {
+    require_privileges!();
+    let cg = temp_cgroup();
+    in_private_mounts(BpfMount::NotBpffs, || {
+        let blocker =
+            Blocker::start(&["--cgroup", cg.path().to_str().unwrap(), "--block", "127.0.0.2"]);
+        assert_eq!(outcome(connect_in(cg.path(), lo("127.0.0.2"))), Blocked);
+        // bpffs adds the sticky bit to its root.
+        assert_eq!(mode("/sys/fs/bpf") & 0o777, 0o700, "the bpffs the blocker mounted");
+        for dir in ["/sys/fs/bpf/cgroup-connect", "/run/cgroup-connect"] {
+            assert_eq!(mode(dir), 0o700, "{dir}");
+            assert_eq!(mode(&format!("{dir}/{}", blocker.name)), 0o700, "{dir}/NAME");
+        }
+    });
+}
+
+/// Field 22 of /proc/PID/stat: when the process started, in clock ticks after boot.
+fn start_time(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("process stat");
+    let (_, rest) = stat.rsplit_once(')').expect("stat has a command name");
+    rest.split_ascii_whitespace().nth(19).and_then(|t| t.parse().ok()).expect("start time")
+}
+
+#[test]
+fn a_reused_pid_is_not_taken_for_the_instance_process() {
+    require_privileges!();
+    let (cg_a, cg_b) = (temp_cgroup(), temp_cgroup());
+    let mut b =
+        Blocker::start(&["--cgroup", cg_b.path().to_str().unwrap(), "--block", "127.0.0.3"]);
+    let mut a =
+        Blocker::start(&["--cgroup", cg_a.path().to_str().unwrap(), "--block", "127.0.0.2"]);
+    let _ = a.stop(libc::SIGKILL);
+    // A's pid is reused by B's process: its state names B's pid, with A's (other) start time.
+    let state_file = format!("/run/cgroup-connect/{}/state.json", a.name);
+    let mut state: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&state_file).expect("A's state")).unwrap();
+    state["pid"] = b.pid().into();
+    state["pid_start"] = (start_time(b.pid()) + 1).into();
+    fs::write(&state_file, state.to_string()).unwrap();
+
+    let status = blocker_ok(&["status"]);
+    assert!(status.contains(&format!("{}: stale", a.name)), "{status}");
+    let out = blocker_ok(&["detach", &a.name]);
+    assert!(out.contains("detached"), "{out}");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(b.running(), "detach of A signalled B's process");
+    assert_eq!(outcome(connect_in(cg_b.path(), lo("127.0.0.3"))), Blocked, "B still enforces");
+    let status = blocker_ok(&["status"]);
+    assert!(status.contains(&format!("{}: running", b.name)), "{status}");
+}
+
+#[test]
+fn edits_to_an_instance_that_nothing_enforces_are_refused() {
+    require_privileges!();
+    let cg = temp_cgroup();
+    let cgroup = cg.path().to_str().unwrap();
+    let mut dead = Blocker::start(&["--cgroup", cgroup, "--block", "127.0.0.2"]);
+    let _ = dead.stop(libc::SIGKILL);
+    let state_file = format!("/run/cgroup-connect/{}/state.json", dead.name);
+    let state = fs::read_to_string(&state_file).expect("the killed instance's state");
+    let list = blocker_ok(&["list", &dead.name]);
+    for edit in [["add", &dead.name, "10.1.2.3"], ["remove", &dead.name, "127.0.0.2"]] {
+        let out = blocker_output(&edit, None);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{edit:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("instance {} is not enforced", dead.name))
+                && stderr.contains("nothing enforces")
+                && stderr.contains("blocker run")
+                && stderr.contains("blocker detach"),
+            "{edit:?}: {stderr}"
+        );
+        assert_eq!(fs::read_to_string(&state_file).unwrap(), state, "{edit:?} changed the state");
+        assert_eq!(blocker_ok(&["list", &dead.name]), list, "{edit:?} changed the rules");
+    }
+    drop(dead);
+
+    // A pinned instance enforces with no process: it still takes edits.
+    let mut pinned = Blocker::start(&["--cgroup", cgroup, "--pin", "--block", "127.0.0.2"]);
+    let _ = pinned.stop(libc::SIGKILL);
+    let out = blocker_ok(&["add", &pinned.name, "127.0.0.4"]);
+    assert!(out.contains("2 rules"), "{out}");
+    assert_eq!(outcome(connect_in(cg.path(), lo("127.0.0.4"))), Blocked);
 }

@@ -90,6 +90,11 @@ impl Blocker {
         self.child.id()
     }
 
+    /// Whether it still runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Sends `signal` (0: none, just wait) and waits (up to 10 s) for the exit; returns the
     /// status and the rest of stdout. The guard stays: its drop still detaches the instance.
     pub fn stop(&mut self, signal: i32) -> (ExitStatus, Vec<String>) {

@@ -1,8 +1,8 @@
 //! Helpers shared by the integration tests, one module per concern: temporary cgroups and
 //! what is attached to them ([`cgroup`]), network namespaces ([`netns`]), the real `blocker`
-//! process under a guard ([`blocker`]), children forked into a cgroup ([`child`]), the probes
-//! they run ([`probe`]), a blocker with its cgroup and namespace ([`scene`]) and temporary
-//! folders ([`tempdir`]). This file holds the privilege gate and re-exports the rest, so a test
+//! process under a guard ([`blocker`]), children forked into a cgroup ([`child`]), private
+//! mount namespaces ([`mounts`]), the probes they run ([`probe`]), a blocker with its cgroup
+//! and namespace ([`scene`]) and temporary folders ([`tempdir`]). This file holds the privilege gate and re-exports the rest, so a test
 //! file names everything as `common::...`.
 //!
 //! Probes connect from a forked child moved into a cgroup, never from the test runner itself:
@@ -12,6 +12,7 @@
 mod blocker;
 mod cgroup;
 mod child;
+mod mounts;
 mod netns;
 mod probe;
 mod scene;
@@ -23,6 +24,7 @@ pub use cgroup::{
     temp_cgroup,
 };
 pub use child::in_child;
+pub use mounts::{BpfMount, as_nobody, in_private_mounts};
 pub use netns::Netns;
 pub use probe::{
     Outcome, Place, Probe, ProbeReport, Prober, connect_in, flood, listener, lo, outcome, probe,
