@@ -217,13 +217,6 @@ fn the_blocker_mounts_bpffs_root_only() {
     });
 }
 
-/// Field 22 of /proc/PID/stat: when the process started, in clock ticks after boot.
-fn start_time(pid: u32) -> u64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("process stat");
-    let (_, rest) = stat.rsplit_once(')').expect("stat has a command name");
-    rest.split_ascii_whitespace().nth(19).and_then(|t| t.parse().ok()).expect("start time")
-}
-
 #[test]
 fn a_reused_pid_is_not_taken_for_the_instance_process() {
     require_privileges!();
@@ -238,7 +231,8 @@ fn a_reused_pid_is_not_taken_for_the_instance_process() {
     let mut state: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(&state_file).expect("A's state")).unwrap();
     state["pid"] = b.pid().into();
-    state["pid_start"] = (start_time(b.pid()) + 1).into();
+    let start = cgroup_connect::state::start_time(b.pid()).expect("B's start time");
+    state["pid_start"] = (start + 1).into();
     fs::write(&state_file, state.to_string()).unwrap();
 
     let status = blocker_ok(&["status"]);
