@@ -9,6 +9,8 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
+use crate::quote::ShortPath;
+
 /// `statfs.f_type` of a cgroup v2 filesystem.
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 /// `statfs.f_type` of a cgroup v1 hierarchy.
@@ -24,16 +26,27 @@ pub enum CgroupError {
     )]
     NoCgroup2Mount,
     /// The directory does not exist.
-    #[error("cgroup directory {} does not exist: create it (mkdir) or pass an existing cgroup v2 directory", path.display())]
+    #[error(
+        "cgroup directory {} does not exist: create it (mkdir) or pass an existing cgroup v2 directory",
+        ShortPath(path)
+    )]
     NotFound { path: PathBuf },
     /// The path is not a directory.
-    #[error("{} is not a directory: pass a cgroup v2 directory, such as {}", path.display(), hint.display())]
+    #[error(
+        "{} is not a directory: pass a cgroup v2 directory, such as {}",
+        ShortPath(path),
+        ShortPath(hint)
+    )]
     NotADirectory { path: PathBuf, hint: PathBuf },
     /// The directory is on cgroup v1 or on another filesystem.
-    #[error("{} is not on a cgroup v2 mount (it is on {fs}): pass a directory under {}", path.display(), hint.display())]
+    #[error(
+        "{} is not on a cgroup v2 mount (it is on {fs}): pass a directory under {}",
+        ShortPath(path),
+        ShortPath(hint)
+    )]
     NotCgroup2 { path: PathBuf, fs: &'static str, hint: PathBuf },
     /// Any other I/O failure on `path`.
-    #[error("cannot use cgroup directory {}", path.display())]
+    #[error("cannot use cgroup directory {}", ShortPath(path))]
     Io {
         path: PathBuf,
         #[source]

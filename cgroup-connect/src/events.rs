@@ -1,9 +1,11 @@
 //! Events: reading blocked (and audit) attempts from an instance's ring buffer, and printing
-//! them as text or JSON lines. Owns the conversion from the programs' `Event` records.
+//! them as text or JSON lines. Owns the conversion from the programs' `Event` records, and
+//! the events file.
 use std::{
     io::{self, Write},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::Path,
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
 
@@ -12,7 +14,10 @@ use cgroup_connect_common::{Event, hook, verdict};
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 
-use crate::view::PolicyView;
+use crate::{
+    quote::{Escaped, ShortPath},
+    view::PolicyView,
+};
 
 /// An event as printed.
 #[derive(Debug, Serialize)]
@@ -67,7 +72,8 @@ impl EventLine {
         }
     }
 
-    /// Writes it as one line of text, or of JSON.
+    /// Writes it as one line of text, or of JSON. The process name is escaped in both (a
+    /// process names itself, and must not forge lines or drive a terminal).
     ///
     /// # Errors
     /// When the writer fails.
@@ -88,7 +94,7 @@ impl EventLine {
                 self.pid,
                 self.tgid,
                 self.uid,
-                self.comm,
+                Escaped(&self.comm),
                 self.cgroup_id,
                 self.rule_id,
                 self.rule
@@ -146,15 +152,47 @@ impl EventReader {
     }
 }
 
-/// Where `--events FILE` writes: FILE opened for appending, or standard output for `-`.
+/// Why `--events FILE` cannot be written.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The blocker runs as root: following a link would let whoever made it (in /tmp, say)
+    /// have root append to a file of their choosing.
+    #[error(
+        "the events file {} is a symbolic link, which the blocker does not follow: name the file itself",
+        ShortPath(path)
+    )]
+    Symlink { path: PathBuf },
+    #[error("cannot open the events file {}", ShortPath(path))]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Where `--events FILE` writes: FILE opened for appending (made with mode 0600 if it does
+/// not exist; a symbolic link is refused), or standard output for `-`.
 ///
 /// # Errors
-/// When the file cannot be opened.
-pub fn open_sink(path: &Path) -> io::Result<Box<dyn Write + Send>> {
+/// A [`SinkError`] naming the path.
+pub fn open_sink(path: &Path) -> Result<Box<dyn Write + Send>, SinkError> {
     if path.as_os_str() == "-" {
         return Ok(Box::new(io::stdout()));
     }
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|source| {
+            // O_NOFOLLOW answers ELOOP, or fs.protected_symlinks EACCES first: say why.
+            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+                SinkError::Symlink { path: path.to_owned() }
+            } else {
+                SinkError::Open { path: path.to_owned(), source }
+            }
+        })?;
     Ok(Box::new(io::LineWriter::new(file)))
 }
 
@@ -172,4 +210,46 @@ pub fn write_batch(
         EventLine::new(e, view).write(out, json)?;
     }
     out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(comm: &str) -> EventLine {
+        EventLine {
+            time: "2025-01-01T00:00:00.000Z".into(),
+            verdict: "blocked",
+            hook: "connect",
+            protocol: "tcp",
+            family: 4,
+            dst: "192.0.2.1".into(),
+            port: 443,
+            pid: 7,
+            tgid: 7,
+            uid: 0,
+            comm: comm.into(),
+            cgroup_id: 1,
+            rule_id: 1,
+            rule: "block 192.0.2.1".into(),
+        }
+    }
+
+    fn written(e: &EventLine, json: bool) -> String {
+        let mut out = Vec::new();
+        e.write(&mut out, json).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_process_name_cannot_forge_lines() {
+        let forged = "x\n\x1b[31mFAKE";
+        for json in [false, true] {
+            let text = written(&line(forged), json);
+            assert_eq!(text.lines().count(), 1, "{text:?}");
+            assert!(!text.trim_end_matches('\n').chars().any(char::is_control), "{text:?}");
+        }
+        assert!(written(&line(forged), false).contains(" comm=x\\n\\x1b[31mFAKE "));
+        assert!(written(&line("curl"), false).contains(" comm=curl "));
+    }
 }

@@ -5,7 +5,8 @@
 //! [`loader`] is the only code that touches aya; [`rules`] and [`policy`] own the rule
 //! language and its sources, [`table`] compiles rules into the tables the programs search;
 //! [`state`] and [`pins`] own what an instance keeps on disk; [`cgroup`] finds and validates
-//! cgroup v2 directories; [`privileges`] checks capabilities up front.
+//! cgroup v2 directories; [`privileges`] checks capabilities up front; [`quote`] cuts and
+//! escapes outside text that messages and event lines show.
 mod btf;
 pub mod cgroup;
 pub mod cli;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod pins;
 pub mod policy;
 pub mod privileges;
+pub mod quote;
 pub mod resolve;
 pub mod rules;
 pub mod state;

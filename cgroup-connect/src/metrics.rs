@@ -16,6 +16,7 @@ use crate::{
     instance,
     loader::{Instance, Totals},
     pins::InstancePaths,
+    quote::Quoted,
     state::Counts,
     view::PolicyView,
 };
@@ -25,7 +26,10 @@ pub const TOP_RULES: usize = 20;
 
 /// A bad `--metrics` address.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid --metrics address {value:?}: use PORT, :PORT or HOST:PORT (e.g. 127.0.0.1:9100)")]
+#[error(
+    "invalid --metrics address {}: use PORT, :PORT or HOST:PORT (e.g. 127.0.0.1:9100)",
+    Quoted(value)
+)]
 pub struct AddrError {
     pub value: String,
 }
@@ -40,6 +44,18 @@ pub fn parse_addr(value: &str) -> Result<SocketAddr, AddrError> {
         return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
     }
     value.parse().map_err(|_| AddrError { value: value.to_owned() })
+}
+
+/// A warning when `bound` is not a loopback address: then anyone who can reach this host reads
+/// the rule texts and counts, since `/metrics` asks for no credentials.
+#[must_use]
+pub fn exposure_warning(bound: SocketAddr) -> Option<String> {
+    (!bound.ip().to_canonical().is_loopback()).then(|| {
+        format!(
+            "metrics on {bound} are reachable from the network: anyone who can connect reads \
+             the rules and counts; use 127.0.0.1:PORT (or PORT) to serve this host only"
+        )
+    })
 }
 
 /// What one scrape shows.
@@ -152,6 +168,17 @@ mod tests {
         assert_eq!(parse_addr("[::1]:9100").unwrap(), "[::1]:9100".parse().unwrap());
         assert_eq!(parse_addr("0.0.0.0:80").unwrap(), "0.0.0.0:80".parse().unwrap());
         assert!(parse_addr("localhost").unwrap_err().to_string().contains("localhost"));
+    }
+
+    #[test]
+    fn warns_unless_on_loopback() {
+        for quiet in ["127.0.0.1:9100", "127.1.2.3:9100", "[::1]:9100", "[::ffff:127.0.0.1]:80"] {
+            assert_eq!(exposure_warning(quiet.parse().unwrap()), None, "{quiet}");
+        }
+        for open in ["0.0.0.0:9100", "[::]:9100", "192.0.2.1:9100", "[2001:db8::1]:80"] {
+            let warning = exposure_warning(open.parse().unwrap()).expect(open);
+            assert!(warning.contains(open) && warning.contains("reachable"), "{warning}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::{
+    quote::{Cut, ShortPath},
     rules::{Action, Destination, Host, Rule, RuleError},
     table::TableRule,
 };
@@ -97,7 +98,7 @@ pub struct Policy {
 /// Why a policy could not be read. Each message names the file and line, or the flag.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("cannot read {}", path.display())]
+    #[error("cannot read {}", ShortPath(path))]
     Read {
         path: PathBuf,
         #[source]
@@ -105,7 +106,8 @@ pub enum PolicyError {
     },
     #[error("{origin}: {error}")]
     Rule { origin: Origin, error: RuleError },
-    #[error("{}:{line}: {message}", path.display())]
+    /// The TOML parser's message, which may quote the document, is cut like a quoted value.
+    #[error("{}:{line}: {}", path.display(), Cut(message))]
     Toml { path: PathBuf, line: usize, message: String },
 }
 
@@ -393,6 +395,37 @@ path = "drop.txt"
             Policy::load(&Sources { allow_lists: vec![missing.clone()], ..Sources::default() })
                 .unwrap_err();
         assert!(err.to_string().contains(missing.to_str().unwrap()), "{err}");
+    }
+
+    /// A message quotes at most [`crate::quote::MAX_CHARS`] characters of a line: a huge line
+    /// makes a short message, and a file that is no list (a policy may name any file, and
+    /// the blocker runs as root) shows no more than the start of its first line.
+    #[test]
+    fn errors_quote_only_the_start_of_a_long_value() {
+        let dir = TempDir::new("long");
+        let huge = "x".repeat(10 << 20);
+        let list = dir.write("huge.txt", &format!("10.0.0.1\n{huge}\n"));
+        let err =
+            Policy::load(&Sources { block_lists: vec![list], ..Sources::default() }).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.len() < 1024 && msg.contains("huge.txt:2: "), "{} bytes", msg.len());
+        assert!(msg.contains(&format!("\"{}\"… (10485760 bytes)", "x".repeat(100))), "{msg}");
+
+        let secret = format!("root:$6$salt${}:19000:0:99999:7:::", "H".repeat(86));
+        dir.write("shadow", &format!("{secret}\n"));
+        let path = dir.write("p.toml", "[[list]]\naction = \"block\"\npath = \"shadow\"\n");
+        let msg = policy(path).unwrap_err().to_string();
+        assert!(msg.contains("shadow:1: ") && msg.contains(&secret[..100]), "{msg}");
+        assert!(!msg.contains(&secret[..101]), "more than 100 characters shown: {msg}");
+
+        for (name, text) in [
+            ("dst.toml", format!("[[rule]]\naction = \"block\"\ndst = \"{huge}\"\n")),
+            ("key.toml", format!("{huge} = 1\n")),
+            ("action.toml", format!("default = \"{huge}\"\n")),
+        ] {
+            let msg = policy(dir.write(name, &text)).unwrap_err().to_string();
+            assert!(msg.len() < 1024 && msg.contains(name), "{name}: {} bytes", msg.len());
+        }
     }
 
     #[test]

@@ -12,6 +12,8 @@ use std::{
 
 use hickory_resolver::{TokioResolver, config::LookupIpStrategy};
 
+use crate::quote::Quoted;
+
 /// Longest time between two resolutions of a name.
 pub const MAX_REFRESH: Duration = Duration::from_mins(5);
 /// Shortest time between two resolutions of a name, whatever its TTL.
@@ -22,13 +24,16 @@ pub const MIN_REFRESH: Duration = Duration::from_secs(5);
 pub enum ResolveError {
     #[error("cannot read the resolver configuration (/etc/resolv.conf)")]
     Config(#[source] hickory_resolver::net::NetError),
-    #[error("cannot resolve hostname {name:?}: check the name, or use its addresses")]
+    #[error("cannot resolve hostname {}: check the name, or use its addresses", Quoted(name))]
     Lookup {
         name: String,
         #[source]
         source: hickory_resolver::net::NetError,
     },
-    #[error("hostname {name:?} has no A or AAAA records: check the name, or use its addresses")]
+    #[error(
+        "hostname {} has no A or AAAA records: check the name, or use its addresses",
+        Quoted(name)
+    )]
     Empty { name: String },
 }
 

@@ -9,6 +9,8 @@ use std::{fmt, net::IpAddr, str::FromStr};
 use cgroup_connect_common::Proto;
 use ipnet::IpNet;
 
+use crate::quote::Quoted;
+
 /// What a rule does to the connections it matches.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -69,31 +71,39 @@ pub struct Rule {
     pub dest: Destination,
 }
 
-/// Why a rule's text was refused. Each message quotes the text.
+/// Why a rule's text was refused. Each message quotes the text, cut to a readable length
+/// ([`Quoted`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuleError {
     #[error("empty rule: write an address, a CIDR prefix or a hostname")]
     Empty,
-    #[error("unknown action {value:?}: use \"block\" or \"allow\"")]
+    #[error("unknown action {}: use \"block\" or \"allow\"", Quoted(value))]
     Action { value: String },
-    #[error("unknown protocol {value:?} in {rule:?}: use tcp:// or udp://, or none for both")]
+    #[error(
+        "unknown protocol {} in {}: use tcp:// or udp://, or none for both",
+        Quoted(value),
+        Quoted(rule)
+    )]
     Proto { rule: String, value: String },
-    #[error("{value:?} in {rule:?} is neither an IP address nor a hostname")]
+    #[error("{} in {} is neither an IP address nor a hostname", Quoted(value), Quoted(rule))]
     Host { rule: String, value: String },
-    #[error("prefix length {value:?} in {rule:?} must be a number from 0 to {max}")]
+    #[error("prefix length {} in {} must be a number from 0 to {max}", Quoted(value), Quoted(rule))]
     PrefixLen { rule: String, value: String, max: u8 },
-    #[error("{rule:?} has bits set after the prefix: did you mean {fixed}?")]
+    #[error("{} has bits set after the prefix: did you mean {fixed}?", Quoted(rule))]
     HostBits { rule: String, fixed: IpNet },
-    #[error("{rule:?}: a prefix length needs an address, not a hostname")]
+    #[error("{}: a prefix length needs an address, not a hostname", Quoted(rule))]
     PrefixOnName { rule: String },
     #[error(
-        "port {value:?} in {rule:?} must be a number from 0 to 65535, or a range like 8000-8999"
+        "port {} in {} must be a number from 0 to 65535, or a range like 8000-8999",
+        Quoted(value),
+        Quoted(rule)
     )]
     Port { rule: String, value: String },
-    #[error("port range {lo}-{hi} in {rule:?} is reversed: write {hi}-{lo}")]
+    #[error("port range {lo}-{hi} in {} is reversed: write {hi}-{lo}", Quoted(rule))]
     ReversedPorts { rule: String, lo: u16, hi: u16 },
     #[error(
-        "{rule:?}: put an IPv6 address in brackets when a port follows, like [2001:db8::1]:443"
+        "{}: put an IPv6 address in brackets when a port follows, like [2001:db8::1]:443",
+        Quoted(rule)
     )]
     Brackets { rule: String },
 }

@@ -4,14 +4,20 @@ mod common;
 
 use std::{
     io::{BufRead as _, Read as _, Write as _},
+    os::unix::fs::PermissionsExt as _,
+    process::{Command, Stdio},
     time::Duration,
 };
 
 use common::{
     Blocker,
     Outcome::{Allowed, Blocked},
-    Prober, TempDir, blocker_ok, blocker_output, connect_in, flood, lo, outcome, temp_cgroup,
+    Prober, TempDir, as_user, blocker_ok, blocker_output, connect_in, flood, lo, outcome,
+    temp_cgroup,
 };
+
+/// The unprivileged user the attacks run as.
+const NOBODY: u32 = 65534;
 
 #[test]
 fn live_add_and_remove_while_connections_run() {
@@ -358,5 +364,123 @@ fn reloads_across_table_sizes_leave_no_gap() {
     for p in probers {
         let report = p.finish();
         assert!(report.probes > 10 && report.wrong.is_empty(), "{report:?}");
+    }
+}
+
+/// `--events FILE` as root: a symbolic link that a user made to a file of root's is refused
+/// before anything attaches, and its target is untouched; a new file is made with mode 0600.
+/// The link is tried in a sticky, world-writable folder like /tmp (where
+/// fs.protected_symlinks, when on, already stops root following it) and in a folder of the
+/// user's (where nothing does).
+#[test]
+fn events_file_refuses_a_link_and_is_made_private() {
+    require_privileges!();
+    let cg = temp_cgroup();
+    let cgroup = cg.path().to_str().unwrap();
+    let private = TempDir::new("events-private");
+    let target = private.write("roots-file", "root's own\n");
+    let (shared, users) = (TempDir::new("events-shared"), TempDir::new("events-nobody"));
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::os::unix::fs::chown(users.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+    std::fs::set_permissions(users.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for dir in [&shared, &users] {
+        let link = dir.path().join("events.jsonl");
+        let made = as_user(Command::new("ln").arg("-s").arg(&target).arg(&link), NOBODY)
+            .status()
+            .unwrap_or_else(|e| panic!("ln -s as nobody: {e}"));
+        assert!(made.success(), "nobody could not make {}: {made}", link.display());
+        let link = link.to_str().unwrap();
+        let name = common::instance_name();
+        let args = ["run", "--cgroup", cgroup, "--name", &name, "--block", "127.0.0.2"];
+        let out = blocker_output(&[&args[..], &["--events", link]].concat(), None);
+        common::detach_quietly(&name);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(link) && err.contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "root's own\n");
+        common::assert_nothing_attached(cg.path());
+    }
+
+    let events = private.path().join("events.jsonl");
+    let mut b = Blocker::start(&["--cgroup", cgroup, "--events", events.to_str().unwrap()]);
+    let mode = std::fs::metadata(&events).unwrap().permissions().mode() & 0o7777;
+    let _ = b.stop(libc::SIGTERM);
+    assert_eq!(mode, 0o600, "events file mode {mode:o}");
+}
+
+/// A process names itself with a newline and an escape sequence, then is blocked: the text
+/// form of `blocker events` prints one line, with the name escaped.
+#[test]
+fn event_text_escapes_process_names() {
+    require_privileges!();
+    const FORGED: &[u8] = b"x\n\x1b[31mFAKE\0";
+    let cg = temp_cgroup();
+    let b =
+        Blocker::start(&["--cgroup", cg.path().to_str().unwrap(), "--block", "tcp://127.0.0.2:9"]);
+    let mut reader = Command::new(common::BLOCKER)
+        .args(["events", &b.name])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn blocker events: {e}"));
+    let mut out = std::io::BufReader::new(reader.stdout.take().unwrap());
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = Vec::new();
+        while out.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+            if tx.send(std::mem::take(&mut line)).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let dst = socket2::SockAddr::from(lo("127.0.0.2"));
+    let errno = common::in_child("connect under a forged name", Some(cg.path()), None, || {
+        // SAFETY: raw syscalls on memory prepared before the fork.
+        unsafe {
+            libc::prctl(libc::PR_SET_NAME, FORGED.as_ptr());
+            let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            let r = libc::connect(s, dst.as_ptr().cast(), dst.len());
+            Some(if r == 0 { 0 } else { u32::try_from(*libc::__errno_location()).ok()? })
+        }
+    });
+    assert_eq!(errno, u32::try_from(libc::EPERM).unwrap(), "the connect was not blocked");
+    let first = lines.recv_timeout(Duration::from_secs(10)).expect("an event within 10 s");
+    let mut printed = vec![first];
+    printed.extend(std::iter::from_fn(|| lines.recv_timeout(Duration::from_millis(500)).ok()));
+    let _ = reader.kill();
+    let _ = reader.wait();
+    let text = String::from_utf8_lossy(&printed.concat()).into_owned();
+    assert_eq!(printed.len(), 1, "one event, one line: {text:?}");
+    assert!(
+        !printed[0].split_last().unwrap().1.iter().any(|&c| c < 0x20 || c == 0x7f),
+        "raw control bytes: {text:?}"
+    );
+    assert!(text.contains(" comm=x\\n\\x1b[31mFAKE "), "{text:?}");
+}
+
+/// `--metrics` off loopback still serves, with a warning that names the address; on loopback
+/// nothing is said. Only loopback traffic: the scrape goes to 127.0.0.1.
+#[test]
+fn metrics_off_loopback_warn() {
+    require_privileges!();
+    for (addr, warned) in [("0.0.0.0:0", true), ("127.0.0.1:0", false)] {
+        let cg = temp_cgroup();
+        let mut b = Blocker::start(&["--cgroup", cg.path().to_str().unwrap(), "--metrics", addr]);
+        let line = b.wait_for_line("serving metrics on", Duration::from_secs(10)).expect(addr);
+        let bound = line
+            .trim_start_matches("serving metrics on http://")
+            .trim_end_matches("/metrics")
+            .to_owned();
+        let port = bound.rsplit(':').next().unwrap();
+        let mut conn = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(conn, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut body = String::new();
+        conn.read_to_string(&mut body).unwrap();
+        assert!(body.contains("cgroup_connect_build_info"), "{addr}: {body}");
+        let _ = b.stop(libc::SIGTERM);
+        let err = b.stderr();
+        let warning = format!("warning: metrics on {bound} are reachable from the network");
+        assert_eq!(err.contains(&warning), warned, "{addr}: {err}");
     }
 }

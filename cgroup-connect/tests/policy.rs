@@ -2,6 +2,8 @@
 //! value ends the run with its location, and nothing is attached.
 mod common;
 
+use std::os::unix::fs::PermissionsExt as _;
+
 use common::{
     Outcome::{Allowed, Blocked},
     Probe::{TcpConnect, UdpSendto},
@@ -53,8 +55,8 @@ path = "drop.txt"
 }
 
 /// Runs `blocker run --cgroup <new cgroup> ARGS`, expects exit 2, checks that stderr holds
-/// every `wanted` piece and that nothing was attached.
-fn refused(args: &[&str], wanted: &[&str]) {
+/// every `wanted` piece and that nothing was attached; returns stderr.
+fn refused(args: &[&str], wanted: &[&str]) -> String {
     let cg = temp_cgroup();
     let mut all = vec!["run", "--cgroup", cg.path().to_str().unwrap()];
     all.extend_from_slice(args);
@@ -70,6 +72,7 @@ fn refused(args: &[&str], wanted: &[&str]) {
     assert_eq!(errors, 1, "one message: {err}");
     assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
     assert_nothing_attached(cg.path());
+    err.into_owned()
 }
 
 #[test]
@@ -85,6 +88,26 @@ fn bad_policy_files_name_the_line_and_attach_nothing() {
     refused(&["--block", "10.1.2.3/8"], &["10.1.2.3/8", "10.0.0.0/8"]);
     refused(&["--allow", "[2001:db8::1"], &["brackets"]);
     refused(&["--default", "sometimes"], &["sometimes"]);
+}
+
+/// Messages quote at most about 100 characters of a value: a 10 MB list line makes a short
+/// message, and a policy's `[[list]]` naming a file that holds no rules (the blocker reads it
+/// as root) shows no more than the start of its first line.
+#[test]
+fn messages_quote_only_the_start_of_long_values() {
+    require_privileges!();
+    let dir = TempDir::new("long-values");
+    let list = dir.write("huge.txt", &format!("192.0.2.1\n{}\n", "x".repeat(10 << 20)));
+    let err =
+        refused(&["--block-list", list.to_str().unwrap()], &["huge.txt:2:", "(10485760 bytes)"]);
+    assert!(err.len() < 1024, "a {} byte message", err.len());
+
+    let secret = format!("root:$6$salt${}:19000:0:99999:7:::", "H".repeat(86));
+    let shadow = dir.write("shadow", &format!("{secret}\n"));
+    std::fs::set_permissions(&shadow, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let policy = dir.write("p.toml", "[[list]]\naction = \"block\"\npath = \"shadow\"\n");
+    let err = refused(&["--policy", policy.to_str().unwrap()], &["shadow:1:", &secret[..100]]);
+    assert!(!err.contains(&secret[..101]), "more than 100 characters shown: {err}");
 }
 
 #[test]

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     cgroup::CgroupError,
+    events::SinkError,
     instance::{BusyError, ElsewhereError, NotEnforcedError},
     loader::LoadError,
     metrics::AddrError,
@@ -106,6 +107,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             || cause.is::<BusyError>()
             || cause.is::<ElsewhereError>()
             || cause.is::<NotEnforcedError>()
+            || matches!(cause.downcast_ref(), Some(SinkError::Symlink { .. }))
         {
             return EXIT_USAGE;
         }

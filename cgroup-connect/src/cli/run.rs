@@ -125,7 +125,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     state.pinned = args.pin;
     let metrics_addr = args.metrics.as_deref().map(metrics::parse_addr).transpose()?;
     privileges::check()?;
-    block_on(serve(args, &paths, &cgroup, state, metrics_addr))
+    // Opened before anything attaches, so a refused file leaves nothing behind.
+    let sink = args.events.as_deref().map(events::open_sink).transpose()?;
+    block_on(serve(args, &paths, &cgroup, state, metrics_addr, sink))
 }
 
 /// An events reader and where its lines go.
@@ -137,6 +139,7 @@ async fn serve(
     cgroup: &CgroupDir,
     state: State,
     metrics_addr: Option<std::net::SocketAddr>,
+    sink: Option<Box<dyn std::io::Write + Send>>,
 ) -> anyhow::Result<()> {
     let mut signals = Signals::new(true)?;
     let mut names = Names::new();
@@ -159,12 +162,8 @@ async fn serve(
     let view = Arc::new(Mutex::new(PolicyView::new(paths, &applied.policy)));
     drop(applied);
     instance::release_free_memory();
-    let mut events: Option<Events> = match &args.events {
-        Some(path) => Some((
-            EventReader::new(instance.take_events()?)?,
-            events::open_sink(path)
-                .with_context(|| format!("opening the events file {}", path.display()))?,
-        )),
+    let mut events: Option<Events> = match sink {
+        Some(sink) => Some((EventReader::new(instance.take_events()?)?, sink)),
         None => None,
     };
     let metrics_task = match metrics_addr {
@@ -177,6 +176,9 @@ async fn serve(
                 .await
                 .with_context(|| format!("serving metrics on {addr}"))?;
             println!("serving metrics on http://{bound}/metrics");
+            if let Some(warning) = metrics::exposure_warning(bound) {
+                eprintln!("blocker: warning: {warning}");
+            }
             Some(tokio::spawn(server))
         }
         None => None,

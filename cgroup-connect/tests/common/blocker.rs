@@ -1,6 +1,6 @@
 //! The real `blocker` binary: a guard around a running `blocker run`, and one-shot commands.
 use std::{
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Read as _},
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::PathBuf,
     process::{Child, Command, ExitStatus, Output, Stdio},
@@ -120,6 +120,15 @@ impl Blocker {
         (status, rest)
     }
 
+    /// Everything it printed on stderr; call it after [`Blocker::stop`] (it reads to the end).
+    pub fn stderr(&mut self) -> String {
+        let mut text = String::new();
+        if let Some(mut err) = self.child.stderr.take() {
+            let _ = err.read_to_string(&mut text);
+        }
+        text
+    }
+
     /// Lines printed since the `attached` line, waiting up to `wait` for one that contains
     /// `wanted` (returns all read, the match last).
     pub fn wait_for_line(&self, wanted: &str, wait: Duration) -> Option<String> {
@@ -165,18 +174,7 @@ pub fn blocker_output(args: &[&str], uid: Option<u32>) -> Output {
     let mut cmd = Command::new(program);
     cmd.args(args).stdin(Stdio::null());
     if let Some(uid) = uid {
-        // SAFETY: setgroups/setgid/setuid are async-signal-safe.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setgroups(0, std::ptr::null()) != 0
-                    || libc::setgid(uid) != 0
-                    || libc::setuid(uid) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        as_user(&mut cmd, uid);
     }
     let mut child = cmd
         .stdout(Stdio::piped())
@@ -192,6 +190,22 @@ pub fn blocker_output(args: &[&str], uid: Option<u32>) -> Output {
         std::thread::sleep(Duration::from_millis(20));
     }
     child.wait_with_output().unwrap_or_else(|e| panic!("collect output of blocker {args:?}: {e}"))
+}
+
+/// Makes `cmd` run as user and group `uid`, with no supplementary groups.
+pub fn as_user(cmd: &mut Command, uid: u32) -> &mut Command {
+    // SAFETY: setgroups/setgid/setuid are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(uid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
 }
 
 /// A copy of the blocker, mode 0755, in a new folder of root's, mode 0755 (removed on drop).

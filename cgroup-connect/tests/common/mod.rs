@@ -18,7 +18,9 @@ mod probe;
 mod scene;
 mod tempdir;
 
-pub use blocker::{BLOCKER, Blocker, blocker_ok, blocker_output, detach_quietly, instance_name};
+pub use blocker::{
+    BLOCKER, Blocker, as_user, blocker_ok, blocker_output, detach_quietly, instance_name,
+};
 pub use cgroup::{
     TempCgroup, assert_nothing_attached, attached_count, attached_programs, cgroup_root,
     temp_cgroup,
