@@ -370,7 +370,7 @@ fn reloads_across_table_sizes_leave_no_gap() {
 /// `--events FILE` as root: a symbolic link that a user made to a file of root's is refused
 /// before anything attaches, and its target is untouched; a new file is made with mode 0600.
 /// The link is tried in a sticky, world-writable folder like /tmp (where
-/// fs.protected_symlinks, when on, already stops root following it) and in a folder of the
+/// `fs.protected_symlinks`, when on, already stops root following it) and in a folder of the
 /// user's (where nothing does).
 #[test]
 fn events_file_refuses_a_link_and_is_made_private() {
@@ -412,8 +412,8 @@ fn events_file_refuses_a_link_and_is_made_private() {
 /// form of `blocker events` prints one line, with the name escaped.
 #[test]
 fn event_text_escapes_process_names() {
-    require_privileges!();
     const FORGED: &[u8] = b"x\n\x1b[31mFAKE\0";
+    require_privileges!();
     let cg = temp_cgroup();
     let b =
         Blocker::start(&["--cgroup", cg.path().to_str().unwrap(), "--block", "tcp://127.0.0.2:9"]);
