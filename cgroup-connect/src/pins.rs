@@ -43,7 +43,8 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
     #[error(
-        "invalid instance name {name:?}: use 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'"
+        "invalid instance name {}: use 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'",
+        crate::quote::Quoted(name)
     )]
     Name { name: String },
     #[error("no instance named {name:?}: `blocker status` lists them")]
