@@ -2,15 +2,17 @@
 //!
 //! The `blocker` binary is a thin shell over this library: [`cli`] holds one module per
 //! subcommand. [`instance`] owns an instance's lifecycle (start, every change, stop, detach);
-//! [`loader`] is the only code that touches aya; [`rules`] and [`policy`] own the rule
-//! language and its sources, [`table`] compiles rules into the tables the programs search;
-//! [`state`] and [`pins`] own what an instance keeps on disk; [`cgroup`] finds and validates
-//! cgroup v2 directories; [`privileges`] checks capabilities up front; [`quote`] cuts and
-//! escapes outside text that messages and event lines show.
+//! [`loader`] is the only code that loads and attaches through aya; [`rules`] and [`policy`]
+//! own the rule language and its sources, [`table`] compiles rules into the tables the
+//! programs search; [`state`] and [`pins`] own what an instance keeps on disk; [`cgroup`]
+//! finds and validates cgroup v2 directories; [`privileges`] checks capabilities up front, and [`features`]
+//! probes the kernel for what the blocker needs; [`quote`] cuts and escapes outside text that
+//! messages and event lines show.
 mod btf;
 pub mod cgroup;
 pub mod cli;
 pub mod events;
+pub mod features;
 pub mod instance;
 pub mod loader;
 pub mod metrics;

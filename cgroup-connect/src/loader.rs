@@ -16,17 +16,17 @@ use aya::{
     },
     pin::PinError as AyaPinError,
     programs::{
-        CgroupAttachMode, CgroupSockAddr, ProgramError, ProgramType,
+        CgroupAttachMode, CgroupSockAddr, ProgramError,
         cgroup_sock_addr::CgroupSockAddrLinkId,
         links::{FdLink, LinkError, PinnedLink},
     },
-    util::KernelVersion,
 };
 use cgroup_connect_common::{CONFIG_AUDIT, TABLE_CLASSES, config, maps, programs, stats};
 
 use crate::{
     btf::{self, TableBtf},
     cgroup::CgroupDir,
+    features::{self, Feature},
     pins::InstancePaths,
     table::Tables,
 };
@@ -43,12 +43,9 @@ pub fn bpf_object() -> &'static [u8] {
 /// Why the programs could not be loaded, their tables written, pinned or attached.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// The kernel cannot run cgroup `sock_addr` programs through BPF links.
-    #[error(
-        "this kernel cannot run cgroup sock_addr BPF programs: it needs Linux 5.7 or later built \
-         with CONFIG_BPF_SYSCALL=y and CONFIG_CGROUP_BPF=y (run `blocker doctor`)"
-    )]
-    Unsupported,
+    /// The kernel lacks a feature the blocker needs (a probe said so).
+    #[error("{}: {} (`blocker doctor` checks every feature)", .feature.lacking(), .feature.fix())]
+    Unsupported { feature: &'static Feature },
     /// The embedded object could not be parsed or its maps created.
     #[error("loading the BPF object failed")]
     Object(#[source] EbpfError),
@@ -166,18 +163,16 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Creates the maps and loads the four programs.
+    /// Probes the kernel for every feature the blocker needs, then creates the maps and loads
+    /// the four programs.
     ///
     /// # Errors
-    /// [`LoadError::Unsupported`] on a kernel without cgroup BPF links, or a load failure.
+    /// [`LoadError::Unsupported`] naming the first feature the kernel lacks, or a load failure.
     pub fn load() -> Result<Self, LoadError> {
-        let links_ok = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 7, 0));
-        if !links_ok
-            || !aya::sys::is_program_supported(ProgramType::CgroupSockAddr).unwrap_or(false)
-        {
-            return Err(LoadError::Unsupported);
+        if let Some(feature) = features::first_missing() {
+            return Err(LoadError::Unsupported { feature });
         }
-        raise_memlock_limit();
+        features::lift_memlock_limit();
         let started = std::time::Instant::now();
         let mut ebpf = Ebpf::load(BPF_OBJECT).map_err(LoadError::Object)?;
         for name in programs::ALL {
@@ -590,12 +585,4 @@ fn template(outer: &str) -> Option<aya_obj::Map> {
 fn as_bytes<R: Pod>(records: &[R]) -> &[u8] {
     // SAFETY: Pod types are plain data without padding; the slice covers exactly the records.
     unsafe { std::slice::from_raw_parts(records.as_ptr().cast(), size_of_val(records)) }
-}
-
-/// Kernels before 5.11 charge BPF memory to `RLIMIT_MEMLOCK`; lift it so large maps load. Newer
-/// kernels charge the memory cgroup instead, and this is harmless.
-fn raise_memlock_limit() {
-    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
-    // SAFETY: setrlimit reads a valid rlimit; failure only leaves the old limit.
-    let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) };
 }

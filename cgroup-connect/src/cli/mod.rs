@@ -112,7 +112,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             return EXIT_USAGE;
         }
         if cause.is::<PrivilegeError>()
-            || matches!(cause.downcast_ref(), Some(LoadError::Unsupported))
+            || matches!(cause.downcast_ref(), Some(LoadError::Unsupported { .. }))
             || matches!(cause.downcast_ref(), Some(PinError::Unsafe { .. }))
         {
             return EXIT_UNSUPPORTED;
@@ -133,14 +133,21 @@ mod tests {
         assert_eq!(exit_code(&usage), EXIT_USAGE);
         let privilege = anyhow::Error::from(PrivilegeError { missing: "CAP_BPF".into() });
         assert_eq!(exit_code(&privilege), EXIT_UNSUPPORTED);
-        let kernel = anyhow::Error::from(LoadError::Unsupported).context("starting");
+        let unsupported = LoadError::Unsupported { feature: &crate::features::RING_BUFFER };
+        let kernel = anyhow::Error::from(unsupported).context("starting");
         assert_eq!(exit_code(&kernel), EXIT_UNSUPPORTED);
         assert_eq!(exit_code(&anyhow::anyhow!("other")), 1);
     }
 
     #[test]
     fn unsupported_kernel_message_says_what_is_needed() {
-        let msg = LoadError::Unsupported.to_string();
-        assert!(msg.contains("CONFIG_CGROUP_BPF") && msg.contains("5.7"), "{msg}");
+        let msg = LoadError::Unsupported { feature: &crate::features::SOCK_ADDR }.to_string();
+        assert!(
+            msg.contains("sock_addr") && msg.contains("4.17") && msg.contains("CONFIG_CGROUP_BPF"),
+            "{msg}"
+        );
+        let msg = LoadError::Unsupported { feature: &crate::features::RING_BUFFER }.to_string();
+        assert!(msg.contains("ring buffers") && msg.contains("5.8"), "{msg}");
+        assert!(msg.contains("blocker doctor"), "{msg}");
     }
 }
