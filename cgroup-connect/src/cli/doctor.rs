@@ -1,13 +1,17 @@
 //! `blocker doctor`: one line per check of what running (and building) the blocker needs,
-//! with a fix for each failure. Exits 0 when this machine can run the blocker; the build
-//! checks only warn, since a prebuilt binary does not need them.
-use std::{path::Path, process::Command};
+//! with a fix for each failure. The kernel's features are probed one by one (the probes of
+//! [`crate::features`], the ones the loader runs), never inferred from its version; a real
+//! load and attach of the programs to a temporary child cgroup then proves the whole path.
+//! Exits 0 when this machine can run the blocker; the build checks only warn, since a
+//! prebuilt binary does not need them.
+use std::{error::Error, io, process::Command};
 
-use aya::{maps::MapType, util::KernelVersion};
+use aya::{maps::MapType, programs::ProgramError, util::KernelVersion};
 
 use crate::{
     cgroup::{self, TempCgroup},
-    loader::{Instance, Prepared},
+    features::{self, Feature, Support},
+    loader::{Instance, LoadError, Prepared},
     pins::InstancePaths,
     privileges,
 };
@@ -78,39 +82,26 @@ pub fn doctor() -> anyhow::Result<()> {
 /// All checks, in the order printed.
 #[must_use]
 pub fn run_checks() -> Vec<Check> {
-    vec![
-        kernel(),
-        bpf_syscall(),
-        capabilities(),
-        cgroup2(),
-        cgroup_bpf(),
-        btf(),
-        jit(),
-        memlock(),
-        toolchain_nightly(),
-        rust_src(),
-        bpf_linker(),
-    ]
+    let mut checks = vec![kernel(), bpf_syscall(), capabilities(), cgroup2(), memlock()];
+    checks.extend(feature_checks());
+    checks.extend([cgroup_bpf(), jit(), toolchain_nightly(), rust_src(), bpf_linker()]);
+    checks
 }
 
+/// The version, for information: the feature checks decide.
 fn kernel() -> Check {
     const NAME: &str = "kernel";
+    let needs = format!(
+        "Linux {} or later needed on paper, tested on {}; the checks below probe each feature",
+        features::minimum(),
+        features::TESTED
+    );
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease");
+    let release = release.as_deref().map_or("", str::trim);
     match KernelVersion::current() {
-        Ok(v) if v >= KernelVersion::new(5, 7, 0) => {
-            Check::ok(NAME, format!("{v} (5.7 or later needed)"))
-        }
-        Ok(v) => Check::bad(
-            NAME,
-            Status::Fail,
-            format!("{v} is older than 5.7"),
-            "upgrade to Linux 5.7 or later (cgroup BPF links)",
-        ),
-        Err(e) => Check::bad(
-            NAME,
-            Status::Fail,
-            format!("cannot read the kernel version: {e}"),
-            "check /proc/sys/kernel/osrelease",
-        ),
+        Ok(v) if release.is_empty() => Check::ok(NAME, format!("{v} ({needs})")),
+        Ok(v) => Check::ok(NAME, format!("{v}, {release} ({needs})")),
+        Err(e) => Check::ok(NAME, format!("version unknown: {e} ({needs})")),
     }
 }
 
@@ -127,8 +118,8 @@ fn bpf_syscall() -> Check {
         Err(e) => Check::bad(
             NAME,
             Status::Fail,
-            format!("bpf() failed: {e}"),
-            "run as root; the kernel needs CONFIG_BPF_SYSCALL=y",
+            format!("bpf() failed: {}", e.io_error),
+            errno_fix(&e.io_error),
         ),
     }
 }
@@ -150,39 +141,117 @@ fn cgroup2() -> Check {
     const NAME: &str = "cgroup2";
     match cgroup::cgroup2_root().and_then(cgroup::CgroupDir::open) {
         Ok(dir) => Check::ok(NAME, format!("mounted at {}", dir.path().display())),
-        Err(e) => Check::bad(
+        Err(e) => Check::bad(NAME, Status::Fail, e.to_string(), MOUNT_CGROUP2),
+    }
+}
+
+const MOUNT_CGROUP2: &str = "mount -t cgroup2 none /sys/fs/cgroup/unified";
+
+/// Probes the memory accounting, then lifts `RLIMIT_MEMLOCK` as the blocker does before it
+/// loads (so the probes after this one see what the blocker would).
+fn memlock() -> Check {
+    let before = features::memlock_limit();
+    let memcg = features::memcg_accounting();
+    features::lift_memlock_limit();
+    let lifted = features::memlock_limit().rlim_cur == libc::RLIM_INFINITY;
+    memlock_check(&memcg, before.rlim_max, lifted)
+}
+
+/// The memlock line: `memcg` is the probe's answer, `hard` the hard limit before lifting, and
+/// `lifted` whether the limit could be lifted to unlimited.
+fn memlock_check(memcg: &Support, hard: libc::rlim_t, lifted: bool) -> Check {
+    const NAME: &str = "memlock";
+    const FIX: &str = "run as root, or `ulimit -l unlimited`";
+    let hard =
+        if hard == libc::RLIM_INFINITY { "unlimited".to_owned() } else { format!("{hard} bytes") };
+    match memcg {
+        Support::Present => Check::ok(
             NAME,
-            Status::Fail,
-            e.to_string(),
-            "mount -t cgroup2 none /sys/fs/cgroup/unified",
+            "BPF memory is charged to the memory cgroup (Linux 5.11+): RLIMIT_MEMLOCK does not \
+             limit it",
         ),
+        Support::Missing if lifted => Check::ok(
+            NAME,
+            "BPF memory is charged to RLIMIT_MEMLOCK (kernels before 5.11), which the blocker \
+             lifts to unlimited, as it can here",
+        ),
+        Support::Missing => Check::bad(
+            NAME,
+            Status::Warn,
+            format!(
+                "BPF memory is charged to RLIMIT_MEMLOCK (kernels before 5.11), and its hard \
+                 limit ({hard}) cannot be lifted: large tables may not load"
+            ),
+            FIX,
+        ),
+        Support::Unknown(e) if lifted => Check::ok(
+            NAME,
+            format!("accounting not probed ({e}); RLIMIT_MEMLOCK can be lifted to unlimited"),
+        ),
+        Support::Unknown(e) => Check::bad(
+            NAME,
+            Status::Warn,
+            format!(
+                "accounting not probed ({e}); RLIMIT_MEMLOCK hard limit {hard}, which kernels \
+                 before 5.11 charge BPF memory to"
+            ),
+            FIX,
+        ),
+    }
+}
+
+/// One line per [`Feature::check`], each feature probed.
+fn feature_checks() -> Vec<Check> {
+    let probed: Vec<(&Feature, Support)> =
+        features::REQUIRED.iter().map(|f| (f, f.probe())).collect();
+    probed.chunk_by(|a, b| a.0.check == b.0.check).map(feature_check).collect()
+}
+
+/// The line of one check from its features' probes: the missing ones with the release that
+/// added them, else the ones that could not be probed, else the list of what is there.
+fn feature_check(group: &[(&Feature, Support)]) -> Check {
+    let name = group[0].0.check;
+    let missing: Vec<&Feature> =
+        group.iter().filter(|(_, s)| matches!(s, Support::Missing)).map(|(f, _)| *f).collect();
+    if let Some(newest) = missing.iter().max_by_key(|f| features::release(f.since)) {
+        let detail: Vec<String> = missing.iter().map(|f| f.lacking()).collect();
+        return Check::bad(name, Status::Fail, detail.join("; "), newest.fix());
+    }
+    if let Some((f, Support::Unknown(e))) =
+        group.iter().find(|(_, s)| matches!(s, Support::Unknown(_)))
+    {
+        return Check::bad(name, Status::Warn, format!("{f} not probed: {e}"), errno_fix(e));
+    }
+    let list: Vec<String> =
+        group.iter().map(|(f, _)| format!("{} ({})", f.name, f.since)).collect();
+    let list = list.join(", ");
+    if group.iter().all(|(f, _)| f.is_helper()) {
+        Check::ok(name, format!("cgroup sock_addr programs may call {list}"))
+    } else {
+        Check::ok(name, list)
     }
 }
 
 /// A real load and attach of the blocker's programs to a temporary child cgroup.
 fn cgroup_bpf() -> Check {
     const NAME: &str = "cgroup-bpf";
-    let fix = "run as root on a kernel with CONFIG_CGROUP_BPF=y";
+    let fail = |detail: String, fix: &str| Check::bad(NAME, Status::Fail, detail, fix);
     let root = match cgroup::cgroup2_root() {
         Ok(root) => root,
-        Err(e) => return Check::bad(NAME, Status::Fail, format!("no cgroup v2 mount: {e}"), fix),
+        Err(e) => return fail(format!("no cgroup v2 mount: {e}"), MOUNT_CGROUP2),
     };
     let temp = match TempCgroup::create(&root, "cgroup-connect-doctor") {
         Ok(temp) => temp,
-        Err(e) => {
-            return Check::bad(NAME, Status::Fail, format!("cannot make a test cgroup: {e}"), fix);
-        }
+        Err(e) => return fail(format!("cannot make a test cgroup: {e}"), &fix_for(&e)),
     };
     let tables =
         crate::table::compile(crate::rules::Action::Allow, []).expect("empty tables compile");
     let paths = match InstancePaths::new(&format!("doctor-{}", std::process::id())) {
         Ok(p) => p,
-        Err(e) => return Check::bad(NAME, Status::Fail, e.to_string(), fix),
+        Err(e) => return fail(e.to_string(), &fix_for(&e)),
     };
     if let Err(e) = paths.create_dirs() {
-        return Check::bad(
-            NAME,
-            Status::Fail,
+        return fail(
             format!("{:#}", anyhow::Error::from(e)),
             "mount bpffs: mount -t bpf bpf /sys/fs/bpf",
         );
@@ -198,21 +267,75 @@ fn cgroup_bpf() -> Check {
             NAME,
             format!("attached and detached in a temporary cgroup under {}", root.display()),
         ),
-        Err(e) => Check::bad(NAME, Status::Fail, format!("{:#}", anyhow::Error::from(e)), fix),
+        Err(e) => {
+            let (detail, fix) = load_failure(e);
+            fail(detail, &fix)
+        }
     }
 }
 
-fn btf() -> Check {
-    const NAME: &str = "btf";
-    if Path::new("/sys/kernel/btf/vmlinux").exists() {
-        Check::ok(NAME, "/sys/kernel/btf/vmlinux present")
-    } else {
-        Check::bad(
-            NAME,
-            Status::Warn,
-            "no /sys/kernel/btf/vmlinux (not needed today)",
-            "use a kernel built with CONFIG_DEBUG_INFO_BTF=y",
-        )
+/// What failed in the real load and attach, and its fix. A verifier refusal is shown by its
+/// reason, not its whole log.
+fn load_failure(e: LoadError) -> (String, String) {
+    match &e {
+        LoadError::Unsupported { feature } => (feature.lacking(), feature.fix()),
+        LoadError::Program {
+            program,
+            source: ProgramError::LoadError { io_error, verifier_log },
+        } => {
+            let log = verifier_log.to_string();
+            let why = verifier_reason(&log).map_or_else(|| io_error.to_string(), str::to_owned);
+            (
+                format!("the kernel refused program {program}: {why}"),
+                format!(
+                    "no probed feature is missing, but this kernel's verifier refuses the \
+                     program: use Linux {} or later, or report this line",
+                    features::TESTED
+                ),
+            )
+        }
+        _ => {
+            let fix = fix_for(&e);
+            (format!("{:#}", anyhow::Error::from(e)), fix)
+        }
+    }
+}
+
+/// The line of a verifier log that says why it refused the program: the last one before the
+/// statistics the kernel appends.
+fn verifier_reason(log: &str) -> Option<&str> {
+    const STATISTICS: [&str; 4] =
+        ["processed ", "verification time ", "stack depth ", "max_states_per_insn "];
+    log.lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty() && !STATISTICS.iter().any(|s| l.starts_with(s)))
+}
+
+/// The fix for a failure whose cause is a system call error, found in `err`'s chain.
+fn fix_for(err: &(dyn Error + 'static)) -> String {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<io::Error>().filter(|io| io.raw_os_error().is_some()) {
+            return errno_fix(io).to_owned();
+        }
+        cause = e.source();
+    }
+    UNEXPECTED.to_owned()
+}
+
+const UNEXPECTED: &str = "no probed feature is missing, so this is unexpected: report it with \
+                          the output of `blocker doctor`";
+
+/// The fix for a system call that failed with `err`.
+fn errno_fix(err: &io::Error) -> &'static str {
+    match err.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => "run as root, or grant CAP_BPF and CAP_NET_ADMIN",
+        Some(libc::ENOSYS) => "use a kernel built with CONFIG_BPF_SYSCALL=y",
+        Some(libc::ENOMEM) => {
+            "free memory, or raise the memory cgroup's limit or RLIMIT_MEMLOCK (`ulimit -l \
+             unlimited`)"
+        }
+        _ => UNEXPECTED,
     }
 }
 
@@ -233,29 +356,6 @@ fn jit() -> Check {
             format!("cannot read bpf_jit_enable: {e}"),
             "use a kernel built with CONFIG_BPF_JIT=y",
         ),
-    }
-}
-
-fn memlock() -> Check {
-    const NAME: &str = "memlock";
-    if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 11, 0)) {
-        return Check::ok(
-            NAME,
-            "not limiting: the kernel charges BPF memory to the memory cgroup (5.11+)",
-        );
-    }
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes a valid rlimit.
-    unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &raw mut lim) };
-    if lim.rlim_max == libc::RLIM_INFINITY {
-        Check::ok(NAME, "RLIMIT_MEMLOCK can be raised to unlimited (the blocker does)")
-    } else {
-        Check::bad(
-            NAME,
-            Status::Warn,
-            format!("RLIMIT_MEMLOCK hard limit {} bytes", lim.rlim_max),
-            "run as root, or `ulimit -l unlimited`",
-        )
     }
 }
 
@@ -303,5 +403,129 @@ fn bpf_linker() -> Check {
             "bpf-linker not found (only needed to build from source)",
             "./scripts/setup.sh",
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::{ARRAY_OF_MAPS, PERCPU_ARRAY, RING_BUFFER, SOCK_ADDR};
+
+    fn eperm() -> io::Error {
+        io::Error::from_raw_os_error(libc::EPERM)
+    }
+
+    #[test]
+    fn a_present_group_lists_its_features() {
+        let check =
+            feature_check(&[(&ARRAY_OF_MAPS, Support::Present), (&RING_BUFFER, Support::Present)]);
+        assert_eq!((check.name, check.status), ("maps", Status::Ok));
+        assert_eq!(check.detail, "arrays of maps (4.12), ring buffers (5.8)");
+        assert!(check.fix.is_empty());
+        let helpers: Vec<_> = features::REQUIRED
+            .iter()
+            .filter(|f| f.is_helper())
+            .map(|f| (f, Support::Present))
+            .collect();
+        let check = feature_check(&helpers);
+        assert!(
+            check.detail.starts_with("cgroup sock_addr programs may call bpf_"),
+            "{}",
+            check.detail
+        );
+    }
+
+    #[test]
+    fn a_missing_feature_fails_with_its_release_and_a_true_fix() {
+        let check = feature_check(&[
+            (&ARRAY_OF_MAPS, Support::Present),
+            (&PERCPU_ARRAY, Support::Missing),
+            (&RING_BUFFER, Support::Missing),
+        ]);
+        assert_eq!(check.status, Status::Fail);
+        assert_eq!(
+            check.detail,
+            "this kernel lacks per-CPU arrays, added in Linux 4.6; this kernel lacks ring buffers, \
+             added in Linux 5.8"
+        );
+        assert!(check.fix.starts_with("upgrade to Linux 5.8 or later"), "{}", check.fix);
+        let check = feature_check(&[(&SOCK_ADDR, Support::Missing)]);
+        assert!(check.fix.contains("CONFIG_CGROUP_BPF=y"), "{}", check.fix);
+    }
+
+    #[test]
+    fn an_unprobed_feature_warns_with_the_errno_fix() {
+        let check = feature_check(&[
+            (&ARRAY_OF_MAPS, Support::Present),
+            (&RING_BUFFER, Support::Unknown(eperm())),
+        ]);
+        assert_eq!(check.status, Status::Warn);
+        assert!(check.detail.starts_with("ring buffers not probed: "), "{}", check.detail);
+        assert!(check.fix.contains("root"), "{}", check.fix);
+    }
+
+    #[test]
+    fn memlock_reports_the_accounting_and_the_limit() {
+        let infinity = libc::RLIM_INFINITY;
+        let memcg = memlock_check(&Support::Present, 65536, false);
+        assert_eq!(memcg.status, Status::Ok);
+        assert!(memcg.detail.contains("memory cgroup"), "{}", memcg.detail);
+        assert_eq!(memlock_check(&Support::Missing, infinity, true).status, Status::Ok);
+        let stuck = memlock_check(&Support::Missing, 65536, false);
+        assert_eq!(stuck.status, Status::Warn);
+        assert!(stuck.detail.contains("65536 bytes") && !stuck.fix.is_empty(), "{stuck:?}");
+        assert_eq!(memlock_check(&Support::Unknown(eperm()), infinity, true).status, Status::Ok);
+        assert_eq!(memlock_check(&Support::Unknown(eperm()), 65536, false).status, Status::Warn);
+    }
+
+    #[test]
+    fn the_verifier_reason_is_the_line_before_the_statistics() {
+        let log = "func#0 @0\n0: R1=ctx() R10=fp0\n0: (85) call bpf_ktime_get_boot_ns#125\n\
+                   unknown func bpf_ktime_get_boot_ns#125\nverification time 18 usec\n\
+                   stack depth 0\nprocessed 1 insns (limit 1000000) max_states_per_insn 0 \
+                   total_states 0 peak_states 0 mark_read 0\n\n";
+        assert_eq!(verifier_reason(log), Some("unknown func bpf_ktime_get_boot_ns#125"));
+        let too_big = "BPF program is too large. Processed 1000001 insn\nprocessed 1000001 insns\n";
+        assert_eq!(
+            verifier_reason(too_big),
+            Some("BPF program is too large. Processed 1000001 insn")
+        );
+        assert_eq!(verifier_reason(""), None);
+        assert_eq!(verifier_reason("processed 0 insns\n"), None);
+    }
+
+    #[test]
+    fn a_verifier_refusal_names_the_program_and_its_reason() {
+        let refused = LoadError::Program {
+            program: "check_connect4",
+            source: ProgramError::LoadError {
+                io_error: io::Error::from_raw_os_error(libc::EACCES),
+                verifier_log: aya_obj::VerifierLog::new(
+                    "0: (b7) r0 = 0\nR0 !read_ok\nprocessed 2 insns\n".to_owned(),
+                ),
+            },
+        };
+        let (detail, fix) = load_failure(refused);
+        assert_eq!(detail, "the kernel refused program check_connect4: R0 !read_ok");
+        assert!(fix.contains(features::TESTED) && !fix.contains("CONFIG_CGROUP_BPF"), "{fix}");
+    }
+
+    #[test]
+    fn other_failures_get_the_fix_of_their_errno() {
+        let installing = LoadError::Map {
+            map: "table_v4",
+            what: "installing",
+            source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_update_elem",
+                io_error: io::Error::from_raw_os_error(libc::EINVAL),
+            }),
+        };
+        let (detail, fix) = load_failure(installing);
+        assert!(detail.starts_with("map table_v4: installing failed"), "{detail}");
+        assert!(fix.contains("report it") && !fix.contains("CONFIG_CGROUP_BPF"), "{fix}");
+        let (_, fix) = load_failure(LoadError::Unsupported { feature: &RING_BUFFER });
+        assert!(fix.starts_with("upgrade to Linux 5.8"), "{fix}");
+        let denied = LoadError::Btf { map: "table_v4", source: eperm() };
+        assert!(load_failure(denied).1.contains("root"));
     }
 }
