@@ -157,7 +157,7 @@ impl Feature {
     #[must_use]
     pub fn fix(&self) -> String {
         let or = self.config.map_or_else(
-            || " (or a distribution kernel that backports it)".to_owned(),
+            || ", or to a distribution kernel that backports it".to_owned(),
             |c| format!(", or a kernel built with {c}=y"),
         );
         format!("upgrade to Linux {} or later{or}", self.since)
