@@ -52,10 +52,13 @@ impl TableBtf {
             btf_log_size: 0,
             btf_log_level: 0,
         };
-        // SAFETY: a valid bpf_attr prefix for BPF_BTF_LOAD; `blob` outlives the call.
-        let fd = unsafe {
-            libc::syscall(libc::SYS_bpf, BPF_BTF_LOAD, &raw const attr, size_of::<BtfLoadAttr>())
-        };
+        // Up to the end of btf_log_level, not the struct's padding after it: Linux 6.1 refuses
+        // (EINVAL) an attr with a non-zero byte after the last field it knows, and from 6.4 the
+        // kernel writes btf_log_true_size there when the size given covers it.
+        let size = std::mem::offset_of!(BtfLoadAttr, btf_log_level) + size_of::<u32>();
+        // SAFETY: a valid bpf_attr prefix for BPF_BTF_LOAD, all of it initialized; `blob`
+        // outlives the call.
+        let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_BTF_LOAD, &raw const attr, size) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
