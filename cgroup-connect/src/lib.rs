@@ -5,9 +5,9 @@
 //! [`loader`] is the only code that loads and attaches through aya; [`rules`] and [`policy`]
 //! own the rule language and its sources, [`table`] compiles rules into the tables the
 //! programs search; [`state`] and [`pins`] own what an instance keeps on disk; [`cgroup`]
-//! finds and validates cgroup v2 directories; [`privileges`] checks capabilities up front, and [`features`]
-//! probes the kernel for what the blocker needs; [`quote`] cuts and escapes outside text that
-//! messages and event lines show.
+//! finds and validates cgroup v2 directories; [`privileges`] checks capabilities up front, and
+//! [`features`] probes the kernel for what the blocker needs; [`quote`] cuts and escapes
+//! outside text that messages and event lines show.
 mod btf;
 pub mod cgroup;
 pub mod cli;
