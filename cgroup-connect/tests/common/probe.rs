@@ -6,7 +6,7 @@ use std::{
     path::Path,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -156,8 +156,14 @@ pub fn outcome(result: Result<(), i32>) -> Outcome {
 /// (destination, outcomes allowed) case from the cgroup and records any other outcome.
 pub struct Prober {
     stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
     handle: JoinHandle<ProbeReport>,
 }
+
+/// Probes a [`Prober`] makes at least before [`Prober::finish`] stops it (if they take less
+/// than 30 s): on a loaded machine a fork per probe is slow, and a test's window can pass
+/// with only a few.
+const MIN_PROBES: u64 = 20;
 
 /// What a [`Prober`] saw.
 #[derive(Debug, Default)]
@@ -172,6 +178,8 @@ impl Prober {
     pub fn start(cgroup: &Path, cases: Vec<(SocketAddr, Vec<Outcome>)>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
+        let done = Arc::new(AtomicU64::new(0));
+        let count = Arc::clone(&done);
         let cgroup = cgroup.to_owned();
         let handle = std::thread::spawn(move || {
             let mut report = ProbeReport::default();
@@ -183,6 +191,7 @@ impl Prober {
                 for (dst, ok) in &cases {
                     let got = outcome(connect_in(&cgroup, *dst));
                     report.probes += 1;
+                    count.store(report.probes, Ordering::Relaxed);
                     if !ok.contains(&got) {
                         report.wrong.push(format!("{dst}: {got:?}, expected one of {ok:?}"));
                     }
@@ -190,12 +199,19 @@ impl Prober {
             }
             report
         });
-        Self { stop, handle }
+        Self { stop, done, handle }
     }
 
     /// Stops probing and returns what it saw.
     #[must_use]
     pub fn finish(self) -> ProbeReport {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.done.load(Ordering::Relaxed) < MIN_PROBES
+            && Instant::now() < deadline
+            && !self.handle.is_finished()
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().unwrap_or_else(|_| panic!("the prober thread panicked"))
     }
