@@ -169,7 +169,7 @@ impl Prepared {
     /// # Errors
     /// [`LoadError::Unsupported`] naming the first feature the kernel lacks, or a load failure.
     pub fn load() -> Result<Self, LoadError> {
-        if let Some(feature) = features::first_missing() {
+        if let Some(feature) = crate::timings::time("probe", features::first_missing) {
             return Err(LoadError::Unsupported { feature });
         }
         features::lift_memlock_limit();
