@@ -2,7 +2,7 @@
 //! files. Owns reading them and reporting errors by file, line and value. The result, a
 //! [`Policy`], is what the tables are compiled from.
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashSet},
     fmt, io,
     net::IpAddr,
     path::{Path, PathBuf},
@@ -14,7 +14,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::{
-    quote::{Cut, ShortPath},
+    quote::{Cut, Quoted, ShortPath},
     rules::{Action, Destination, Host, Rule, RuleError},
     table::TableRule,
 };
@@ -106,13 +106,19 @@ pub enum PolicyError {
     },
     #[error("{origin}: {error}")]
     Rule { origin: Origin, error: RuleError },
+    #[error(
+        "{origin}: {} after the rule: a list line holds one rule, then optionally a count \
+         or a comment (# or ;)",
+        Quoted(rest)
+    )]
+    Trailing { origin: Origin, rest: String },
     /// The TOML parser's message, which may quote the document, is cut like a quoted value.
     #[error("{}:{line}: {}", path.display(), Cut(message))]
     Toml { path: PathBuf, line: usize, message: String },
 }
 
 impl Policy {
-    /// Reads every source.
+    /// Reads every source; a rule given more than once counts once.
     ///
     /// # Errors
     /// The first bad file, line or value, as a [`PolicyError`].
@@ -136,6 +142,7 @@ impl Policy {
         if let Some(path) = &sources.policy {
             default = read_policy(path, &mut rules)?;
         }
+        dedup(&mut rules);
         Ok(Self { default: sources.default.or(default).unwrap_or(Action::Allow), rules })
     }
 
@@ -182,22 +189,40 @@ fn read_text(path: &Path) -> Result<String, PolicyError> {
         .map_err(|source| PolicyError::Read { path: path.to_owned(), source })
 }
 
-/// A list file: one rule a line; `#` starts a comment; blank lines are skipped.
+/// A list file: one rule a line, in the forms public blocklists ship. `#` and `;` start a
+/// comment (netset headers, Spamhaus DROP's `1.2.3.0/24 ; SBL123`); blank lines are
+/// skipped; a count may follow the rule (ipsum's `1.2.3.4<TAB>7`). Anything else after the
+/// rule is an error: a line is never read as less than it says.
 fn read_list(path: &Path, action: Action, rules: &mut Vec<SourcedRule>) -> Result<(), PolicyError> {
     let text = read_text(path)?;
     let shared: Arc<Path> = Arc::from(path);
     for (n, line) in text.lines().enumerate() {
-        let content = line.split_once('#').map_or(line, |(before, _)| before).trim();
+        let content = line.split(['#', ';']).next().unwrap_or_default().trim();
         if content.is_empty() {
             continue;
         }
         let origin = Origin::Line { path: Arc::clone(&shared), line: n + 1 };
-        match content.parse::<Destination>() {
-            Ok(dest) => rules.push(SourcedRule { rule: Rule { action, dest }, origin }),
+        let (rule, rest) = content.split_once(char::is_whitespace).unwrap_or((content, ""));
+        let rest = rest.trim_start();
+        match rule.parse::<Destination>() {
             Err(error) => return Err(PolicyError::Rule { origin, error }),
+            Ok(_) if !(rest.is_empty() || rest.bytes().all(|b| b.is_ascii_digit())) => {
+                return Err(PolicyError::Trailing { origin, rest: rest.to_owned() });
+            }
+            Ok(dest) => rules.push(SourcedRule { rule: Rule { action, dest }, origin }),
         }
     }
     Ok(())
+}
+
+/// Drops every rule that repeats an earlier one (the same action and destination), so a
+/// rule given twice counts once, numbered where it first appears.
+fn dedup(rules: &mut Vec<SourcedRule>) {
+    let mut seen = HashSet::with_capacity(rules.len());
+    let first: Vec<bool> = rules.iter().map(|r| seen.insert(&r.rule)).collect();
+    drop(seen);
+    let mut first = first.into_iter();
+    rules.retain(|_| first.next().unwrap_or(true));
 }
 
 #[derive(Deserialize)]
@@ -426,6 +451,63 @@ path = "drop.txt"
             let msg = policy(dir.write(name, &text)).unwrap_err().to_string();
             assert!(msg.len() < 1024 && msg.contains(name), "{name}: {} bytes", msg.len());
         }
+    }
+
+    fn list(text: &str) -> Result<Vec<String>, PolicyError> {
+        let dir = TempDir::new("list");
+        let path = dir.write("list.txt", text);
+        let p = Policy::load(&Sources { block_lists: vec![path], ..Sources::default() })?;
+        Ok(p.rules.iter().map(|r| r.rule.dest.to_string()).collect())
+    }
+
+    #[test]
+    fn reads_the_formats_public_blocklists_ship() {
+        let spamhaus = "; Spamhaus DROP List 2025/01/01 - (c) 2025 The Spamhaus Project SLU\n\
+                        ; https://www.spamhaus.org/drop/drop.txt\n\
+                        192.0.2.0/24 ; SBL123456\n198.51.100.0/25;SBL7\n";
+        assert_eq!(list(spamhaus).unwrap(), ["192.0.2.0/24", "198.51.100.0/25"]);
+        let ipsum = "# IPsum Threat Intelligence Feed\n# IP\tnumber of (black)lists\n\
+                     192.0.2.7\t10\n198.51.100.9\t3\r\n2001:db8::1  2\n";
+        assert_eq!(list(ipsum).unwrap(), ["192.0.2.7", "198.51.100.9", "2001:db8::1"]);
+        let netset = "#\n# firehol_level1\n#\n192.0.2.0/24\n203.0.113.5\n";
+        assert_eq!(list(netset).unwrap(), ["192.0.2.0/24", "203.0.113.5"]);
+    }
+
+    /// Only a count or a comment may follow the rule; a first field that is no rule is
+    /// refused as before. Each error names the file and line.
+    #[test]
+    fn list_lines_with_more_than_a_rule_are_refused() {
+        let msg = list("192.0.2.1\n192.0.2.2 block\n").unwrap_err().to_string();
+        assert!(msg.contains("list.txt:2: \"block\" after the rule"), "{msg}");
+        let msg = list("192.0.2.1\t7 9\n").unwrap_err().to_string();
+        assert!(msg.contains("list.txt:1: \"7 9\" after the rule"), "{msg}");
+        let msg = list("192.0.2.1\n\n192.0.2.300\t7\n").unwrap_err().to_string();
+        assert!(msg.contains("list.txt:3:") && msg.contains("\"192.0.2.300\""), "{msg}");
+        let msg = list("192.0.2.0/33 ; SBL1\n").unwrap_err().to_string();
+        assert!(msg.contains("list.txt:1:") && msg.contains("\"33\""), "{msg}");
+        let msg = list(&format!("192.0.2.1 {}\n", "x".repeat(10 << 20))).unwrap_err().to_string();
+        assert!(msg.len() < 1024 && msg.contains("(10485760 bytes)"), "{} bytes", msg.len());
+    }
+
+    #[test]
+    fn a_rule_given_twice_counts_once_where_it_first_appears() {
+        let dir = TempDir::new("dup");
+        let a = dir.write("a.txt", "192.0.2.1\n192.0.2.2\n192.0.2.1 ; again\n192.0.2.1\t4\n");
+        let b = dir.write("b.txt", "192.0.2.2\n192.0.2.3\n");
+        let p = Policy::load(&Sources {
+            block: vec!["192.0.2.3".parse().unwrap()],
+            allow: vec!["192.0.2.1".parse().unwrap()],
+            block_lists: vec![a.clone(), b],
+            ..Sources::default()
+        })
+        .unwrap();
+        let texts: Vec<String> = p.rules.iter().map(|r| r.rule.to_string()).collect();
+        // An allow and a block of one address are two rules; the rest repeat.
+        assert_eq!(
+            texts,
+            ["block 192.0.2.3", "allow 192.0.2.1", "block 192.0.2.1", "block 192.0.2.2"]
+        );
+        assert_eq!(p.rules[2].origin.to_string(), format!("{}:1", a.display()));
     }
 
     #[test]

@@ -48,9 +48,15 @@ pub enum TableError {
     )]
     TooManyRules { family: &'static str, count: usize },
     #[error(
-        "the {family} rules make {count} intervals, more than the {MAX_INTERVALS} a table holds"
+        "the {family} rules make {count} intervals, more than the {max} an {family} table holds \
+         (a rule apart from the others takes two; rules that touch or nest take fewer)"
     )]
-    TooManyIntervals { family: &'static str, count: usize },
+    TooManyIntervals { family: &'static str, count: usize, max: u32 },
+    #[error(
+        "the {family} rules' intervals and port classes take {chunks} chunks of \
+         {CHUNK_RECORDS} records, more than the {max} an {family} table holds"
+    )]
+    TooManyChunks { family: &'static str, chunks: usize, max: u32 },
     #[error(
         "{count} rules with ports or protocols cover {net} (at most {MAX_CLASS_LEN}): \
          merge port ranges or add a plain rule for {net}"
@@ -96,18 +102,19 @@ pub fn compile(
     }
     let (v4_rules, v6_rules) = (v4.len(), v6.len());
     let dw = default_word(default);
-    let mut v4 = compile_family("IPv4", u128::from(u32::MAX), dw, v4)?.into_chunks(
-        |start, key, word| V4Record {
-            key: if key == START {
-                u32::try_from(start).expect("IPv4 addresses fit u32")
-            } else {
-                key
+    let mut v4 = compile_family("IPv4", u128::from(u32::MAX), V4_MAX_INTERVALS, dw, v4)?
+        .into_chunks(
+            |start, key, word| V4Record {
+                key: if key == START {
+                    u32::try_from(start).expect("IPv4 addresses fit u32")
+                } else {
+                    key
+                },
+                word,
             },
-            word,
-        },
-        dw,
-    );
-    let v6 = compile_family("IPv6", u128::MAX, dw, v6)?.into_chunks(
+            dw,
+        );
+    let v6 = compile_family("IPv6", u128::MAX, MAX_INTERVALS, dw, v6)?.into_chunks(
         |start, key, word| {
             let (hi, lo) = halves(start);
             V6Record { hi, lo, key: if key == START { 0 } else { key }, word }
@@ -115,16 +122,17 @@ pub fn compile(
         dw,
     );
     add_v4_buckets(&mut v4);
+    let most = *TABLE_CLASSES.last().expect("classes");
     for (family, chunks) in [("IPv4", v4.len()), ("IPv6", v6.len())] {
-        if chunks > *TABLE_CLASSES.last().expect("classes") as usize {
-            return Err(TableError::TooManyIntervals {
-                family,
-                count: chunks * CHUNK_RECORDS as usize,
-            });
+        if chunks > most as usize {
+            return Err(TableError::TooManyChunks { family, chunks, max: most });
         }
     }
     Ok(Tables { v4, v6, v4_rules, v6_rules })
 }
+
+/// Most intervals of an IPv4 table: its bucket table takes some of the chunks.
+const V4_MAX_INTERVALS: u32 = MAX_INTERVALS - V4_BUCKET_CHUNKS * CHUNK_RECORDS;
 
 /// A rule reduced to what the sweep needs.
 #[derive(Clone, Copy, Debug)]
@@ -189,6 +197,7 @@ fn is_unconditional(entry: Entry) -> bool {
 fn compile_family(
     family: &'static str,
     max: u128,
+    max_intervals: u32,
     default: u32,
     mut specs: Vec<Spec>,
 ) -> Result<Compiled, TableError> {
@@ -259,8 +268,12 @@ fn compile_family(
     }
     pop_until(&mut stack, &mut out.intervals, None);
     out.intervals.dedup_by(|later, earlier| later.1 == earlier.1);
-    if out.intervals.len() > MAX_INTERVALS as usize {
-        return Err(TableError::TooManyIntervals { family, count: out.intervals.len() });
+    if out.intervals.len() > max_intervals as usize {
+        return Err(TableError::TooManyIntervals {
+            family,
+            count: out.intervals.len(),
+            max: max_intervals,
+        });
     }
     Ok(out)
 }
@@ -537,6 +550,49 @@ mod tests {
         );
         assert!(
             err.to_string().contains("4194305 IPv4 rules exceed the capacity of 4194304"),
+            "{err}"
+        );
+    }
+
+    /// `n` host rules with a gap after each (1, 3, 5, ...): two intervals each, the most a
+    /// rule takes.
+    fn scattered(n: u32, v6: bool) -> impl Iterator<Item = TableRule> {
+        (0..n).map(move |i| TableRule {
+            net: if v6 {
+                IpNet::new(std::net::Ipv6Addr::from(u128::from(i) * 2 + 1).into(), 128).unwrap()
+            } else {
+                IpNet::new(std::net::Ipv4Addr::from(i * 2 + 1).into(), 32).unwrap()
+            },
+            ports: None,
+            proto: Proto::Any,
+            action: Action::Block,
+            id: 1,
+        })
+    }
+
+    /// The capacity the README states: 4,169,727 scattered IPv4 host rules (the bucket
+    /// table takes two chunks) and 4,186,111 IPv6 ones fit, one more does not.
+    #[test]
+    fn scattered_host_rules_fill_a_table_exactly() {
+        for (v6, fits, family, max) in
+            [(false, 4_169_727, "IPv4", 8_339_456u32), (true, 4_186_111, "IPv6", 8_372_224)]
+        {
+            let t = compile(Action::Allow, scattered(fits, v6)).unwrap();
+            assert_eq!(if v6 { t.v6.len() } else { t.v4.len() }, 512, "{family}");
+            let err = compile(Action::Allow, scattered(fits + 1, v6)).unwrap_err();
+            assert!(
+                matches!(err, TableError::TooManyIntervals { count, max: m, .. }
+                    if count == usize::try_from(max).unwrap() + 1 && m == max),
+                "{err}"
+            );
+            assert!(err.to_string().contains(&format!("more than the {max} an {family} table")));
+        }
+        // A full table with one class more: its entries need another chunk.
+        let mut rules: Vec<TableRule> = scattered(4_169_727, false).collect();
+        rules.last_mut().unwrap().ports = Some(Ports { lo: 80, hi: 80 });
+        let err = compile(Action::Allow, rules).unwrap_err();
+        assert!(
+            matches!(err, TableError::TooManyChunks { family: "IPv4", chunks: 513, max: 512 }),
             "{err}"
         );
     }

@@ -54,6 +54,35 @@ path = "drop.txt"
     ]);
 }
 
+/// Lists as the Spamhaus, `FireHOL` and `IPsum` projects publish them (samples in tests/data,
+/// sources in its README) enforce: one address blocked by each, and a prefix two of them name
+/// counts once.
+#[test]
+fn public_blocklist_formats_enforce() {
+    require_privileges!();
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let mut args = Vec::new();
+    for file in ["spamhaus-drop.txt", "firehol_level1.netset", "ipsum.txt"] {
+        let path = data.join(file);
+        args.push("--block-list".to_owned());
+        args.push(
+            path.to_str().unwrap_or_else(|| panic!("non-UTF-8 {}", path.display())).to_owned(),
+        );
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let s = Scene::new(&["192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"], &args);
+    // 3 + 3 + 4 lines, 198.51.100.0/24 in both the DROP list and the netset.
+    assert!(s.blocker.attached_line.contains(" 9 rules ("), "{}", s.blocker.attached_line);
+    s.expect(&[
+        (TcpConnect, "192.0.2.70:80", Blocked), // spamhaus-drop.txt: 192.0.2.64/26 ; SBL100001
+        (TcpConnect, "192.0.2.20:80", Blocked), // firehol_level1.netset: 192.0.2.16/28
+        (TcpConnect, "192.0.2.7:80", Blocked),  // ipsum.txt: 192.0.2.7<TAB>9
+        (TcpConnect, "198.51.100.1:80", Blocked), // in two lists
+        (TcpConnect, "192.0.2.8:80", Allowed),
+        (TcpConnect, "192.0.2.200:80", Allowed),
+    ]);
+}
+
 /// Runs `blocker run --cgroup <new cgroup> ARGS`, expects exit 2, checks that stderr holds
 /// every `wanted` piece and that nothing was attached; returns stderr.
 fn refused(args: &[&str], wanted: &[&str]) -> String {
@@ -83,6 +112,8 @@ fn bad_policy_files_name_the_line_and_attach_nothing() {
     refused(&["--policy", blok.to_str().unwrap()], &["policy.toml:8: unknown action \"blok\""]);
     let list = dir.write("list.txt", "192.0.2.1\n192.0.2.300\n");
     refused(&["--block-list", list.to_str().unwrap()], &["list.txt:2:", "192.0.2.300"]);
+    let list = dir.write("extra.txt", "192.0.2.1\t7\n192.0.2.2 ; SBL1\n192.0.2.3 block\n");
+    refused(&["--block-list", list.to_str().unwrap()], &["extra.txt:3: \"block\" after the rule"]);
     let missing = dir.write("p2.toml", "[[list]]\naction = \"allow\"\npath = \"nope.txt\"\n");
     refused(&["--policy", missing.to_str().unwrap()], &["nope.txt"]);
     refused(&["--block", "10.1.2.3/8"], &["10.1.2.3/8", "10.0.0.0/8"]);

@@ -72,7 +72,8 @@ pub struct RunArgs {
     /// Verdict for destinations no rule matches [default: the policy file's, else allow]
     #[arg(long, value_enum, value_name = "VERDICT")]
     pub default: Option<DefaultVerdict>,
-    /// File of rules to block, one a line (# comments, blank lines allowed); repeatable
+    /// File of rules to block, one a line (# and ; comments, blank lines and a count after the
+    /// rule allowed, as public blocklists ship them); repeatable
     #[arg(long = "block-list", value_name = "FILE")]
     pub block_list: Vec<PathBuf>,
     /// File of rules to allow, one a line; repeatable
