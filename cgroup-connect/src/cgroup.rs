@@ -31,6 +31,15 @@ pub enum CgroupError {
         ShortPath(path)
     )]
     NotFound { path: PathBuf },
+    /// The directory does not exist and would not be on the cgroup v2 tree: on a hybrid host
+    /// that tree is mounted below /sys/fs/cgroup, at /sys/fs/cgroup/unified.
+    #[error(
+        "cgroup directory {} does not exist, and is not on the cgroup v2 tree, which is mounted at {}: {}",
+        ShortPath(path),
+        ShortPath(root),
+        OffTreeFix(root, suggestion.as_deref())
+    )]
+    OffTree { path: PathBuf, root: PathBuf, suggestion: Option<PathBuf> },
     /// The path is not a directory.
     #[error(
         "{} is not a directory: pass a cgroup v2 directory, such as {}",
@@ -52,6 +61,35 @@ pub enum CgroupError {
         #[source]
         source: io::Error,
     },
+}
+
+/// The fix an [`CgroupError::OffTree`] message ends with.
+struct OffTreeFix<'a>(&'a Path, Option<&'a Path>);
+
+impl std::fmt::Display for OffTreeFix<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.1 {
+            Some(path) => write!(f, "use {}", ShortPath(path)),
+            None => write!(f, "pass a directory under {}", ShortPath(self.0)),
+        }
+    }
+}
+
+/// The error for `path`, which does not exist: [`CgroupError::OffTree`] when the cgroup v2
+/// tree is known and `path` is not under it, suggesting the same place under the tree when
+/// `path` is beside it (`/sys/fs/cgroup/x` for `/sys/fs/cgroup/unified/x`).
+fn not_found(path: PathBuf) -> CgroupError {
+    let Ok(root) = cgroup2_root() else { return CgroupError::NotFound { path } };
+    let Ok(absolute) = std::path::absolute(&path) else { return CgroupError::NotFound { path } };
+    if absolute.starts_with(&root) {
+        return CgroupError::NotFound { path };
+    }
+    let suggestion = root
+        .parent()
+        .filter(|p| *p != Path::new("/"))
+        .and_then(|parent| absolute.strip_prefix(parent).ok())
+        .map(|rest| root.join(rest));
+    CgroupError::OffTree { path, root, suggestion }
 }
 
 /// The mount point of the cgroup v2 hierarchy, read from /proc/self/mountinfo:
@@ -109,7 +147,8 @@ pub struct CgroupDir {
 }
 
 impl CgroupDir {
-    /// Opens `path` and checks that it is a directory on a cgroup v2 mount.
+    /// Opens `path` and checks that it is a directory on a cgroup v2 mount; keeps its
+    /// canonical path.
     ///
     /// # Errors
     /// A [`CgroupError`] that names `path` and says how to fix it.
@@ -118,14 +157,15 @@ impl CgroupDir {
         let hint = || cgroup2_root().unwrap_or_else(|_| PathBuf::from("/sys/fs/cgroup"));
         let meta = match std::fs::metadata(&path) {
             Ok(meta) => meta,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(CgroupError::NotFound { path });
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not_found(path)),
             Err(source) => return Err(CgroupError::Io { path, source }),
         };
         if !meta.is_dir() {
             return Err(CgroupError::NotADirectory { path, hint: hint() });
         }
+        // Resolved and absolute: a state file names the same directory from any folder.
+        let path =
+            std::fs::canonicalize(&path).map_err(|source| CgroupError::Io { path, source })?;
         let dir =
             File::open(&path).map_err(|source| CgroupError::Io { path: path.clone(), source })?;
         match fs_magic(dir.as_fd()) {
@@ -142,7 +182,7 @@ impl CgroupDir {
         }
     }
 
-    /// The path it was opened with.
+    /// Its canonical path: absolute, with no `.`, `..` or symbolic link.
     #[must_use]
     pub fn path(&self) -> &Path {
         &self.path

@@ -169,8 +169,10 @@ fn attach(
         bail!(BusyError { name: paths.name.clone(), pid: prev.pid.unwrap_or_default() });
     }
     let found = if paths.has_pinned_links() {
+        // A state written before paths were stored canonical may name the cgroup otherwise.
         if let Some(prev) = &previous
-            && prev.cgroup != cgroup.path()
+            && std::fs::canonicalize(&prev.cgroup).unwrap_or_else(|_| prev.cgroup.clone())
+                != cgroup.path()
         {
             bail!(ElsewhereError {
                 name: paths.name.clone(),

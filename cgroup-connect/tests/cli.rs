@@ -2,7 +2,7 @@
 //! nothing attached; `blocker doctor` passes on this machine.
 mod common;
 
-use common::{assert_nothing_attached, blocker_output, temp_cgroup};
+use common::{Blocker, assert_nothing_attached, blocker_output, temp_cgroup};
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -32,6 +32,53 @@ fn missing_directory_is_named() {
     let err = stderr(&out);
     assert!(err.contains(dir.to_str().unwrap()) && err.contains("does not exist"), "{err}");
     assert_eq!(err.lines().count(), 1, "one message: {err}");
+}
+
+/// A missing directory beside the cgroup v2 tree (on a hybrid host, /sys/fs/cgroup/x when the
+/// tree is at /sys/fs/cgroup/unified) is not to be made there: the message says where the
+/// tree is, and where the directory belongs.
+#[test]
+fn missing_directory_off_the_cgroup2_tree_names_the_tree() {
+    require_privileges!();
+    let root = common::cgroup_root();
+    let name = "cgroup-connect-test-does-not-exist";
+    let dir =
+        root.parent().unwrap_or_else(|| panic!("{} has no parent", root.display())).join(name);
+    let out = blocker_output(&["run", "--cgroup", dir.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = stderr(&out);
+    let tree = format!("is not on the cgroup v2 tree, which is mounted at {}", root.display());
+    assert!(err.contains(dir.to_str().unwrap()) && err.contains(&tree), "{err}");
+    assert!(err.contains(&format!("use {}", root.join(name).display())), "{err}");
+    assert!(!err.contains("mkdir"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one message: {err}");
+}
+
+/// `--cgroup` as a relative path with `..` is stored resolved and absolute: `status` shows
+/// it so, and the instance is adopted from another folder by its absolute path.
+#[test]
+fn cgroup_paths_are_stored_resolved_and_absolute() {
+    require_privileges!();
+    let cg = temp_cgroup();
+    let (parent, leaf) = (cg.path().parent().unwrap(), cg.path().file_name().unwrap());
+    let leaf = leaf.to_str().unwrap();
+    let relative = format!("./{leaf}/../{leaf}");
+    let name = common::instance_name();
+    let mut first = Blocker::start_in(parent, &["--cgroup", &relative, "--name", &name, "--pin"]);
+    let absolute = cg.path().to_str().unwrap();
+    assert!(
+        first.attached_line.contains(&format!("cgroup {absolute} ")),
+        "{}",
+        first.attached_line
+    );
+    let out = blocker_output(&["status", "--json"], None);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = rows.as_array().unwrap().iter().find(|r| r["name"] == name.as_str());
+    assert_eq!(row.map(|r| r["cgroup"].clone()), Some(absolute.into()), "{rows}");
+    let (status, _) = first.stop(libc::SIGTERM);
+    assert!(status.success(), "{status}");
+    let again = Blocker::start(&["--cgroup", absolute, "--name", &name]);
+    assert!(again.attached_line.contains(absolute), "{}", again.attached_line);
 }
 
 /// A cgroup v1 controller directory if this machine has one, else a plain directory: both are

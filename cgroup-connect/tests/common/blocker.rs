@@ -33,6 +33,12 @@ impl Blocker {
     /// to 30 s) for its `attached` line.
     #[must_use]
     pub fn start(args: &[&str]) -> Self {
+        Self::start_in(std::path::Path::new("."), args)
+    }
+
+    /// Like [`Blocker::start`], from the folder `cwd`.
+    #[must_use]
+    pub fn start_in(cwd: &std::path::Path, args: &[&str]) -> Self {
         let name = match args.iter().position(|a| *a == "--name") {
             Some(i) => args[i + 1].to_owned(),
             None => instance_name(),
@@ -42,6 +48,7 @@ impl Blocker {
             full.extend(["--name", &name]);
         }
         let mut child = Command::new(BLOCKER)
+            .current_dir(cwd)
             .arg("run")
             .args(&full)
             .stdout(Stdio::piped())
