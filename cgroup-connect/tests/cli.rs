@@ -128,6 +128,31 @@ fn unprivileged_user_is_told_what_is_missing() {
     assert_nothing_attached(cg.path());
 }
 
+/// Without root every verb that reads instances says to run as root and exits 3, instead of
+/// "no instances", "no instance named" or a bare "Permission denied".
+#[test]
+fn every_verb_without_root_says_to_run_as_root() {
+    require_privileges!();
+    for args in [
+        &["status"][..],
+        &["status", "--json"],
+        &["list", "default"],
+        &["add", "default", "192.0.2.1"],
+        &["remove", "default", "192.0.2.1"],
+        &["reload", "default"],
+        &["detach", "default"],
+        &["events", "default"],
+        &["stats", "default"],
+    ] {
+        let out = blocker_output(args, Some(65534));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
+        assert!(err.contains("run as root") && err.contains("CAP_BPF"), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: one message: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}: {}", String::from_utf8_lossy(&out.stdout));
+    }
+}
+
 #[test]
 fn doctor_passes_here() {
     require_privileges!();

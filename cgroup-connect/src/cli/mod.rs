@@ -71,6 +71,12 @@ pub enum Command {
 /// # Errors
 /// Whatever the subcommand fails with; [`exit_code`] maps it to the process exit code.
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    // Every verb but these two reads the pins and maps, which need the privileges: without
+    // them, say so (exit 3) rather than "no instance" or a bare EACCES. `run` checks once
+    // its arguments are read (a bad flag is a usage error on any machine); `doctor` reports.
+    if !matches!(cli.command, Command::Run(_) | Command::Doctor) {
+        crate::privileges::check()?;
+    }
     match cli.command {
         Command::Run(args) => run::run(&args),
         Command::Add(args) => edit::add(&args),
