@@ -6,7 +6,8 @@
 //! - [`table`]: the layout of the rule tables and their size classes;
 //! - [`word`]: verdict words and the protocol a rule may name;
 //! - [`decision`]: the decision order and the table search the programs run;
-//! - [`sock_addr`]: the destination's address and port, from network byte order.
+//! - [`sock_addr`]: the destination's address and port, from network byte order; the peer
+//!   when a send names none.
 //!
 //! Every item is also exported at the crate root.
 #![no_std]
@@ -25,7 +26,7 @@ pub mod word;
 pub use decision::{MAX_SEARCH_STEPS, Rank, decide, decide_v4, entry_matches};
 pub use event::{Event, RULE_FAILED_CLOSED, hook, verdict};
 pub use names::{CONFIG_AUDIT, EVENTS_BYTES, RULE_HITS_CAPACITY, config, maps, programs, stats};
-pub use sock_addr::{ip4_from_user, ip6_from_user, mapped_ip4, port_from_user};
+pub use sock_addr::{ip4_from_user, ip6_from_user, mapped_ip4, or_peer, port_from_user};
 pub use table::{
     ALL_PORTS, BPF_F_MMAPABLE, CHUNK_BITS, CHUNK_MASK, CHUNK_RECORDS, Chunk, MAX_CLASS_LEN,
     MAX_DATA_CHUNKS, MAX_INTERVALS, MAX_RULES_PER_FAMILY, Record, TABLE_CLASSES, TABLE_FLAGS,

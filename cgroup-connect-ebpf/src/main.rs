@@ -1,13 +1,18 @@
 //! The cgroup `sock_addr` programs: connect4/6 and sendmsg4/6. Each entry point is thin: it
 //! calls `try_<hook>` and turns the result into a verdict. The decision itself is
 //! `cgroup_connect_common::decide`, shared with userspace and pinned down by host unit tests;
-//! `finish` counts it, reports blocks as events, and applies audit mode.
+//! `finish` counts it, reports blocks as events, and applies audit mode. A send that names no
+//! destination (a connected UDP socket sending with ancillary data) is judged by the socket's
+//! peer, through the same tables.
 //!
 //! Failure policy: a missing or malformed table fails closed (BLOCK, counted in
 //! `stats::FAILED_CLOSED`). Userspace sets the tables before it attaches, so this only happens
 //! on a bug, and a firewall that silently lets traffic through on a bug looks safe while it is
 //! not. Counting and events never change a verdict: a full ring buffer or a full hit table
-//! only loses the report (counted in `stats::EVENTS_LOST`).
+//! only loses the report (counted in `stats::EVENTS_LOST`). Reading the peer adds no error
+//! path: the verifier checks those reads at load time, so they cannot fail at run time. A send
+//! that names no destination on a socket without a peer (the kernel refuses it before the hook
+//! anyway) is judged as before, as 0.0.0.0 or :: port 0: blocked in default-deny mode.
 #![no_std]
 #![no_main]
 #![expect(
@@ -16,6 +21,7 @@
 )]
 
 use aya_ebpf::{
+    bindings::bpf_sock,
     btf_maps::{Array, ArrayOfMaps, LruPerCpuHashMap, PerCpuArray, RingBuf},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
@@ -27,8 +33,8 @@ use aya_ebpf::{
 use cgroup_connect_common::{
     ALLOW, BLOCK, CONFIG_AUDIT, Chunk, EVENTS_BYTES, Event, Proto, RULE_FAILED_CLOSED,
     RULE_HITS_CAPACITY, Record, TABLE_CLASSES, TABLE_FLAGS, V4Record, V6Record, config, decide,
-    decide_v4, hook, ip4_from_user, ip6_from_user, mapped_ip4, port_from_user, stats, verdict,
-    word,
+    decide_v4, hook, ip4_from_user, ip6_from_user, mapped_ip4, or_peer, port_from_user, stats,
+    verdict, word,
 };
 
 /// One outer map per table size class: its template fixes the table size, so the verifier
@@ -139,7 +145,8 @@ pub fn reference_allow(_ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
-/// What is being decided: the destination as the caller gave it.
+/// What is being decided: the destination as the caller gave it, or for a send that named none,
+/// the socket's peer (see `or_peer`).
 struct Attempt {
     family: u8,
     hook: u8,
@@ -153,8 +160,17 @@ struct Attempt {
 fn try_v4(ctx: &SockAddrContext, hook: u8) -> Result<i32, i32> {
     // SAFETY: the kernel hands every sock_addr program a valid bpf_sock_addr.
     let sa = unsafe { &*ctx.sock_addr };
-    let addr = ip4_from_user(sa.user_ip4);
-    let port = port_from_user(sa.user_port);
+    let (addr, port) = (ip4_from_user(sa.user_ip4), port_from_user(sa.user_port));
+    let (addr, port) = if hook == hook::SENDMSG {
+        or_peer(addr, port, || {
+            let sk = peer_socket(ctx);
+            // SAFETY: see peer_socket; dst_ip4 is readable from 5.1, one u32.
+            let peer = unsafe { (*sk).dst_ip4 };
+            (ip4_from_user(peer), peer_port(sk))
+        })
+    } else {
+        (addr, port)
+    };
     let attempt =
         Attempt { family: 4, hook, protocol: sa.protocol, addr: (0, u64::from(addr)), port };
     let word = judge_v4(addr, port, Proto::from_ip_proto(sa.protocol));
@@ -168,15 +184,46 @@ fn try_v6(ctx: &SockAddrContext, hook: u8) -> Result<i32, i32> {
     // user_ip6 array can trip the verifier.
     let sa = unsafe { &*ctx.sock_addr };
     let words = [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]];
-    let port = port_from_user(sa.user_port);
+    let (addr, port) = (ip6_from_user(words), port_from_user(sa.user_port));
+    let (addr, port) = if hook == hook::SENDMSG {
+        or_peer(addr, port, || {
+            let sk = peer_socket(ctx);
+            // SAFETY: see peer_socket; dst_ip6 is readable from 5.1, one u32 at a time.
+            let peer =
+                unsafe { [(*sk).dst_ip6[0], (*sk).dst_ip6[1], (*sk).dst_ip6[2], (*sk).dst_ip6[3]] };
+            (ip6_from_user(peer), peer_port(sk))
+        })
+    } else {
+        (addr, port)
+    };
     let proto = Proto::from_ip_proto(sa.protocol);
-    let addr = ip6_from_user(words);
     let attempt = Attempt { family: 6, hook, protocol: sa.protocol, addr, port };
     let word = match mapped_ip4(addr) {
         Some(v4) => judge_v4(v4, port, proto),
         None => judge_v6(addr, port, proto),
     };
     finish(&attempt, word)
+}
+
+/// The socket a sendmsg program runs for (`bpf_sock_addr.sk`, readable from 5.3; the verifier
+/// types it as a socket that is never null). Only read when the send named no destination.
+#[inline(always)]
+fn peer_socket(ctx: &SockAddrContext) -> *const bpf_sock {
+    // SAFETY: the kernel hands every sock_addr program a valid bpf_sock_addr whose sk is set.
+    unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk }
+}
+
+/// The peer's port from `bpf_sock.dst_port`, 0 without a peer. Read as a whole u32, which
+/// every kernel from 5.1 allows and fills with the 16-bit port in network byte order, like
+/// `user_port`; the 2-byte read the binding's `__be16` would make is only defined from 5.19.
+#[inline(always)]
+#[expect(
+    clippy::cast_ptr_alignment,
+    reason = "dst_port starts a 4-byte aligned u32 slot of bpf_sock, which the padding completes"
+)]
+fn peer_port(sk: *const bpf_sock) -> u16 {
+    // SAFETY: sk comes from peer_socket; dst_port starts a u32 slot of the context.
+    port_from_user(unsafe { (&raw const (*sk).dst_port).cast::<u32>().read() })
 }
 
 /// Counts the decision, reports a block, and applies audit mode. `Err(BLOCK)`: no valid table.

@@ -153,3 +153,11 @@ fn a_million_line_list_enforces() {
         (UdpSendto, "10.7.0.0:53", Blocked),
     ]);
 }
+
+/// A connected UDP socket that sends with `IP_TOS` and no address: the sendmsg hook sees no
+/// destination, and judges the socket's peer.
+#[test]
+fn a_send_with_ancillary_data_is_judged_by_its_peer() {
+    require_privileges!();
+    common::expect_cmsg_sends_judged_by_peer("127.0.0.1");
+}

@@ -80,3 +80,11 @@ fn a_million_line_ipv6_list_enforces() {
         (TcpConnect, "[2001:db8::1e:8480]:80", Allowed),
     ]);
 }
+
+/// A connected UDP socket that sends with `IPV6_TCLASS` and no address: the sendmsg hook sees no
+/// destination, and judges the socket's peer.
+#[test]
+fn an_ipv6_send_with_ancillary_data_is_judged_by_its_peer() {
+    require_privileges!();
+    common::expect_cmsg_sends_judged_by_peer("::1");
+}

@@ -30,8 +30,9 @@ pub use mounts::{BpfMount, as_nobody, in_private_mounts};
 pub use netns::Netns;
 pub use probe::{
     Outcome, Place, Probe, ProbeReport, Prober, connect_in, flood, listener, lo, outcome, probe,
+    send_connected_with_cmsg,
 };
-pub use scene::Scene;
+pub use scene::{Scene, expect_cmsg_sends_judged_by_peer};
 pub use tempdir::TempDir;
 
 /// True when the test may use BPF. Prints why not otherwise; under CI=true a missing

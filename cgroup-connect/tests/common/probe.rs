@@ -2,7 +2,10 @@
 //! outcome as the firewall sees it, a flood of connects, and a thread that keeps probing while a
 //! test changes the instance.
 use std::{
+    fs::File,
+    io::Write as _,
     net::{SocketAddr, TcpListener},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::Path,
     sync::{
         Arc,
@@ -214,5 +217,111 @@ impl Prober {
         }
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().unwrap_or_else(|_| panic!("the prober thread panicked"))
+    }
+}
+
+/// A connected UDP socket's send with ancillary data (`IP_TOS` on IPv4, `IPV6_TCLASS` on IPv6)
+/// and no address, the case where the sendmsg hook sees no destination. A child in `cgroup`
+/// connects to `dst`, then waits while `between` runs in the test (starting a blocker there
+/// judges a peer it never saw connect), then sends one byte. Returns what `between` returned
+/// and Ok(()) or Err(errno) of the send; panics if the connect fails.
+pub fn send_connected_with_cmsg<T>(
+    cgroup: &Path,
+    dst: SocketAddr,
+    between: impl FnOnce() -> T,
+) -> (T, Result<(), i32>) {
+    let addr = socket2::SockAddr::from(dst);
+    let (family, level, kind) = if dst.is_ipv4() {
+        (libc::AF_INET, libc::IPPROTO_IP, libc::IP_TOS)
+    } else {
+        (libc::AF_INET6, libc::IPPROTO_IPV6, libc::IPV6_TCLASS)
+    };
+    let (ready_r, ready_w) = pipe();
+    let (go_r, mut go_w) = pipe();
+    let (ready_w_fd, go_r_fd) = (ready_w.as_raw_fd(), go_r.as_raw_fd());
+    std::thread::scope(|scope| {
+        let child = scope.spawn(|| {
+            in_child(&format!("connected send with a cmsg to {dst}"), Some(cgroup), None, || {
+                // SAFETY: raw syscalls on the stack and on memory prepared before the fork.
+                unsafe { connected_send(family, &addr, (level, kind), ready_w_fd, go_r_fd) }
+            })
+        });
+        if !wait_readable(&ready_r) {
+            drop(go_w);
+            let _ = child.join();
+            panic!("the child did not connect to {dst}");
+        }
+        let between = between();
+        let _ = go_w.write(b"g");
+        drop(go_w);
+        let errno = child.join().unwrap_or_else(|_| panic!("the sending child's thread panicked"));
+        (between, if errno == 0 { Ok(()) } else { Err(errno.cast_signed()) })
+    })
+}
+
+/// The child's part of [`send_connected_with_cmsg`]: connect, say so on `ready`, wait for a
+/// byte on `go`, send with one int-sized cmsg of `(level, kind)`; the errno or 0. None when the
+/// socket, the connect or the wait failed.
+///
+/// # Safety
+/// Only raw syscalls: safe to call in a forked child.
+unsafe fn connected_send(
+    family: i32,
+    addr: &socket2::SockAddr,
+    (level, kind): (i32, i32),
+    ready: i32,
+    go: i32,
+) -> Option<u32> {
+    // SAFETY: the caller's contract: raw syscalls on the stack and on `addr`.
+    unsafe {
+        let s = libc::socket(family, libc::SOCK_DGRAM, libc::IPPROTO_UDP);
+        if s < 0 || libc::connect(s, addr.as_ptr().cast(), addr.len()) != 0 {
+            return None;
+        }
+        libc::write(ready, b"r".as_ptr().cast(), 1);
+        let mut poll = libc::pollfd { fd: go, events: libc::POLLIN, revents: 0 };
+        let mut byte = 0u8;
+        if libc::poll(&raw mut poll, 1, 60_000) != 1
+            || libc::read(go, (&raw mut byte).cast(), 1) != 1
+        {
+            return None;
+        }
+        let value: libc::c_int = 0x10;
+        let value_len = u32::try_from(size_of::<libc::c_int>()).ok()?;
+        let mut control = [0u64; 4]; // aligned for cmsghdr; CMSG_SPACE(4) is 24 bytes
+        let mut iov = libc::iovec { iov_base: b"x".as_ptr().cast_mut().cast(), iov_len: 1 };
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(value_len) as usize;
+        let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        (*cmsg).cmsg_level = level;
+        (*cmsg).cmsg_type = kind;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(value_len) as usize;
+        libc::CMSG_DATA(cmsg).cast::<libc::c_int>().write_unaligned(value);
+        let sent = libc::sendmsg(s, &raw const msg, 0);
+        Some(if sent == 1 { 0 } else { (*libc::__errno_location()).cast_unsigned() })
+    }
+}
+
+/// A close-on-exec pipe: (read end, write end).
+fn pipe() -> (OwnedFd, File) {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 fills two fds.
+    let made = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(made, 0, "pipe: {}", std::io::Error::last_os_error());
+    // SAFETY: pipe2 made these two fds, and nothing else owns them.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) }
+}
+
+/// Whether `fd` has a byte to read within 60 s (false: it closed or the time passed).
+fn wait_readable(fd: &OwnedFd) -> bool {
+    let mut poll = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut byte = 0u8;
+    // SAFETY: one pollfd, then at most one byte into `byte`.
+    unsafe {
+        libc::poll(&raw mut poll, 1, 60_000) == 1
+            && libc::read(fd.as_raw_fd(), (&raw mut byte).cast(), 1) == 1
     }
 }

@@ -1,8 +1,14 @@
 //! A scene: a blocker guarding a fresh cgroup, with a namespace holding the test addresses,
 //! and the checks made from inside it.
-use std::net::SocketAddr;
+use std::{
+    net::{SocketAddr, UdpSocket},
+    time::Duration,
+};
 
-use super::{Blocker, Netns, Outcome, Place, Probe, TempCgroup, outcome, probe, temp_cgroup};
+use super::{
+    Blocker, Netns, Outcome, Place, Probe, TempCgroup, outcome, probe, send_connected_with_cmsg,
+    temp_cgroup,
+};
 
 /// Where the tests of one blocker run: a cgroup, a namespace with test addresses, the blocker.
 pub struct Scene {
@@ -58,4 +64,31 @@ impl Scene {
     fn place(&self, mapped: bool) -> Place<'_> {
         Place { cgroup: Some(self.cgroup.path()), netns: Some(self.netns.path()), mapped }
     }
+}
+
+/// Asserts that a connected UDP socket's send with ancillary data and no address (see
+/// [`send_connected_with_cmsg`]) is judged by its peer, a listener on loopback address `ip`:
+/// allowed and delivered in default-deny mode with an allow rule for the peer; EPERM in
+/// default-deny mode without one, and in default-allow mode with a block rule for it. Each
+/// blocker starts after the socket connected, so only the send is judged.
+pub fn expect_cmsg_sends_judged_by_peer(ip: &str) {
+    let peer = UdpSocket::bind((ip, 0)).unwrap_or_else(|e| panic!("bind UDP on {ip}: {e}"));
+    peer.set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap_or_else(|e| panic!("timeout on the UDP listener: {e}"));
+    let dst = peer.local_addr().unwrap_or_else(|e| panic!("address of the UDP listener: {e}"));
+    let rule = format!("udp://{dst}");
+    let cgroup = temp_cgroup();
+    let path = cgroup.path();
+    let cg = path.to_str().unwrap_or_else(|| panic!("non-UTF-8 cgroup path {}", path.display()));
+    let send = |args: &[&str]| {
+        let all = [&["--cgroup", cg], args].concat();
+        let (_blocker, sent) = send_connected_with_cmsg(path, dst, || Blocker::start(&all));
+        sent
+    };
+    assert_eq!(send(&["--default", "deny", "--allow", &rule]), Ok(()), "allowed peer {dst}");
+    let mut got = [0u8; 4];
+    let n = peer.recv(&mut got).unwrap_or_else(|e| panic!("datagram to {dst}: {e}"));
+    assert_eq!(&got[..n], b"x", "the datagram that reached {dst}");
+    assert_eq!(send(&["--default", "deny"]), Err(libc::EPERM), "peer {dst} without a rule");
+    assert_eq!(send(&["--block", &rule]), Err(libc::EPERM), "blocked peer {dst}");
 }
