@@ -121,6 +121,9 @@ build_common_cpio() {
     for test in "${TESTS[@]}"; do
         stage_elf "$root" "$test"
     done
+    # The files the tests read (sample lists), at the paths the tests were built with.
+    mkdir -p "$root$ROOT_DIR/cgroup-connect/tests"
+    cp -r "$ROOT_DIR/cgroup-connect/tests/data" "$root$ROOT_DIR/cgroup-connect/tests/data"
     cp "$guest_dir/init.sh" "$root/init"
     cp "$guest_dir/suite.sh" "$root/matrix/suite.sh"
     echo "$BLOCKER" >"$root/matrix/blocker"
