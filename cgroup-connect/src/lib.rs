@@ -25,5 +25,6 @@ pub mod rules;
 pub mod state;
 pub mod systemd;
 pub mod table;
+pub mod target;
 pub mod timings;
 pub mod view;

@@ -19,6 +19,7 @@ use crate::{
     pins::InstancePaths,
     policy::{Origin, Policy, PolicyError, SourcedRule, Sources},
     rules::{Action, Destination, Rule},
+    target::Target,
 };
 
 /// Why the state could not be read or written.
@@ -88,6 +89,10 @@ impl LiveRule {
 pub struct State {
     pub name: String,
     pub cgroup: PathBuf,
+    /// The workload as named on the command line (`--unit`, `--container`, `--pid`, `--pod`),
+    /// which `cgroup` was resolved from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
     /// Whether its links are pinned (it outlives its process).
     pub pinned: bool,
     /// Audit mode: report, block nothing.
@@ -117,6 +122,7 @@ impl State {
         Self {
             name: name.to_owned(),
             cgroup,
+            target: None,
             pinned: false,
             audit: false,
             since,

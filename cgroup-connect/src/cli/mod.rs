@@ -20,6 +20,7 @@ use crate::{
     privileges::PrivilegeError,
     resolve::ResolveError,
     table::TableError,
+    target::TargetError,
 };
 
 pub mod detach;
@@ -45,7 +46,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load, attach to a cgroup, enforce the rules, stay attached until SIGINT/SIGTERM.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Add rules to a running or pinned instance, at once.
     Add(edit::EditArgs),
     /// Remove rules from a running or pinned instance, at once.
@@ -101,6 +102,7 @@ pub const EXIT_UNSUPPORTED: u8 = 3;
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         if cause.is::<CgroupError>()
+            || cause.is::<TargetError>()
             || cause.is::<PolicyError>()
             || cause.is::<ResolveError>()
             || cause.is::<TableError>()

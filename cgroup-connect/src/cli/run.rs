@@ -21,7 +21,9 @@ use crate::{
     resolve::Names,
     rules::{Action, Destination},
     state::State,
-    systemd, timings,
+    systemd,
+    target::{self, Resolver, Target},
+    timings,
     view::PolicyView,
 };
 
@@ -40,8 +42,21 @@ pub enum DefaultVerdict {
 pub struct RunArgs {
     /// cgroup v2 directory to attach to [default: the root of the cgroup v2 mount, found in
     /// /proc/self/mountinfo]
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", group = "target")]
     pub cgroup: Option<PathBuf>,
+    /// Protect the cgroup of a systemd unit: NAME.service, NAME.slice or NAME.scope (no suffix
+    /// means .service)
+    #[arg(long, value_name = "UNIT", group = "target", value_parser = target::unit_name)]
+    pub unit: Option<String>,
+    /// Protect the cgroup of a container (Docker, Podman, containerd, CRI-O), by ID or name
+    #[arg(long, value_name = "ID|NAME", group = "target", value_parser = target::container_name)]
+    pub container: Option<String>,
+    /// Protect the cgroup that process PID is in now
+    #[arg(long, value_name = "PID", group = "target")]
+    pub pid: Option<u32>,
+    /// Protect the cgroup of a Kubernetes pod on this node, by its metadata.uid
+    #[arg(long, value_name = "UID", group = "target", value_parser = target::pod_uid)]
+    pub pod: Option<String>,
     /// Instance name: its maps are pinned under /sys/fs/bpf/cgroup-connect/NAME
     #[arg(long, value_name = "NAME", default_value = pins::DEFAULT_NAME)]
     pub name: String,
@@ -85,6 +100,17 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// The workload as named by --unit, --container, --pid or --pod, if one of them is given.
+    #[must_use]
+    pub fn target(&self) -> Option<Target> {
+        self.unit
+            .clone()
+            .map(Target::Unit)
+            .or_else(|| self.container.clone().map(Target::Container))
+            .or_else(|| self.pid.map(Target::Pid))
+            .or_else(|| self.pod.clone().map(Target::Pod))
+    }
+
     /// The rule sources, with the seed's default rule when none is given.
     ///
     /// # Panics
@@ -117,11 +143,16 @@ impl RunArgs {
 /// an error.
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let paths = InstancePaths::new(&args.name)?;
-    let cgroup = match &args.cgroup {
-        Some(dir) => CgroupDir::open(dir)?,
-        None => CgroupDir::open(cgroup::cgroup2_root()?)?,
+    let target = args.target();
+    let cgroup = match (&args.cgroup, &target) {
+        (Some(dir), _) => CgroupDir::open(dir)?,
+        (None, Some(target)) => {
+            CgroupDir::open(Resolver::host(cgroup::cgroup2_root()?).resolve(target)?)?
+        }
+        (None, None) => CgroupDir::open(cgroup::cgroup2_root()?)?,
     };
     let mut state = State::new(&args.name, cgroup.path().to_owned(), args.sources().absolute());
+    state.target = target;
     state.audit = args.audit;
     state.pinned = args.pin;
     let metrics_addr = args.metrics.as_deref().map(metrics::parse_addr).transpose()?;
@@ -256,7 +287,7 @@ mod tests {
             std::iter::once("blocker").chain(std::iter::once("run")).chain(args.iter().copied()),
         )?;
         let Command::Run(args) = cli.command else { panic!("not run") };
-        Ok(args)
+        Ok(*args)
     }
 
     #[test]

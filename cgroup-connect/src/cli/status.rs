@@ -19,6 +19,8 @@ pub struct StatusArgs {
 struct Row {
     name: String,
     cgroup: String,
+    /// The workload as named (`unit nginx.service`), null for a cgroup given as a directory.
+    target: Option<String>,
     pinned: bool,
     mode: &'static str,
     since: String,
@@ -47,10 +49,11 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
     }
     for r in rows {
         println!(
-            "{}: {} on {}, {}{}, {} rules ({} IPv4, {} IPv6 prefixes), since {}{}",
+            "{}: {} on {}{}, {}{}, {} rules ({} IPv4, {} IPv6 prefixes), since {}{}",
             r.name,
             r.state,
             r.cgroup,
+            r.target.as_ref().map(|t| format!(" ({t})")).unwrap_or_default(),
             r.mode,
             if r.pinned { ", pinned" } else { "" },
             r.counts.rules,
@@ -70,6 +73,7 @@ fn row(paths: &InstancePaths) -> Row {
     Row {
         name: paths.name.clone(),
         cgroup: state.as_ref().map_or_else(|| "?".to_owned(), |s| s.cgroup.display().to_string()),
+        target: state.as_ref().and_then(|s| s.target.as_ref()).map(ToString::to_string),
         pinned: linked,
         mode: if state.as_ref().is_some_and(|s| s.audit) { "audit" } else { "enforce" },
         since: state
