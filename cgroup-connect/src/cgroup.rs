@@ -215,6 +215,88 @@ fn fs_magic(fd: BorrowedFd<'_>) -> io::Result<i64> {
     Ok(st.f_type)
 }
 
+/// Tells when a cgroup's directory may have been removed or made anew (a service restart
+/// does both): inotify on its parent, which sees every `mkdir` and `rmdir` of its children.
+pub struct CgroupWatch {
+    inotify: tokio::io::unix::AsyncFd<inotify::Inotify>,
+    name: std::ffi::OsString,
+    /// False once the parent went away (the kernel drops the watch then).
+    alive: bool,
+}
+
+impl CgroupWatch {
+    /// Watches the parent of `path`.
+    ///
+    /// # Errors
+    /// When `path` has no parent (the root of the tree, never removed) or inotify fails.
+    pub fn new(path: &Path) -> io::Result<Self> {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the root cgroup has no parent",
+            ));
+        };
+        let inotify = inotify::Inotify::init()?;
+        inotify.watches().add(
+            parent,
+            inotify::WatchMask::CREATE
+                | inotify::WatchMask::DELETE
+                | inotify::WatchMask::MOVED_FROM
+                | inotify::WatchMask::MOVED_TO
+                | inotify::WatchMask::DELETE_SELF
+                | inotify::WatchMask::ONLYDIR,
+        )?;
+        // SAFETY: the Inotify owns its descriptor, which stays open and the same until the
+        // AsyncFd (its only owner) is dropped.
+        let inotify =
+            unsafe { tokio::io::unix::AsyncFd::register(inotify) }.map_err(|e| e.into_parts().1)?;
+        Ok(Self { inotify, name: name.to_owned(), alive: true })
+    }
+
+    /// Whether the watch still works (its parent was not removed).
+    #[must_use]
+    pub fn alive(&self) -> bool {
+        self.alive
+    }
+
+    /// Waits until an event names the cgroup's directory, or the parent goes away; never
+    /// returns once the watch is dead.
+    ///
+    /// # Errors
+    /// When reading the events fails.
+    pub async fn changed(&mut self) -> io::Result<()> {
+        let mut buffer = [0u8; 4096];
+        loop {
+            if !self.alive {
+                return std::future::pending().await;
+            }
+            let mut ready = self.inotify.readable_mut().await?;
+            let events = match ready.get_inner_mut().read_events(&mut buffer) {
+                Ok(events) => events,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready.clear_ready();
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let mut hit = false;
+            for event in events {
+                if event
+                    .mask
+                    .intersects(inotify::EventMask::IGNORED | inotify::EventMask::DELETE_SELF)
+                {
+                    self.alive = false;
+                    hit = true;
+                }
+                hit |= event.name == Some(self.name.as_os_str());
+            }
+            if hit {
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// A child cgroup made for a short time (a doctor check, a test), removed on drop.
 ///
 /// Drop moves any processes still inside to the parent before removing the directory, so a

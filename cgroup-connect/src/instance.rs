@@ -100,6 +100,9 @@ pub struct Started {
     pub instance: Instance,
     /// Whether a pinned instance was adopted (its programs kept enforcing throughout).
     pub adopted: bool,
+    /// Whether the adopted instance's links had lost their cgroup (removed and made anew at
+    /// the same path) and were attached to the new one.
+    pub reattached: bool,
     pub applied: Applied,
 }
 
@@ -149,10 +152,10 @@ pub async fn start(
     // Everything that can fail on the policy fails here, before anything attaches.
     let (policy, tables, counts) = compile(&state, names).await?;
     state.counts = counts;
-    let (instance, adopted) = attach(paths, cgroup, &tables, &mut state, preparing)?;
+    let (instance, adopted, reattached) = attach(paths, cgroup, &tables, &mut state, preparing)?;
     drop(tables);
     release_free_memory();
-    Ok(Started { instance, adopted, applied: Applied { policy, counts } })
+    Ok(Started { instance, adopted, reattached, applied: Applied { policy, counts } })
 }
 
 fn attach(
@@ -161,14 +164,18 @@ fn attach(
     tables: &Tables,
     state: &mut State,
     preparing: Option<JoinHandle<Result<Prepared, LoadError>>>,
-) -> anyhow::Result<(Instance, bool)> {
+) -> anyhow::Result<(Instance, bool, bool)> {
     paths.create_dirs()?;
     let _lock = Lock::acquire(paths)?;
     let previous = State::load(paths)?;
     if let Some(prev) = previous.as_ref().filter(|p| p.process_alive()) {
         bail!(BusyError { name: paths.name.clone(), pid: prev.pid.unwrap_or_default() });
     }
-    let found = if paths.has_pinned_links() {
+    // Links whose cgroup was removed enforce nothing: with the programs pinned they are
+    // attached to the cgroup there now; pins of a version that did not pin programs are
+    // replaced by a new instance.
+    let on_cgroup = links_on(paths, cgroup);
+    let found = if paths.has_pinned_links() && (on_cgroup || paths.has_pinned_programs()) {
         // A state written before paths were stored canonical may name the cgroup otherwise.
         if let Some(prev) = &previous
             && std::fs::canonicalize(&prev.cgroup).unwrap_or_else(|_| prev.cgroup.clone())
@@ -183,8 +190,11 @@ fn attach(
         let mut instance = Instance::open(paths)?;
         instance.swap(tables)?;
         instance.set_audit(state.audit)?;
+        if !on_cgroup {
+            instance.reattach(paths, cgroup, true)?;
+        }
         state.since = previous.as_ref().map_or(state.since, |p| p.since);
-        (instance, true)
+        (instance, true, !on_cgroup)
     } else {
         // Pins left by an unpinned instance that was killed: nothing enforces them.
         loader::unpin(paths)?;
@@ -195,11 +205,46 @@ fn attach(
             // The pins went away while the policy compiled: load now.
             None => Prepared::load()?,
         };
-        (Instance::create(paths, cgroup, tables, state.audit, state.pinned, prepared)?, false)
+        (
+            Instance::create(paths, cgroup, tables, state.audit, state.pinned, prepared)?,
+            false,
+            false,
+        )
     };
+    state.cgroup_id = Some(cgroup.id().context("reading the cgroup's id")?);
     state.served_by_me();
     state.save(paths)?;
     Ok(found)
+}
+
+/// Whether every pinned link of the instance is attached to `cgroup` as it is now (a cgroup
+/// removed and made anew at the same path has another id).
+fn links_on(paths: &InstancePaths, cgroup: &CgroupDir) -> bool {
+    let Ok(id) = cgroup.id() else { return false };
+    cgroup_connect_common::programs::ALL
+        .iter()
+        .map(|p| paths.link(p))
+        .filter(|link| link.exists())
+        .all(|link| loader::pinned_link_cgroup(&link).is_ok_and(|on| on == id))
+}
+
+/// The instance's cgroup was removed and made anew at the same path (a service restart):
+/// attaches its programs to `cgroup`, the new directory, and records its id.
+///
+/// # Errors
+/// A program pin is missing or the attach fails; the state is unchanged then.
+pub fn follow(
+    paths: &InstancePaths,
+    instance: &mut Instance,
+    cgroup: &CgroupDir,
+    pinned: bool,
+) -> anyhow::Result<()> {
+    let _lock = Lock::acquire(paths)?;
+    instance.reattach(paths, cgroup, pinned)?;
+    let mut state = load(paths)?;
+    state.cgroup_id = Some(cgroup.id().context("reading the cgroup's id")?);
+    state.save(paths)?;
+    Ok(())
 }
 
 /// Applies `edit` to the state of instance `paths` under its lock, then recompiles and swaps

@@ -7,7 +7,12 @@
 //! table or the new one, never a mix, and the kernel frees the old table once no program runs
 //! on it. A decision only reads the table of its destination's family (IPv4-mapped IPv6
 //! destinations read the IPv4 one).
-use std::{collections::HashMap as StdHashMap, io, os::fd::AsFd as _, path::PathBuf};
+use std::{
+    collections::HashMap as StdHashMap,
+    io,
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfError, Pod,
@@ -17,7 +22,7 @@ use aya::{
     pin::PinError as AyaPinError,
     programs::{
         CgroupAttachMode, CgroupSockAddr, ProgramError,
-        cgroup_sock_addr::CgroupSockAddrLinkId,
+        cgroup_sock_addr::{CgroupSockAddrAttachType, CgroupSockAddrLinkId},
         links::{FdLink, LinkError, PinnedLink},
     },
 };
@@ -107,7 +112,14 @@ pub enum LoadError {
         #[source]
         source: io::Error,
     },
-    /// Pinning a map or a link failed.
+    /// A pinned program could not be opened.
+    #[error("opening the pinned program {} failed", path.display())]
+    OpenProgram {
+        path: PathBuf,
+        #[source]
+        source: ProgramError,
+    },
+    /// Pinning a map, a program or a link failed.
     #[error("pinning {what} at {} failed", path.display())]
     Pin {
         /// `a map` or `a link`.
@@ -230,23 +242,18 @@ impl Instance {
                     source,
                 })?;
             }
+            for name in programs::ALL {
+                let path = paths.program(name);
+                program(&mut ebpf, name)?.pin(&path).map_err(|source| LoadError::Pin {
+                    what: "a program",
+                    path,
+                    source,
+                })?;
+            }
             let attaching = std::time::Instant::now();
             for name in programs::ALL {
-                let program = program(&mut ebpf, name)?;
-                let id = attach(program, name, cgroup)?;
-                let link = program.take_link(id).map_err(attach_error(name, cgroup))?;
-                let fd_link = FdLink::try_from(link)
-                    .map_err(|source| LoadError::Link { program: name, source })?;
-                this.links.push(if pin_links {
-                    let path = paths.link(name);
-                    HeldLink::Pinned(fd_link.pin(&path).map_err(|source| LoadError::Pin {
-                        what: "a link",
-                        path,
-                        source,
-                    })?)
-                } else {
-                    HeldLink::Owned(fd_link)
-                });
+                let link = attach_link(program(&mut ebpf, name)?, name, cgroup)?;
+                this.links.push(hold(link, pin_links.then(|| paths.link(name)))?);
             }
             crate::timings::add("attach", attaching.elapsed());
             Ok(this)
@@ -255,6 +262,43 @@ impl Instance {
             let _ = unpin(paths);
         }
         result
+    }
+
+    /// Attaches the instance's programs (from their pins) to `cgroup` again, through new links
+    /// that replace the ones this process holds or that are pinned: for a cgroup that was
+    /// removed and made anew at the same path, whose old links went with it.
+    ///
+    /// # Errors
+    /// [`LoadError::OpenProgram`] when a program pin is missing (an instance made by a version
+    /// that did not pin programs), or an attach or pin failure; links already made anew stay.
+    pub fn reattach(
+        &mut self,
+        paths: &InstancePaths,
+        cgroup: &CgroupDir,
+        pin_links: bool,
+    ) -> Result<(), LoadError> {
+        let mut links = Vec::with_capacity(programs::ALL.len());
+        for name in programs::ALL {
+            let path = paths.program(name);
+            let mut program = CgroupSockAddr::from_pin(&path, attach_type(name))
+                .map_err(|source| LoadError::OpenProgram { path, source })?;
+            let link = attach_link(&mut program, name, cgroup)?;
+            links.push(if pin_links {
+                // Pinned beside the old pin, then renamed over it: the pin is never missing
+                // (bpffs refuses dots in names).
+                let new = paths.link(&format!("{name}_new"));
+                let _ = std::fs::remove_file(&new);
+                drop(hold(link, Some(new.clone()))?);
+                let path = paths.link(name);
+                std::fs::rename(&new, &path)
+                    .map_err(|source| LoadError::Unpin { path: new, source })?;
+                HeldLink::Pinned(open_link(path)?)
+            } else {
+                hold(link, None)?
+            });
+        }
+        self.links = links;
+        Ok(())
     }
 
     /// Opens a running or pinned instance from its pins: its maps, and its links if pinned.
@@ -483,6 +527,95 @@ fn attach(
     program.attach(cgroup, CgroupAttachMode::Single).map_err(attach_error(name, cgroup))
 }
 
+/// Attaches `program` to `cgroup` and takes its link over from aya.
+fn attach_link(
+    program: &mut CgroupSockAddr,
+    name: &'static str,
+    cgroup: &CgroupDir,
+) -> Result<FdLink, LoadError> {
+    let id = attach(program, name, cgroup)?;
+    let link = program.take_link(id).map_err(attach_error(name, cgroup))?;
+    FdLink::try_from(link).map_err(|source| LoadError::Link { program: name, source })
+}
+
+/// Holds `link`: pinned at `pin` when given (it then outlives this process), owned otherwise.
+fn hold(link: FdLink, pin: Option<PathBuf>) -> Result<HeldLink, LoadError> {
+    match pin {
+        Some(path) => Ok(HeldLink::Pinned(link.pin(&path).map_err(|source| LoadError::Pin {
+            what: "a link",
+            path,
+            source,
+        })?)),
+        None => Ok(HeldLink::Owned(link)),
+    }
+}
+
+/// The hook program `name` attaches to.
+fn attach_type(name: &str) -> CgroupSockAddrAttachType {
+    match name {
+        programs::CONNECT6 => CgroupSockAddrAttachType::Connect6,
+        programs::SENDMSG4 => CgroupSockAddrAttachType::UDPSendMsg4,
+        programs::SENDMSG6 => CgroupSockAddrAttachType::UDPSendMsg6,
+        _ => CgroupSockAddrAttachType::Connect4,
+    }
+}
+
+/// The id of the cgroup the link pinned at `path` is attached to: 0 once that cgroup is gone
+/// (the kernel detaches a cgroup's links when it is released). aya 0.14 reads link info but
+/// does not expose its cgroup part, so this asks the kernel directly.
+///
+/// # Errors
+/// When the pin cannot be opened or the kernel gives no link info.
+pub fn pinned_link_cgroup(path: &Path) -> io::Result<u64> {
+    use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    /// The `obj_pin` part of `union bpf_attr`.
+    #[repr(C)]
+    struct ObjGetAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    /// The `info` part of `union bpf_attr`.
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let get = ObjGetAttr { pathname: name.as_ptr() as u64, bpf_fd: 0, file_flags: 0 };
+    // SAFETY: a valid bpf_attr prefix for BPF_OBJ_GET; the path outlives the call.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &raw const get, size_of::<ObjGetAttr>())
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: BPF_OBJ_GET returned a new descriptor that nothing else owns.
+    let fd =
+        unsafe { std::os::fd::OwnedFd::from_raw_fd(i32::try_from(fd).map_err(io::Error::other)?) };
+    // SAFETY: plain old data; zero is a valid value of every field.
+    let mut info: aya_obj::generated::bpf_link_info = unsafe { std::mem::zeroed() };
+    let attr = InfoAttr {
+        bpf_fd: u32::try_from(std::os::fd::AsRawFd::as_raw_fd(&fd)).map_err(io::Error::other)?,
+        info_len: u32::try_from(size_of_val(&info)).map_err(io::Error::other)?,
+        info: (&raw mut info) as u64,
+    };
+    // SAFETY: a valid bpf_attr prefix for BPF_OBJ_GET_INFO_BY_FD; `info` is writable for
+    // info_len bytes during the call.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, &raw const attr, size_of::<InfoAttr>())
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel filled the cgroup member for a cgroup link; for any other link it is
+    // plain data all the same.
+    Ok(unsafe { info.__bindgen_anon_1.cgroup.cgroup_id })
+}
+
 /// Reports a failure to attach the program `name` to `cgroup`.
 fn attach_error(name: &'static str, cgroup: &CgroupDir) -> impl Fn(ProgramError) -> LoadError {
     let cgroup = cgroup.path().display().to_string();
@@ -552,15 +685,16 @@ fn delete_first_elem(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
 /// [`LoadError::OpenLink`] or [`LoadError::Unpin`] for a pin that exists and cannot be
 /// removed.
 pub fn unpin(paths: &InstancePaths) -> Result<(), LoadError> {
-    for name in programs::ALL {
-        let path = paths.link(name);
+    // With the replacement a re-attach pins beside a link, should it have been interrupted.
+    let replacements = programs::ALL.map(|p| paths.link(&format!("{p}_new")));
+    for path in programs::ALL.iter().map(|p| paths.link(p)).chain(replacements) {
         if path.exists() {
             let link = open_link(path.clone())?;
             drop(link.unpin().map_err(|source| LoadError::Unpin { path, source })?);
         }
     }
-    for name in maps::PINNED {
-        let path = paths.map(name);
+    let programs = programs::ALL.iter().map(|p| paths.program(p));
+    for path in maps::PINNED.iter().map(|m| paths.map(m)).chain(programs) {
         match std::fs::remove_file(&path) {
             Err(source) if source.kind() != io::ErrorKind::NotFound => {
                 return Err(LoadError::Unpin { path, source });

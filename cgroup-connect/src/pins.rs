@@ -116,6 +116,13 @@ impl InstancePaths {
         self.pins.join(format!("link_{program}"))
     }
 
+    /// The pin of program `program`: a cgroup made anew gets the same programs attached
+    /// again, also by a process that adopted the instance.
+    #[must_use]
+    pub fn program(&self, program: &str) -> PathBuf {
+        self.pins.join(format!("prog_{program}"))
+    }
+
     /// The state file.
     #[must_use]
     pub fn state_file(&self) -> PathBuf {
@@ -132,6 +139,13 @@ impl InstancePaths {
     #[must_use]
     pub fn has_pinned_links(&self) -> bool {
         cgroup_connect_common::programs::ALL.iter().any(|p| self.link(p).exists())
+    }
+
+    /// Whether every program of the instance is pinned (instances made by earlier builds pinned
+    /// only maps and links).
+    #[must_use]
+    pub fn has_pinned_programs(&self) -> bool {
+        cgroup_connect_common::programs::ALL.iter().all(|p| self.program(p).exists())
     }
 
     /// Whether anything of the instance exists.

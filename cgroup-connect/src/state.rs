@@ -93,6 +93,10 @@ pub struct State {
     /// which `cgroup` was resolved from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<Target>,
+    /// The id of the cgroup the links are attached to (the directory's inode when it was
+    /// attached): a directory at the same path with another id was made anew.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
     /// Whether its links are pinned (it outlives its process).
     pub pinned: bool,
     /// Audit mode: report, block nothing.
@@ -123,6 +127,7 @@ impl State {
             name: name.to_owned(),
             cgroup,
             target: None,
+            cgroup_id: None,
             pinned: false,
             audit: false,
             since,

@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    cgroup::{self, CgroupDir},
+    cgroup::{self, CgroupDir, CgroupWatch},
     cli::runtime::{Request, Signals, block_on},
     events::{self, EventReader},
     instance,
@@ -175,13 +175,17 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let mut signals = Signals::new(true)?;
     let mut names = Names::new();
-    let instance::Started { mut instance, adopted, applied } =
+    let instance::Started { mut instance, adopted, reattached, applied } =
         instance::start(paths, cgroup, state, &mut names).await?;
     println!(
         "attached to cgroup {} as instance {}{}: {}",
         cgroup.path().display(),
         paths.name,
-        if adopted { " (adopted from its pins)" } else { "" },
+        match (adopted, reattached) {
+            (true, false) => " (adopted from its pins)",
+            (true, true) => " (adopted from its pins; re-attached: the cgroup was made anew)",
+            (false, _) => "",
+        },
         applied.summary(args.audit),
     );
     stdout().flush().context("writing to stdout")?;
@@ -215,9 +219,16 @@ async fn serve(
         }
         None => None,
     };
+    let mut follower = Follower::new(cgroup)?;
     loop {
         let refresh = names.next_refresh().map(tokio::time::Instant::from_std);
         tokio::select! {
+            changed = follower.changed() => {
+                if let Err(e) = changed {
+                    eprintln!("blocker: warning: watching cgroup {} failed: {e}; checking it every second", cgroup.path().display());
+                }
+                follower.follow(paths, &mut instance, args.pin);
+            }
             request = signals.next() => match request {
                 Request::Stop => break,
                 Request::Reload => reload(paths, &mut names, "reloaded").await,
@@ -249,6 +260,83 @@ async fn serve(
         println!("detached from cgroup {}", cgroup.path().display());
     }
     Ok(())
+}
+
+/// Follows the instance's cgroup through removal and re-creation at the same path (a service
+/// restart): says when it is gone, and attaches to the new directory as soon as it appears,
+/// told by inotify on the parent, and by a check every second when the parent itself went.
+struct Follower {
+    path: PathBuf,
+    attached: u64,
+    watch: Option<CgroupWatch>,
+    waiting: bool,
+}
+
+impl Follower {
+    fn new(cgroup: &CgroupDir) -> anyhow::Result<Self> {
+        let path = cgroup.path().to_owned();
+        let watch = cgroup
+            .path()
+            .parent()
+            .is_some()
+            .then(|| CgroupWatch::new(&path))
+            .transpose()
+            .with_context(|| format!("watching cgroup {}", path.display()))?;
+        let attached = cgroup.id().context("reading the cgroup's id")?;
+        Ok(Self { path, attached, watch, waiting: false })
+    }
+
+    /// An inotify event about the directory, or a second gone by.
+    async fn changed(&mut self) -> std::io::Result<()> {
+        let tick = tokio::time::sleep(std::time::Duration::from_secs(1));
+        if let Some(watch) = self.watch.as_mut().filter(|w| w.alive()) {
+            tokio::select! {
+                changed = watch.changed() => changed,
+                () = tick => Ok(()),
+            }
+        } else {
+            tick.await;
+            Ok(())
+        }
+    }
+
+    fn follow(
+        &mut self,
+        paths: &InstancePaths,
+        instance: &mut crate::loader::Instance,
+        pinned: bool,
+    ) {
+        if self.watch.as_ref().is_some_and(|w| !w.alive()) {
+            self.watch = CgroupWatch::new(&self.path).ok();
+        }
+        let Ok(meta) = std::fs::metadata(&self.path) else {
+            if !self.waiting {
+                println!("waiting for cgroup {}: it was removed", self.path.display());
+                let _ = stdout().flush();
+                self.waiting = true;
+            }
+            return;
+        };
+        let id = std::os::unix::fs::MetadataExt::ino(&meta);
+        if id == self.attached {
+            return;
+        }
+        let done = CgroupDir::open(&self.path)
+            .map_err(anyhow::Error::from)
+            .and_then(|dir| instance::follow(paths, instance, &dir, pinned).map(|()| dir));
+        match done {
+            Ok(dir) => {
+                self.attached = dir.id().unwrap_or(id);
+                self.waiting = false;
+                println!("re-attached to cgroup {}: it was made anew", self.path.display());
+            }
+            Err(e) => eprintln!(
+                "blocker: error: cgroup {} was made anew, attaching to it failed (will retry): {e:#}",
+                self.path.display()
+            ),
+        }
+        let _ = stdout().flush();
+    }
 }
 
 /// Re-reads the sources and swaps the tables; on failure the old policy stays in force.

@@ -25,7 +25,9 @@ struct Row {
     mode: &'static str,
     since: String,
     pid: Option<u32>,
-    /// "running", "pinned" (no process, still enforcing) or "stale" (pins left, not enforcing).
+    /// "running", "pinned" (no process, still enforcing), "waiting" (a process serves it, its
+    /// cgroup was removed: it attaches to the next one made at that path) or "stale" (pins
+    /// left, not enforcing; also a pinned instance whose cgroup was removed).
     state: &'static str,
     counts: Counts,
 }
@@ -48,6 +50,15 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
         println!("no instances");
     }
     for r in rows {
+        if r.state == "waiting" {
+            println!(
+                "{}: waiting for cgroup {}{}: it was removed; attaches when it is made again",
+                r.name,
+                r.cgroup,
+                r.target.as_ref().map(|t| format!(" ({t})")).unwrap_or_default(),
+            );
+            continue;
+        }
         println!(
             "{}: {} on {}{}, {}{}, {} rules ({} IPv4, {} IPv6 prefixes), since {}{}",
             r.name,
@@ -70,6 +81,11 @@ fn row(paths: &InstancePaths) -> Row {
     let state = State::load(paths).ok().flatten();
     let running = state.as_ref().is_some_and(State::process_alive);
     let linked = paths.has_pinned_links();
+    // The cgroup the links were attached to is still the one at that path.
+    let there = state.as_ref().is_some_and(|s| {
+        let now = std::fs::metadata(&s.cgroup).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+        now.is_ok_and(|id| s.cgroup_id.is_none_or(|attached| attached == id))
+    });
     Row {
         name: paths.name.clone(),
         cgroup: state.as_ref().map_or_else(|| "?".to_owned(), |s| s.cgroup.display().to_string()),
@@ -86,10 +102,11 @@ fn row(paths: &InstancePaths) -> Row {
             })
             .unwrap_or_default(),
         pid: state.as_ref().and_then(|s| s.pid).filter(|_| running),
-        state: match (running, linked) {
-            (true, _) => "running",
-            (false, true) => "pinned",
-            (false, false) => "stale",
+        state: match (running, linked, there) {
+            (true, _, true) => "running",
+            (true, _, false) => "waiting",
+            (false, true, true) => "pinned",
+            (false, _, _) => "stale",
         },
         counts: state.map(|s| s.counts).unwrap_or_default(),
     }
