@@ -28,3 +28,4 @@ pub mod table;
 pub mod target;
 pub mod timings;
 pub mod view;
+pub mod watch;

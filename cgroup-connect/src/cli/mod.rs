@@ -116,6 +116,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             || cause.is::<ElsewhereError>()
             || cause.is::<NotEnforcedError>()
             || matches!(cause.downcast_ref(), Some(SinkError::Symlink { .. }))
+            || matches!(cause.downcast_ref(), Some(run::WatchError::NoFile))
         {
             return EXIT_USAGE;
         }

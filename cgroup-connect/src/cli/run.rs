@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    cgroup::{self, CgroupDir, CgroupWatch},
+    cgroup::{self, CgroupDir},
     cli::runtime::{Request, Signals, block_on},
     events::{self, EventReader},
     instance,
@@ -25,6 +25,7 @@ use crate::{
     target::{self, Resolver, Target},
     timings,
     view::PolicyView,
+    watch::{CgroupWatch, FileWatch},
 };
 
 /// What the seed blocked when given no rule at all: example.com's old address.
@@ -39,6 +40,7 @@ pub enum DefaultVerdict {
 
 /// Arguments of `blocker run`.
 #[derive(Debug, clap::Args)]
+#[expect(clippy::struct_excessive_bools, reason = "on/off flags of the command line")]
 pub struct RunArgs {
     /// cgroup v2 directory to attach to [default: the root of the cgroup v2 mount, found in
     /// /proc/self/mountinfo]
@@ -97,6 +99,11 @@ pub struct RunArgs {
     /// TOML policy file (default, [[rule]] and [[list]] entries); SIGHUP re-reads it
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
+    /// Reload when the policy or list files change on disk: written in place, replaced by a
+    /// rename, or swapped the way Kubernetes updates a mounted config map. A bad new file keeps
+    /// the old policy.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 impl RunArgs {
@@ -159,7 +166,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     privileges::check()?;
     // Opened before anything attaches, so a refused file leaves nothing behind.
     let sink = args.events.as_deref().map(events::open_sink).transpose()?;
-    block_on(serve(args, &paths, &cgroup, state, metrics_addr, sink))
+    block_on(async {
+        let files = args.watch.then(|| watch_given_files(&state.sources)).transpose()?;
+        serve(args, &paths, &cgroup, state, metrics_addr, sink, files).await
+    })
 }
 
 /// An events reader and where its lines go.
@@ -172,6 +182,7 @@ async fn serve(
     state: State,
     metrics_addr: Option<std::net::SocketAddr>,
     sink: Option<Box<dyn std::io::Write + Send>>,
+    mut files: Option<FileWatch>,
 ) -> anyhow::Result<()> {
     let mut signals = Signals::new(true)?;
     let mut names = Names::new();
@@ -195,6 +206,9 @@ async fn serve(
         eprintln!("{report}");
     }
 
+    if let Some(files) = files.as_mut() {
+        watch_rule_files(files, &applied.policy);
+    }
     let view = Arc::new(Mutex::new(PolicyView::new(paths, &applied.policy)));
     drop(applied);
     instance::release_free_memory();
@@ -223,12 +237,14 @@ async fn serve(
     loop {
         let refresh = names.next_refresh().map(tokio::time::Instant::from_std);
         tokio::select! {
-            changed = follower.changed() => {
-                if let Err(e) = changed {
-                    eprintln!("blocker: warning: watching cgroup {} failed: {e}; checking it every second", cgroup.path().display());
+            changed = next_change(files.as_mut()) => match changed {
+                Ok(()) => reload(paths, &mut names, "files changed on disk, reloaded").await,
+                Err(e) => {
+                    eprintln!("blocker: warning: watching the rule files failed: {e}; reload with SIGHUP");
+                    files = None;
                 }
-                follower.follow(paths, &mut instance, args.pin);
-            }
+            },
+            changed = follower.changed() => follower.follow(changed, paths, &mut instance, args.pin),
             request = signals.next() => match request {
                 Request::Stop => break,
                 Request::Reload => reload(paths, &mut names, "reloaded").await,
@@ -260,6 +276,58 @@ async fn serve(
         println!("detached from cgroup {}", cgroup.path().display());
     }
     Ok(())
+}
+
+/// `--watch`: the files given on the command line, watched from before the start.
+///
+/// # Errors
+/// [`WatchError`] when no file is given, or a folder cannot be watched.
+fn watch_given_files(sources: &crate::policy::Sources) -> Result<FileWatch, WatchError> {
+    let files: Vec<PathBuf> = sources
+        .policy
+        .iter()
+        .chain(&sources.block_lists)
+        .chain(&sources.allow_lists)
+        .cloned()
+        .collect();
+    if files.is_empty() {
+        return Err(WatchError::NoFile);
+    }
+    FileWatch::new(files).map_err(WatchError::Io)
+}
+
+/// Why `--watch` cannot watch.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("--watch needs a file to watch: give --policy, --block-list or --allow-list")]
+    NoFile,
+    #[error("--watch: cannot watch the folders of the rule files")]
+    Io(#[source] std::io::Error),
+}
+
+/// Watches every file a rule came from too (the lists a policy names).
+fn watch_rule_files(files: &mut FileWatch, policy: &crate::policy::Policy) {
+    let mut more: Vec<PathBuf> = Vec::new();
+    for rule in &policy.rules {
+        if let crate::policy::Origin::Line { path, .. } = &rule.origin
+            && !more.iter().any(|f| **f == **path)
+        {
+            more.push(path.to_path_buf());
+        }
+    }
+    if let Err(e) = files.add(more) {
+        eprintln!(
+            "blocker: warning: watching the lists the policy names failed: {e}; the files given on the command line are watched"
+        );
+    }
+}
+
+/// The next change of the watched files; never, without `--watch`.
+async fn next_change(files: Option<&mut FileWatch>) -> std::io::Result<()> {
+    match files {
+        Some(files) => files.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Follows the instance's cgroup through removal and re-creation at the same path (a service
@@ -300,12 +368,21 @@ impl Follower {
         }
     }
 
+    /// Acts on what [`Follower::changed`] returned.
     fn follow(
         &mut self,
+        changed: std::io::Result<()>,
         paths: &InstancePaths,
         instance: &mut crate::loader::Instance,
         pinned: bool,
     ) {
+        if let Err(e) = changed {
+            eprintln!(
+                "blocker: warning: watching cgroup {} failed: {e}; checking it every second",
+                self.path.display()
+            );
+            self.watch = None;
+        }
         if self.watch.as_ref().is_some_and(|w| !w.alive()) {
             self.watch = CgroupWatch::new(&self.path).ok();
         }
