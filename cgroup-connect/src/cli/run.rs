@@ -238,7 +238,7 @@ async fn serve(
         let refresh = names.next_refresh().map(tokio::time::Instant::from_std);
         tokio::select! {
             changed = next_change(files.as_mut()) => match changed {
-                Ok(()) => reload(paths, &mut names, "files changed on disk, reloaded").await,
+                Ok(()) => reload(paths, &mut names, "files changed on disk, reloaded", files.as_mut()).await,
                 Err(e) => {
                     eprintln!("blocker: warning: watching the rule files failed: {e}; reload with SIGHUP");
                     files = None;
@@ -247,11 +247,11 @@ async fn serve(
             changed = follower.changed() => follower.follow(changed, paths, &mut instance, args.pin),
             request = signals.next() => match request {
                 Request::Stop => break,
-                Request::Reload => reload(paths, &mut names, "reloaded").await,
+                Request::Reload => reload(paths, &mut names, "reloaded", files.as_mut()).await,
             },
             () = sleep_until(refresh) => {
                 if names.refresh().await {
-                    reload(paths, &mut names, "hostnames re-resolved").await;
+                    reload(paths, &mut names, "hostnames re-resolved", files.as_mut()).await;
                 }
             }
             result = next_events(&mut events, &view) => {
@@ -417,9 +417,20 @@ impl Follower {
 }
 
 /// Re-reads the sources and swaps the tables; on failure the old policy stays in force.
-async fn reload(paths: &InstancePaths, names: &mut Names, what: &str) {
+/// With `--watch`, the files of the new policy are watched from then on.
+async fn reload(
+    paths: &InstancePaths,
+    names: &mut Names,
+    what: &str,
+    files: Option<&mut FileWatch>,
+) {
     match instance::apply(paths, names, |_| Ok(())).await {
-        Ok(applied) => println!("{what}: {}", applied.summary(false)),
+        Ok(applied) => {
+            println!("{what}: {}", applied.summary(false));
+            if let Some(files) = files {
+                watch_rule_files(files, &applied.policy);
+            }
+        }
         Err(e) => eprintln!("blocker: error: {what} failed, the old policy stays in force: {e:#}"),
     }
     let _ = stdout().flush();
