@@ -121,9 +121,11 @@ build_common_cpio() {
     for test in "${TESTS[@]}"; do
         stage_elf "$root" "$test"
     done
-    # The files the tests read (sample lists), at the paths the tests were built with.
-    mkdir -p "$root$ROOT_DIR/cgroup-connect/tests"
+    # The files the tests read (sample lists, the Kubernetes manifests), at the paths the tests
+    # were built with.
+    mkdir -p "$root$ROOT_DIR/cgroup-connect/tests" "$root$ROOT_DIR/deploy"
     cp -r "$ROOT_DIR/cgroup-connect/tests/data" "$root$ROOT_DIR/cgroup-connect/tests/data"
+    cp -r "$ROOT_DIR/deploy/kubernetes" "$root$ROOT_DIR/deploy/kubernetes"
     cp "$guest_dir/init.sh" "$root/init"
     cp "$guest_dir/suite.sh" "$root/matrix/suite.sh"
     echo "$BLOCKER" >"$root/matrix/blocker"

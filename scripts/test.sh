@@ -23,6 +23,8 @@ rustup run "${BPF_TOOLCHAIN:-nightly}" cargo clippy --package cgroup-connect-ebp
     --locked --target bpfel-unknown-none -Z build-std=core --target-dir target/bpf-clippy \
     -- -D warnings
 cargo test --release --locked
+# The Kubernetes manifests against Kubernetes' schemas, and the static binary of the image.
+./scripts/check-deploy.sh
 kernels=${KERNELS:-6.1 6.12}
 if [[ $kernels == none ]]; then
     if [[ ${CI:-} == true ]]; then
