@@ -145,9 +145,13 @@ pub async fn start(
     mut state: State,
     names: &mut Names,
 ) -> anyhow::Result<Started> {
-    // One malloc arena for both threads, so what the loader frees can be given back.
+    // One malloc arena for both threads, so what the loader frees can be given back (glibc;
+    // musl's allocator, in the static build, has one heap and returns free memory itself).
     // SAFETY: mallopt only tunes the allocator.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1)
+    };
     let preparing = (!paths.has_pinned_links()).then(|| std::thread::spawn(Prepared::load));
     // Everything that can fail on the policy fails here, before anything attaches.
     let (policy, tables, counts) = compile(&state, names).await?;
@@ -345,6 +349,9 @@ fn terminate(pid: u32, start: Option<u64>) -> anyhow::Result<()> {
 /// Gives the heap that parsing and compiling used back to the system: a long-running
 /// instance keeps only its policy.
 pub fn release_free_memory() {
-    // SAFETY: malloc_trim only releases free heap pages.
-    unsafe { libc::malloc_trim(0) };
+    // SAFETY: malloc_trim only releases free heap pages (glibc; see `start` for musl).
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0)
+    };
 }
