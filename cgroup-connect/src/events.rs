@@ -152,6 +152,56 @@ impl EventReader {
     }
 }
 
+/// Why the events of an instance cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReaderError {
+    /// Events go to one reader: a second would split the stream with the first.
+    #[error(
+        "the events of instance {name} are read already, by {holder}: each event goes to one reader, so run one reader at a time (stop that one, or read what it writes)"
+    )]
+    Busy { name: String, holder: String },
+    #[error("cannot claim the events of instance {name}")]
+    Io {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The claim of the one reader of an instance's events (`blocker events`, or `blocker run
+/// --events`): a lock on its `events-reader` file, which names the reader, held until dropped
+/// (or the process ends).
+pub struct ReaderClaim {
+    _file: std::fs::File,
+}
+
+impl ReaderClaim {
+    /// Claims the events of instance `paths` (its state folder must exist) for this process,
+    /// `what` being how the reader was started (`blocker events`).
+    ///
+    /// # Errors
+    /// [`ReaderError::Busy`] naming the reader that holds them.
+    pub fn take(paths: &crate::pins::InstancePaths, what: &str) -> Result<Self, ReaderError> {
+        let io_err = |source| ReaderError::Io { name: paths.name.clone(), source };
+        let mut file = crate::state::open_private(&paths.reader_file()).map_err(io_err)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(paths.reader_file()).unwrap_or_default();
+                let holder = match holder.trim().split_once(' ') {
+                    Some((pid, what)) => format!("process {pid} ({what})"),
+                    None => "another process".to_owned(),
+                };
+                return Err(ReaderError::Busy { name: paths.name.clone(), holder });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
+        }
+        file.set_len(0).map_err(io_err)?;
+        writeln!(file, "{} {what}", std::process::id()).map_err(io_err)?;
+        Ok(Self { _file: file })
+    }
+}
+
 /// Why `--events FILE` cannot be written.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {

@@ -4,9 +4,14 @@
 //!
 //! Each step takes the instance's lock, reads its state, computes the policy (sources read
 //! now, plus live edits), resolves hostnames, compiles, swaps the tables and writes the state
-//! back. A failure at any step leaves the tables and the state as they were.
+//! back, with the record of the rules now in force ([`crate::record`]). A failure at any step
+//! leaves the tables, the record and the state as they were.
+//!
+//! The slow steps of a start (reading, resolving, compiling, verifying the programs) run
+//! before anything is made or locked, each at an await point: dropping the start there (on
+//! SIGINT or SIGTERM) leaves nothing behind.
 use std::{
-    thread::JoinHandle,
+    collections::HashSet,
     time::{Duration, Instant as Clock},
 };
 
@@ -14,9 +19,11 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     cgroup::CgroupDir,
-    loader::{self, Instance, LoadError, Prepared},
+    events::ReaderClaim,
+    loader::{self, Instance, Prepared},
     pins::{self, InstancePaths, PinError},
     policy::Policy,
+    record::{self, Record},
     resolve::Names,
     rules::Action,
     state::{self, Counts, Lock, Server, State},
@@ -64,10 +71,11 @@ pub struct UnverifiedError {
     pub pid: u32,
 }
 
-/// A policy in force and its counts: what [`start`] and [`apply`] return.
+/// A policy in force, its counts and its record: what [`start`] and [`apply`] return.
 pub struct Applied {
     pub policy: Policy,
     pub counts: Counts,
+    pub record: Record,
 }
 
 impl Applied {
@@ -104,6 +112,8 @@ pub struct Started {
     /// the same path) and were attached to the new one.
     pub reattached: bool,
     pub applied: Applied,
+    /// The claim on its events, when asked for (`blocker run --events`).
+    pub reader: Option<ReaderClaim>,
 }
 
 /// Reads the state of an existing instance.
@@ -114,18 +124,63 @@ pub fn load(paths: &InstancePaths) -> anyhow::Result<State> {
     Ok(State::load(paths)?.ok_or_else(|| PinError::NoInstance { name: paths.name.clone() })?)
 }
 
-/// The policy and tables of a state, with hostnames resolved through `names` (which then
-/// holds exactly the policy's names).
-async fn compile(state: &State, names: &mut Names) -> anyhow::Result<(Policy, Tables, Counts)> {
-    let policy = timings::time("read", || state.policy())?;
+/// A policy compiled: what a swap puts in force.
+struct Compiled {
+    policy: Policy,
+    tables: Tables,
+    counts: Counts,
+    record: Record,
+}
+
+/// Runs `f` on a blocking thread: the caller may be dropped (on a signal) while it runs.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| anyhow::anyhow!("a worker thread failed: {e}"))
+}
+
+/// The policy, tables and record of a state, with hostnames resolved through `names` (which
+/// then holds exactly the policy's names).
+async fn compile(state: &State, names: &mut Names) -> anyhow::Result<Compiled> {
+    let read = state.clone();
+    let policy = blocking(move || timings::time("read", || read.policy())).await??;
     let started = Clock::now();
     names.sync(&policy.names()).await?;
     timings::add("resolve", started.elapsed());
-    let tables = timings::time("compile", || {
-        table::compile(policy.default, policy.table_rules(|name| names.addrs(name)))
-    })?;
+    let addrs: std::collections::HashMap<String, Vec<std::net::IpAddr>> =
+        policy.names().into_iter().map(|n| (n.clone(), names.addrs(&n).collect())).collect();
+    let (policy, tables, record) = blocking(move || {
+        let addrs_of = |name: &str| addrs.get(name).cloned().unwrap_or_default();
+        // The record is written while the tables compile, on the other core.
+        let (tables, record) = std::thread::scope(|s| {
+            let record = s.spawn(|| timings::time("record", || Record::of(&policy, addrs_of)));
+            let tables = timings::time("compile", || {
+                table::compile(policy.default, policy.table_rules(addrs_of))
+            });
+            (tables, record.join())
+        });
+        let record = record.map_err(|_| anyhow::anyhow!("recording the rules panicked"))?;
+        anyhow::Ok((policy, tables, record))
+    })
+    .await??;
+    let tables = tables?;
     let counts = Counts { rules: policy.rules.len(), ipv4: tables.v4_rules, ipv6: tables.v6_rules };
-    Ok((policy, tables, counts))
+    Ok(Compiled { policy, tables, counts, record })
+}
+
+/// Swaps `compiled` into `instance`, carrying the hit counts of the rules that stay in force
+/// over to their new ids (counts made during the swap itself may be lost).
+fn swap(paths: &InstancePaths, instance: &mut Instance, compiled: &Compiled) -> anyhow::Result<()> {
+    let kept = instance.rule_hits_per_cpu().map(|counts| {
+        if counts.is_empty() {
+            return counts;
+        }
+        let ids: HashSet<u32> = counts.iter().map(|(id, _)| *id).collect();
+        // A record missing (an instance of an older version) or damaged: no count is kept.
+        let old = record::rules_by_id(paths, &ids).unwrap_or_default();
+        record::carry_hits(counts, &old, compiled.policy.rules.iter().map(|r| &r.rule))
+    });
+    instance.swap(&compiled.tables)?;
+    instance.set_rule_hits(kept.unwrap_or_default())?;
+    Ok(())
 }
 
 /// Starts serving the instance `state` describes on `cgroup`: compiles its policy, then
@@ -136,14 +191,20 @@ async fn compile(state: &State, names: &mut Names) -> anyhow::Result<(Policy, Ta
 /// The verifier takes most of a start: it runs in a thread while the policy is read and
 /// compiled, unless a pinned instance will be adopted (its programs are loaded already).
 ///
+/// With `read_events`, the start claims the instance's events ([`ReaderClaim`]) before
+/// anything attaches.
+///
 /// # Errors
-/// A bad source, an unresolvable hostname or a capacity limit (nothing is attached then),
-/// [`BusyError`], [`ElsewhereError`], or a load or attach failure (nothing new stays attached).
+/// A bad source, an unresolvable hostname or a capacity limit, [`BusyError`],
+/// [`ElsewhereError`], an events reader already there, or a load or attach failure: then
+/// nothing new stays attached, pinned or recorded (a pinned instance that was to be adopted
+/// keeps enforcing as it did).
 pub async fn start(
     paths: &InstancePaths,
     cgroup: &CgroupDir,
     mut state: State,
     names: &mut Names,
+    read_events: bool,
 ) -> anyhow::Result<Started> {
     // One malloc arena for both threads, so what the loader frees can be given back (glibc;
     // musl's allocator, in the static build, has one heap and returns free memory itself).
@@ -152,73 +213,102 @@ pub async fn start(
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1)
     };
-    let preparing = (!paths.has_pinned_links()).then(|| std::thread::spawn(Prepared::load));
-    // Everything that can fail on the policy fails here, before anything attaches.
-    let (policy, tables, counts) = compile(&state, names).await?;
-    state.counts = counts;
-    let (instance, adopted, reattached) = attach(paths, cgroup, &tables, &mut state, preparing)?;
+    let preparing =
+        (!paths.has_pinned_links()).then(|| tokio::task::spawn_blocking(Prepared::load));
+    // Everything that can fail on the policy or the programs fails here, before anything is
+    // made, locked or attached.
+    let compiled = compile(&state, names).await?;
+    let prepared = match preparing {
+        Some(thread) => Some(
+            thread.await.map_err(|_| anyhow::anyhow!("loading the BPF programs panicked"))??,
+        ),
+        None => None,
+    };
+    state.counts = compiled.counts;
+    let (instance, adopted, reattached, reader) =
+        attach(paths, cgroup, &compiled, &mut state, prepared, read_events)?;
+    let Compiled { policy, tables, counts, record } = compiled;
     drop(tables);
     release_free_memory();
-    Ok(Started { instance, adopted, reattached, applied: Applied { policy, counts } })
+    Ok(Started {
+        instance,
+        adopted,
+        reattached,
+        applied: Applied { policy, counts, record },
+        reader,
+    })
 }
 
+/// Creates or adopts the instance under its lock. A failed creation removes whatever it made
+/// (pins, state, folders), so no `stale` instance is left.
 fn attach(
     paths: &InstancePaths,
     cgroup: &CgroupDir,
-    tables: &Tables,
+    compiled: &Compiled,
     state: &mut State,
-    preparing: Option<JoinHandle<Result<Prepared, LoadError>>>,
-) -> anyhow::Result<(Instance, bool, bool)> {
+    prepared: Option<Prepared>,
+    read_events: bool,
+) -> anyhow::Result<(Instance, bool, bool, Option<ReaderClaim>)> {
     paths.create_dirs()?;
-    let _lock = Lock::acquire(paths)?;
+    let lock = Lock::acquire(paths)?;
     let previous = State::load(paths)?;
     if let Some(prev) = previous.as_ref().filter(|p| p.process_alive()) {
         bail!(BusyError { name: paths.name.clone(), pid: prev.pid.unwrap_or_default() });
     }
-    // Links whose cgroup was removed enforce nothing: with the programs pinned they are
-    // attached to the cgroup there now; pins of a version that did not pin programs are
-    // replaced by a new instance.
-    let on_cgroup = links_on(paths, cgroup);
-    let found = if paths.has_pinned_links() && (on_cgroup || paths.has_pinned_programs()) {
-        // A state written before paths were stored canonical may name the cgroup otherwise.
-        if let Some(prev) = &previous
-            && std::fs::canonicalize(&prev.cgroup).unwrap_or_else(|_| prev.cgroup.clone())
-                != cgroup.path()
-        {
-            bail!(ElsewhereError {
-                name: paths.name.clone(),
-                attached: prev.cgroup.clone(),
-                wanted: cgroup.path().to_owned()
-            });
-        }
-        let mut instance = Instance::open(paths)?;
-        instance.swap(tables)?;
-        instance.set_audit(state.audit)?;
-        if !on_cgroup {
-            instance.reattach(paths, cgroup, true)?;
-        }
-        state.since = previous.as_ref().map_or(state.since, |p| p.since);
-        (instance, true, !on_cgroup)
-    } else {
-        // Pins left by an unpinned instance that was killed: nothing enforces them.
-        loader::unpin(paths)?;
-        let prepared = match preparing {
-            Some(thread) => thread
-                .join()
-                .map_err(|_| anyhow::anyhow!("loading the BPF programs panicked"))??,
-            // The pins went away while the policy compiled: load now.
-            None => Prepared::load()?,
+    let adopting = paths.has_pinned_links();
+    // The body runs in a closure so that every `?` reaches the clean-up below.
+    let result = (|| {
+        let reader =
+            read_events.then(|| ReaderClaim::take(paths, "blocker run --events")).transpose()?;
+        let pending = compiled.record.prepare(paths)?;
+        // Links whose cgroup was removed enforce nothing: with the programs pinned they are
+        // attached to the cgroup there now; pins of a build that did not pin programs are
+        // replaced by a new instance.
+        let on_cgroup = links_on(paths, cgroup);
+        let found = if paths.has_pinned_links() && (on_cgroup || paths.has_pinned_programs()) {
+            // A state written before paths were stored canonical may name the cgroup otherwise.
+            if let Some(prev) = &previous
+                && std::fs::canonicalize(&prev.cgroup).unwrap_or_else(|_| prev.cgroup.clone())
+                    != cgroup.path()
+            {
+                bail!(ElsewhereError {
+                    name: paths.name.clone(),
+                    attached: prev.cgroup.clone(),
+                    wanted: cgroup.path().to_owned()
+                });
+            }
+            let mut instance = Instance::open(paths)?;
+            swap(paths, &mut instance, compiled)?;
+            instance.set_audit(state.audit)?;
+            if !on_cgroup {
+                instance.reattach(paths, cgroup, true)?;
+            }
+            state.since = previous.as_ref().map_or(state.since, |p| p.since);
+            (instance, true, !on_cgroup)
+        } else {
+            // Pins left by an unpinned instance that was killed: nothing enforces them.
+            loader::unpin(paths)?;
+            let prepared = match prepared {
+                Some(prepared) => prepared,
+                // The pins went away while the policy compiled: load now.
+                None => Prepared::load()?,
+            };
+            let tables = &compiled.tables;
+            let pinned = state.pinned;
+            (Instance::create(paths, cgroup, tables, state.audit, pinned, prepared)?, false, false)
         };
-        (
-            Instance::create(paths, cgroup, tables, state.audit, state.pinned, prepared)?,
-            false,
-            false,
-        )
-    };
-    state.cgroup_id = Some(cgroup.id().context("reading the cgroup's id")?);
-    state.served_by_me();
-    state.save(paths)?;
-    Ok(found)
+        pending.commit()?;
+        state.cgroup_id = Some(cgroup.id().context("reading the cgroup's id")?);
+        state.served_by_me();
+        state.save(paths)?;
+        Ok((found.0, found.1, found.2, reader))
+    })();
+    if result.is_err() && !adopting {
+        // Nothing enforces what is left (a process killed before, or this failed start).
+        let _ = remove(paths);
+    }
+    drop(lock);
+    result
 }
 
 /// Whether every pinned link of the instance is attached to `cgroup` as it is now (a cgroup
@@ -273,13 +363,16 @@ pub async fn apply(
         bail!(NotEnforcedError { name: paths.name.clone() });
     }
     edit(&mut state)?;
-    let (policy, tables, counts) = compile(&state, names).await?;
-    Instance::open(paths)?.swap(&tables)?;
+    let compiled = compile(&state, names).await?;
+    let pending = compiled.record.prepare(paths)?;
+    swap(paths, &mut Instance::open(paths)?, &compiled)?;
+    pending.commit()?;
+    let Compiled { policy, tables, counts, record } = compiled;
     drop(tables);
     state.counts = counts;
     state.save(paths)?;
     release_free_memory();
-    Ok(Applied { policy, counts })
+    Ok(Applied { policy, counts, record })
 }
 
 /// The serving process exits: a pinned instance keeps enforcing, with no process; any other

@@ -4,7 +4,8 @@
 //! subcommand. [`instance`] owns an instance's lifecycle (start, every change, stop, detach);
 //! [`loader`] is the only code that loads and attaches through aya; [`rules`] and [`policy`]
 //! own the rule language and its sources, [`table`] compiles rules into the tables the
-//! programs search; [`state`] and [`pins`] own what an instance keeps on disk; [`cgroup`]
+//! programs search; [`state`], [`record`] (the rules in force) and [`pins`] own what an
+//! instance keeps on disk; [`cgroup`]
 //! finds and validates cgroup v2 directories; [`privileges`] checks capabilities up front, and
 //! [`features`] probes the kernel for what the blocker needs; [`quote`] cuts and escapes
 //! outside text that messages and event lines show.
@@ -20,6 +21,7 @@ pub mod pins;
 pub mod policy;
 pub mod privileges;
 pub mod quote;
+pub mod record;
 pub mod resolve;
 pub mod rules;
 pub mod state;

@@ -17,7 +17,8 @@ use std::{
 use aya::{
     Ebpf, EbpfError, Pod,
     maps::{
-        Array, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf, of_maps::ArrayOfMaps,
+        Array, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf,
+        of_maps::ArrayOfMaps,
     },
     pin::PinError as AyaPinError,
     programs::{
@@ -476,6 +477,31 @@ impl Instance {
             out.push((rule, values.iter().sum()));
         }
         Ok(out)
+    }
+
+    /// Decisions per rule id, per CPU.
+    ///
+    /// # Errors
+    /// [`LoadError::Map`].
+    pub fn rule_hits_per_cpu(&self) -> Result<Vec<(u32, PerCpuValues<u64>)>, LoadError> {
+        let hits: PerCpuHashMap<&MapData, u32, u64> = self.map(maps::RULE_HITS)?;
+        Ok(hits.iter().flatten().collect())
+    }
+
+    /// Sets the hits of these rule ids (after a [`swap`](Self::swap), which clears them all).
+    ///
+    /// # Errors
+    /// [`LoadError::Map`].
+    pub fn set_rule_hits(&mut self, hits: Vec<(u32, PerCpuValues<u64>)>) -> Result<(), LoadError> {
+        let mut map: PerCpuHashMap<&mut MapData, u32, u64> = self.map_mut(maps::RULE_HITS)?;
+        for (id, values) in hits {
+            map.insert(id, values, 0).map_err(|source| LoadError::Map {
+                map: maps::RULE_HITS,
+                what: "writing",
+                source,
+            })?;
+        }
+        Ok(())
     }
 
     fn clear_hits(&mut self) -> Result<(), LoadError> {

@@ -130,17 +130,24 @@ pub fn render(s: &Snapshot) -> String {
     out
 }
 
-/// Binds `addr` and returns the bound address (port 0 picks one) and the server, which serves
-/// `/metrics` until dropped; `snapshot` is called per scrape.
+/// Binds `addr` (port 0 picks one), for [`serve`].
 ///
 /// # Errors
 /// When `addr` cannot be bound.
-pub async fn serve(
-    addr: SocketAddr,
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+/// Returns the bound address of `listener` and the server, which serves `/metrics` until
+/// dropped; `snapshot` is called per scrape.
+///
+/// # Errors
+/// When the bound address cannot be read.
+pub fn serve(
+    listener: tokio::net::TcpListener,
     snapshot: Arc<dyn Fn() -> Snapshot + Send + Sync>,
 ) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
     use axum::{Router, http::header, routing::get};
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let app = Router::new().route(
         "/metrics",

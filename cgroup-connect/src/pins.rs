@@ -3,7 +3,8 @@
 //! - `/sys/fs/bpf/cgroup-connect/NAME/` holds the instance's pinned maps (always, while it
 //!   runs) and, with `--pin`, its pinned links (then it outlives the process).
 //! - `/run/cgroup-connect/NAME/` holds its state (`state.json`: cgroup, policy sources, live
-//!   edits, mode, process) and a lock file that serializes changes.
+//!   edits, mode, process), the record of its rules in force (`rules`), a lock file that
+//!   serializes changes and one that the events reader holds (`events-reader`).
 //!
 //! Both folders are root-only (0700). bpffs cannot hold plain files, hence the two places;
 //! both are cleared at reboot, as the kernel objects are.
@@ -36,6 +37,8 @@ pub const DEFAULT_NAME: &str = "default";
 const STATE_FILE: &str = "state.json";
 /// Name of the lock file in an instance's state folder.
 const LOCK_FILE: &str = "lock";
+/// Name of the events reader's lock file in an instance's state folder.
+const READER_FILE: &str = "events-reader";
 /// `statfs.f_type` of bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -127,6 +130,18 @@ impl InstancePaths {
     #[must_use]
     pub fn state_file(&self) -> PathBuf {
         self.state.join(STATE_FILE)
+    }
+
+    /// The record of the rules in force ([`crate::record`]).
+    #[must_use]
+    pub fn rules_file(&self) -> PathBuf {
+        self.state.join(crate::record::RULES_FILE)
+    }
+
+    /// The lock file of the events reader ([`crate::events::ReaderClaim`]).
+    #[must_use]
+    pub fn reader_file(&self) -> PathBuf {
+        self.state.join(READER_FILE)
     }
 
     /// The lock file.

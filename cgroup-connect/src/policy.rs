@@ -244,30 +244,7 @@ struct RuleEntry {
     proto: Option<Spanned<String>>,
 }
 
-impl RuleEntry {
-    /// Its destination, built from its fields by the rule language's one constructor.
-    fn destination(&self) -> Result<Destination, (std::ops::Range<usize>, RuleError)> {
-        let dst = self.dst.get_ref().trim();
-        let ports = self.ports.as_ref().map(|p| match p.get_ref() {
-            PortsValue::Number(n) => n.to_string(),
-            PortsValue::Text(t) => t.clone(),
-        });
-        let proto = self.proto.as_ref().map(|p| p.get_ref().as_str());
-        Destination::from_parts(dst, dst, ports.as_deref(), proto).map_err(|error| {
-            // The error's line is that of the field it is about.
-            let field = match error {
-                RuleError::Port { .. } | RuleError::ReversedPorts { .. } => {
-                    self.ports.as_ref().map(Spanned::span)
-                }
-                RuleError::Proto { .. } => self.proto.as_ref().map(Spanned::span),
-                _ => None,
-            };
-            (field.unwrap_or_else(|| self.dst.span()), error)
-        })
-    }
-}
-
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(untagged)]
 enum PortsValue {
     Number(i64),
@@ -281,34 +258,240 @@ struct ListEntry {
     path: Spanned<String>,
 }
 
-/// A TOML policy file; returns its `default`, if it has one.
-fn read_policy(path: &Path, rules: &mut Vec<SourcedRule>) -> Result<Option<Action>, PolicyError> {
-    let text = read_text(path)?;
-    let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
-    let file: PolicyFile = toml::from_str(&text).map_err(|e| PolicyError::Toml {
+/// A value of a policy file and the line it is on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct At<T> {
+    value: T,
+    line: usize,
+}
+
+/// A policy file's entries, each value with its line: what the TOML parser or the fast
+/// reader ([`fast_doc`]) makes of a file.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Doc<'a> {
+    default: Option<At<Text<'a>>>,
+    rules: Vec<RuleFields<'a>>,
+    lists: Vec<ListFields<'a>>,
+}
+
+/// A string value: borrowed from the file by the fast reader.
+type Text<'a> = std::borrow::Cow<'a, str>;
+
+#[derive(Debug, PartialEq, Eq)]
+struct RuleFields<'a> {
+    action: At<Text<'a>>,
+    dst: At<Text<'a>>,
+    ports: Option<At<PortsValue>>,
+    proto: Option<At<Text<'a>>>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct ListFields<'a> {
+    action: At<Text<'a>>,
+    path: At<Text<'a>>,
+}
+
+impl RuleFields<'_> {
+    /// Its destination, built from its fields by the rule language's one constructor; an
+    /// error comes with the line of the field it is about.
+    fn destination(&self) -> Result<Destination, (usize, RuleError)> {
+        let dst = self.dst.value.trim();
+        let ports = self.ports.as_ref().map(|p| match &p.value {
+            PortsValue::Number(n) => n.to_string(),
+            PortsValue::Text(t) => t.clone(),
+        });
+        let proto = self.proto.as_ref().map(|p| &*p.value);
+        Destination::from_parts(dst, dst, ports.as_deref(), proto).map_err(|error| {
+            let field = match error {
+                RuleError::Port { .. } | RuleError::ReversedPorts { .. } => {
+                    self.ports.as_ref().map(|p| p.line)
+                }
+                RuleError::Proto { .. } => self.proto.as_ref().map(|p| p.line),
+                _ => None,
+            };
+            (field.unwrap_or(self.dst.line), error)
+        })
+    }
+}
+
+/// Parses a policy file: by the fast reader when the file keeps to its plain form, else by
+/// the TOML parser (which gives the same entries, and the errors).
+fn parse_doc<'a>(path: &Path, text: &'a str) -> Result<Doc<'a>, PolicyError> {
+    fast_doc(text).map_or_else(|| toml_doc(path, text), Ok)
+}
+
+/// Parses a policy file with the TOML parser.
+fn toml_doc<'a>(path: &Path, text: &str) -> Result<Doc<'a>, PolicyError> {
+    // Where each line starts, so that a span's line is a binary search, not a count of the
+    // newlines before it (which made a file of N rules take N² steps).
+    let starts: Vec<usize> = std::iter::once(0)
+        .chain(text.bytes().enumerate().filter(|&(_, b)| b == b'\n').map(|(i, _)| i + 1))
+        .collect();
+    let line_of = |offset: usize| starts.partition_point(|&start| start <= offset);
+    let file: PolicyFile = toml::from_str(text).map_err(|e| PolicyError::Toml {
         path: path.to_owned(),
         line: e.span().map_or(1, |s| line_of(s.start)),
         message: e.message().to_owned(),
     })?;
+    let at =
+        |v: Spanned<String>| At { line: line_of(v.span().start), value: v.into_inner().into() };
+    Ok(Doc {
+        default: file.default.map(at),
+        rules: file
+            .rule
+            .into_iter()
+            .map(|r| RuleFields {
+                action: at(r.action),
+                dst: at(r.dst),
+                ports: r.ports.map(|p| At { line: line_of(p.span().start), value: p.into_inner() }),
+                proto: r.proto.map(at),
+            })
+            .collect(),
+        lists: file
+            .list
+            .into_iter()
+            .map(|l| ListFields { action: at(l.action), path: at(l.path) })
+            .collect(),
+    })
+}
+
+/// Reads a policy file in one pass when every line is in the plain form the README shows:
+/// blank, a `#` comment, `[[rule]]` or `[[list]]`, or `key = "text"` (`ports = 443`) with a
+/// known key, once per entry, with every required key there. Anything else (another TOML
+/// form, or a mistake) returns `None`, and the TOML parser reads the file. The two read a
+/// plain file alike (a property test checks it); the TOML parser alone takes several times
+/// longer at a million rules.
+fn fast_doc(text: &str) -> Option<Doc<'_>> {
+    enum Table {
+        Root,
+        Rule,
+        List,
+    }
+    /// The fields of the entry being read.
+    #[derive(Default)]
+    struct Open<'a> {
+        action: Option<At<Text<'a>>>,
+        dst: Option<At<Text<'a>>>,
+        ports: Option<At<PortsValue>>,
+        proto: Option<At<Text<'a>>>,
+        path: Option<At<Text<'a>>>,
+    }
+    fn close<'a>(table: &Table, open: Open<'a>, doc: &mut Doc<'a>) -> Option<()> {
+        match table {
+            Table::Root => {}
+            Table::Rule => {
+                if open.path.is_some() {
+                    return None;
+                }
+                doc.rules.push(RuleFields {
+                    action: open.action?,
+                    dst: open.dst?,
+                    ports: open.ports,
+                    proto: open.proto,
+                });
+            }
+            Table::List => {
+                if open.dst.is_some() || open.ports.is_some() || open.proto.is_some() {
+                    return None;
+                }
+                doc.lists.push(ListFields { action: open.action?, path: open.path? });
+            }
+        }
+        Some(())
+    }
+    /// `"text"` with no escape, quote or control character inside.
+    fn basic_string(v: &str) -> Option<Text<'_>> {
+        let inner = v.strip_prefix('"')?.strip_suffix('"')?;
+        let plain = inner.chars().all(|c| c == '\t' || !(c.is_control() || c == '"' || c == '\\'));
+        plain.then_some(Text::Borrowed(inner))
+    }
+    /// A decimal integer as TOML writes one: no sign, no leading zero, no underscore.
+    fn integer(v: &str) -> Option<i64> {
+        let plain = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
+        if !plain || (v.len() > 1 && v.starts_with('0')) {
+            return None;
+        }
+        v.parse().ok()
+    }
+    fn set<T>(slot: &mut Option<At<T>>, value: T, line: usize) -> Option<()> {
+        if slot.is_some() {
+            return None;
+        }
+        *slot = Some(At { value, line });
+        Some(())
+    }
+
+    let mut doc = Doc::default();
+    let mut table = Table::Root;
+    let mut open = Open::default();
+    for (n, raw) in text.split('\n').enumerate() {
+        let line = n + 1;
+        let raw = raw.strip_suffix('\r').unwrap_or(raw);
+        // A comment may hold any text but control characters (a tab is fine).
+        let (content, comment) = raw.split_once('#').unwrap_or((raw, ""));
+        if comment.chars().any(|c| c != '\t' && c.is_control()) {
+            return None;
+        }
+        let content = content.trim_matches([' ', '\t']);
+        if content.is_empty() {
+            continue;
+        }
+        if let Some(name) = content.strip_prefix("[[").and_then(|c| c.strip_suffix("]]")) {
+            close(&table, std::mem::take(&mut open), &mut doc)?;
+            table = match name {
+                "rule" => Table::Rule,
+                "list" => Table::List,
+                _ => return None,
+            };
+            continue;
+        }
+        // A `#` inside a string is no comment: such a line is left to the TOML parser.
+        let (key, value) = content.split_once('=')?;
+        let (key, value) = (key.trim_matches([' ', '\t']), value.trim_matches([' ', '\t']));
+        match (&table, key) {
+            (Table::Root, "default") => set(&mut doc.default, basic_string(value)?, line)?,
+            (Table::Rule | Table::List, "action") => {
+                set(&mut open.action, basic_string(value)?, line)?;
+            }
+            (Table::Rule, "dst") => set(&mut open.dst, basic_string(value)?, line)?,
+            (Table::Rule, "proto") => set(&mut open.proto, basic_string(value)?, line)?,
+            (Table::Rule, "ports") => {
+                let ports = match integer(value) {
+                    Some(n) => PortsValue::Number(n),
+                    None => PortsValue::Text(basic_string(value)?.into_owned()),
+                };
+                set(&mut open.ports, ports, line)?;
+            }
+            (Table::List, "path") => set(&mut open.path, basic_string(value)?, line)?,
+            _ => return None,
+        }
+    }
+    close(&table, open, &mut doc)?;
+    Some(doc)
+}
+
+/// A TOML policy file; returns its `default`, if it has one.
+fn read_policy(path: &Path, rules: &mut Vec<SourcedRule>) -> Result<Option<Action>, PolicyError> {
+    let text = read_text(path)?;
+    let doc = parse_doc(path, &text)?;
     let shared: Arc<Path> = Arc::from(path);
-    let at = |span: std::ops::Range<usize>| Origin::Line {
-        path: Arc::clone(&shared),
-        line: line_of(span.start),
-    };
-    let fail = |span, error| PolicyError::Rule { origin: at(span), error };
-    let action = |v: &Spanned<String>| v.get_ref().parse::<Action>().map_err(|e| fail(v.span(), e));
-    let default = file.default.as_ref().map(action).transpose()?;
-    for entry in &file.rule {
-        let dest = entry.destination().map_err(|(span, error)| fail(span, error))?;
+    let at = |line: usize| Origin::Line { path: Arc::clone(&shared), line };
+    let fail = |line, error| PolicyError::Rule { origin: at(line), error };
+    let action = |v: &At<Text>| v.value.parse::<Action>().map_err(|e| fail(v.line, e));
+    let default = doc.default.as_ref().map(action).transpose()?;
+    rules.reserve(doc.rules.len());
+    for entry in &doc.rules {
+        let dest = entry.destination().map_err(|(line, error)| fail(line, error))?;
         rules.push(SourcedRule {
             rule: Rule { action: action(&entry.action)?, dest },
-            origin: at(entry.dst.span()),
+            origin: at(entry.dst.line),
         });
     }
+    drop(doc.rules);
     let base = path.parent().unwrap_or(Path::new("."));
-    for list in &file.list {
+    for list in &doc.lists {
         let list_action = action(&list.action)?;
-        read_list(&base.join(list.path.get_ref()), list_action, rules)?;
+        read_list(&base.join(&*list.path.value), list_action, rules)?;
     }
     Ok(default)
 }
@@ -559,11 +742,48 @@ mod fuzz {
             Just("ports = 443\n".to_owned()),
             Just("ports = -1\n".to_owned()),
             Just("proto = \"udp\"\n".to_owned()),
+            Just("dst = \"10.0.0.1\" # c\n".to_owned()),
+            Just("ports = 0443\n".to_owned()),
+            Just("  [[rule]] # c\r\n".to_owned()),
+            Just("dst = \"a#b\"\n".to_owned()),
+            Just("[rule]\n".to_owned()),
+            "[a-z]{1,6} = \"[a-z0-9.:/ #-]{0,12}\"\n",
+            "ports = [0-9+_-]{1,7}\n",
             "dst = \"\\\\PC{0,20}\"\n",
             "ports = \"[0-9-]{0,12}\"\n",
             "proto = \"[a-z]{0,4}\"\n",
             "\\PC{0,30}\n",
         ]
+    }
+
+    /// A `[[rule]]` or `[[list]]` entry with its required fields and some optional ones, in
+    /// any order, with blank lines and comments around.
+    fn plain_entry() -> impl Strategy<Value = String> {
+        let value = "[a-z0-9./:-]{0,12}";
+        let field = |key: &'static str| value.prop_map(move |v| format!("{key} = \"{v}\"\n"));
+        let rule = (
+            field("action"),
+            field("dst"),
+            proptest::option::of(prop_oneof![
+                field("ports"),
+                (0u32..70_000).prop_map(|n| format!("ports = {n}\n"))
+            ]),
+            proptest::option::of(field("proto")),
+        )
+            .prop_map(|(a, d, p, q)| {
+                [Some(a), Some(d), p, q].into_iter().flatten().collect::<Vec<_>>()
+            });
+        let list = (field("action"), field("path")).prop_map(|(a, p)| vec![a, p]);
+        (
+            prop_oneof![rule.prop_map(|f| ("[[rule]]", f)), list.prop_map(|f| ("[[list]]", f))],
+            any::<u64>(),
+            "( *# [a-z ]{0,8})?",
+        )
+            .prop_map(|((header, mut fields), order, comment)| {
+                let len = fields.len();
+                fields.rotate_left(usize::try_from(order).unwrap_or(0) % len);
+                format!("\n{header}{comment}\n\t{}", fields.join(" "))
+            })
     }
 
     proptest! {
@@ -579,6 +799,24 @@ mod fuzz {
                 Ok(_) => {}
                 Err(PolicyError::Read { path: p, .. }) => prop_assert!(p.ends_with("missing.txt")),
                 Err(e) => prop_assert!(e.to_string().contains("p.toml:"), "{}", e),
+            }
+        }
+
+        /// Whatever the fast reader reads, the TOML parser reads alike; plain files (entries
+        /// of known fields in any order) it reads itself.
+        #[test]
+        fn the_fast_reader_agrees_with_toml(
+            pieces in proptest::collection::vec(toml_piece(), 0..16),
+            entries in proptest::collection::vec(plain_entry(), 0..6),
+        ) {
+            let plain = entries.concat();
+            prop_assert!(fast_doc(&plain).is_some(), "{}", plain);
+            for text in [pieces.concat(), plain, [entries.concat(), pieces.concat()].concat()] {
+                let Some(doc) = fast_doc(&text) else { continue };
+                match toml_doc(Path::new("p.toml"), &text) {
+                    Ok(parsed) => prop_assert_eq!(doc, parsed, "{}", text),
+                    Err(e) => prop_assert!(false, "TOML refused what the fast reader took: {e}\n{text}"),
+                }
             }
         }
 

@@ -278,15 +278,27 @@ impl fmt::Display for Destination {
             Proto::Udp => f.write_str("udp://")?,
             Proto::Any => {}
         }
-        let host = match &self.host {
-            Host::Name(name) => name.clone(),
-            Host::Net(net) if net.prefix_len() == net.max_prefix_len() => net.addr().to_string(),
-            Host::Net(net) => net.to_string(),
-        };
+        // Written in place, not built as a String first: records and rule texts format a
+        // million rules.
+        let bracket = self.ports.is_some()
+            && match &self.host {
+                Host::Name(name) => name.contains(':'),
+                Host::Net(net) => matches!(net, IpNet::V6(_)),
+            };
+        if bracket {
+            f.write_str("[")?;
+        }
+        match &self.host {
+            Host::Name(name) => f.write_str(name)?,
+            Host::Net(net) if net.prefix_len() == net.max_prefix_len() => {
+                write!(f, "{}", net.addr())?;
+            }
+            Host::Net(net) => write!(f, "{net}")?,
+        }
         match self.ports {
-            Some(ports) if host.contains(':') => write!(f, "[{host}]:{ports}"),
-            Some(ports) => write!(f, "{host}:{ports}"),
-            None => f.write_str(&host),
+            Some(ports) if bracket => write!(f, "]:{ports}"),
+            Some(ports) => write!(f, ":{ports}"),
+            None => Ok(()),
         }
     }
 }

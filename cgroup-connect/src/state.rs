@@ -165,17 +165,8 @@ impl State {
     pub fn save(&self, paths: &InstancePaths) -> Result<(), StateError> {
         let err = |source| StateError::Write { name: paths.name.clone(), source };
         let tmp = paths.state.join("state.json.new");
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)
-            .map_err(err)?;
         let text = serde_json::to_string_pretty(self).map_err(|e| err(io::Error::other(e)))?;
-        file.write_all(text.as_bytes()).map_err(err)?;
-        file.sync_all().map_err(err)?;
+        write_private(&tmp, text.as_bytes()).map_err(err)?;
         fs::rename(&tmp, paths.state_file()).map_err(err)
     }
 
@@ -262,6 +253,38 @@ fn parse_start_time(stat: &str) -> Option<u64> {
     rest.split_ascii_whitespace().nth(22 - 3)?.parse().ok()
 }
 
+/// Writes `bytes` to a new file `path` (replacing one there), root-only, never through a
+/// symbolic link, and syncs it: the first half of an atomic replace.
+///
+/// # Errors
+/// When it cannot be opened or written.
+pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Opens `path` to read and write, made root-only if missing, never through a symbolic link.
+///
+/// # Errors
+/// When it cannot be opened.
+pub fn open_private(path: &std::path::Path) -> io::Result<File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
 /// An exclusive lock on an instance, held until dropped.
 pub struct Lock {
     _file: File,
@@ -274,14 +297,7 @@ impl Lock {
     /// [`StateError::Lock`].
     pub fn acquire(paths: &InstancePaths) -> Result<Self, StateError> {
         let err = |source| StateError::Lock { name: paths.name.clone(), source };
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(paths.lock_file())
-            .map_err(err)?;
+        let file = open_private(&paths.lock_file()).map_err(err)?;
         // SAFETY: flock on a descriptor we own.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(err(io::Error::last_os_error()));

@@ -1,69 +1,47 @@
 //! Rule ids as people read them: events and counters name a rule by its id (its place in the
-//! policy), and [`PolicyView`] is the one place that turns ids into rule texts.
+//! rule set in force), and [`PolicyView`] is the one place that turns ids into rule texts,
+//! from the record of the rules in force ([`crate::record`]), never from the policy files.
 use crate::{
-    instance,
     loader::{Instance, LoadError},
     pins::InstancePaths,
-    policy::Policy,
+    record::{FileId, Record, RuleTexts},
 };
 
-/// The rule texts of a policy, packed in one string (a long-running instance keeps only
-/// these, not the parsed policy: about 20 bytes a rule instead of about 90).
-struct RuleTexts {
-    text: String,
-    /// End of each rule's text in `text`.
-    ends: Vec<usize>,
-}
-
-impl RuleTexts {
-    fn of(policy: &Policy) -> Self {
-        let mut text = String::new();
-        let mut ends = Vec::with_capacity(policy.rules.len());
-        for r in &policy.rules {
-            use std::fmt::Write as _;
-            let _ = write!(text, "{}", r.rule);
-            ends.push(text.len());
-        }
-        text.shrink_to_fit();
-        Self { text, ends }
-    }
-
-    fn get(&self, index: usize) -> Option<&str> {
-        let end = *self.ends.get(index)?;
-        let start = index.checked_sub(1).map_or(0, |i| self.ends[i]);
-        self.text.get(start..end)
-    }
-}
-
-/// The rules of an instance as other processes may change them: re-read when the state file
-/// changes. The one place that turns rule ids (in events and counters) into rule text.
+/// The rules in force of an instance as other processes may change them: read again from
+/// its record when a swap replaced it.
 pub struct PolicyView {
     paths: InstancePaths,
     texts: RuleTexts,
-    seen: Option<std::time::SystemTime>,
+    seen: Option<FileId>,
 }
 
 impl PolicyView {
-    /// A view starting from `policy`, the instance's policy now.
+    /// A view starting from `record`, the one just put in force.
     #[must_use]
-    pub fn new(paths: &InstancePaths, policy: &Policy) -> Self {
-        let seen = Self::modified(paths);
-        Self { paths: paths.clone(), texts: RuleTexts::of(policy), seen }
+    pub fn new(paths: &InstancePaths, record: &Record) -> Self {
+        Self { paths: paths.clone(), texts: record.texts(), seen: FileId::now(paths) }
     }
 
-    fn modified(paths: &InstancePaths) -> Option<std::time::SystemTime> {
-        std::fs::metadata(paths.state_file()).and_then(|m| m.modified()).ok()
+    /// A view of the record in force of instance `paths`; while there is none that reads (an
+    /// instance of an older version), rules show as `rule #ID`.
+    #[must_use]
+    pub fn open(paths: &InstancePaths) -> Self {
+        let (texts, seen) = match RuleTexts::read(paths) {
+            Ok((texts, seen)) => (texts, Some(seen)),
+            Err(_) => (RuleTexts::empty(), None),
+        };
+        Self { paths: paths.clone(), texts, seen }
     }
 
-    /// Re-reads the rules if the state changed (a source that no longer reads keeps the
-    /// last rules).
+    /// Reads the record again if a swap replaced it (a record that does not read keeps the
+    /// last texts).
     fn refresh(&mut self) {
-        let now = Self::modified(&self.paths);
-        if now != self.seen {
-            self.seen = now;
-            if let Ok(policy) = instance::load(&self.paths).and_then(|s| Ok(s.policy()?)) {
-                self.texts = RuleTexts::of(&policy);
-            }
+        let now = FileId::now(&self.paths);
+        if now != self.seen
+            && let Ok((texts, id)) = RuleTexts::read(&self.paths)
+        {
+            self.texts = texts;
+            self.seen = Some(id);
         }
     }
 
@@ -76,7 +54,7 @@ impl PolicyView {
             }
             id => {
                 self.refresh();
-                self.texts.get(id as usize - 1).map_or_else(|| format!("rule #{id}"), str::to_owned)
+                self.texts.get(id).map_or_else(|| format!("rule #{id}"), str::to_owned)
             }
         }
     }

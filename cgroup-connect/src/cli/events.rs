@@ -1,10 +1,11 @@
 //! `blocker events`: stream an instance's events (blocked attempts, audit would-be blocks) as
-//! text or JSON lines until SIGINT. One reader at a time: readers share the ring buffer.
+//! text or JSON lines until SIGINT. One reader at a time: each event goes to one reader, so a
+//! second reader (or `blocker run --events`) is refused ([`ReaderClaim`]).
 use anyhow::Context as _;
 
 use crate::{
     cli::runtime::{Signals, block_on},
-    events::{self, EventReader},
+    events::{self, EventReader, ReaderClaim},
     instance,
     loader::Instance,
     pins::InstancePaths,
@@ -24,10 +25,14 @@ pub struct EventsArgs {
 /// Streams events until SIGINT or SIGTERM.
 ///
 /// # Errors
-/// No such instance, or standard output fails.
+/// No such instance, another reader ([`events::ReaderError::Busy`]), or standard output
+/// fails.
 pub fn events(args: &EventsArgs) -> anyhow::Result<()> {
     let paths = InstancePaths::new(&args.name)?;
-    let mut view = PolicyView::new(&paths, &instance::load(&paths)?.policy()?);
+    paths.check_dirs()?;
+    instance::load(&paths)?;
+    let _claim = ReaderClaim::take(&paths, "blocker events")?;
+    let mut view = PolicyView::open(&paths);
     let mut instance = Instance::open(&paths)?;
     block_on(async {
         let mut signals = Signals::new(false)?;

@@ -1,7 +1,8 @@
-//! `blocker list`: the rules an instance enforces, in order, with where each came from.
+//! `blocker list`: the rules an instance enforces, in order, with where each came from, as
+//! recorded when they were put in force ([`crate::record`]).
 use serde::Serialize;
 
-use crate::{instance, pins::InstancePaths, rules::Action};
+use crate::{pins::InstancePaths, record, rules::Action};
 
 /// Arguments of `blocker list`.
 #[derive(Debug, clap::Args)]
@@ -31,22 +32,17 @@ struct ListedRule {
 /// Prints the rules.
 ///
 /// # Errors
-/// No such instance, or a source that no longer reads.
+/// No such instance, or its record of the rules in force does not read.
 pub fn list(args: &ListArgs) -> anyhow::Result<()> {
     let paths = InstancePaths::new(&args.name)?;
-    let policy = instance::load(&paths)?.policy()?;
-    let rules = policy
+    crate::instance::load(&paths)?;
+    let recorded = record::read(&paths)?;
+    let rules = recorded
         .rules
-        .iter()
-        .enumerate()
-        .map(|(i, r)| ListedRule {
-            id: i + 1,
-            action: r.rule.action,
-            rule: r.rule.dest.to_string(),
-            origin: r.origin.to_string(),
-        })
+        .into_iter()
+        .map(|r| ListedRule { id: r.id, action: r.action, rule: r.rule, origin: r.origin })
         .collect();
-    let listed = Listed { name: paths.name, default: policy.default, rules };
+    let listed = Listed { name: paths.name, default: recorded.default, rules };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.json {
         serde_json::to_writer_pretty(&mut out, &listed)?;

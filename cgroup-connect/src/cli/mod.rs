@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     cgroup::CgroupError,
-    events::SinkError,
+    events::{ReaderError, SinkError},
     instance::{BusyError, ElsewhereError, NotEnforcedError},
     loader::LoadError,
     metrics::AddrError,
@@ -51,7 +51,7 @@ pub enum Command {
     Add(edit::EditArgs),
     /// Remove rules from a running or pinned instance, at once.
     Remove(edit::EditArgs),
-    /// Show an instance's rules.
+    /// Show the rules an instance enforces, as recorded when they were put in force.
     List(list::ListArgs),
     /// Re-read an instance's policy files and swap its rules at once.
     Reload(reload::ReloadArgs),
@@ -59,9 +59,9 @@ pub enum Command {
     Detach(detach::DetachArgs),
     /// List every instance.
     Status(status::StatusArgs),
-    /// Stream an instance's events (blocked attempts).
+    /// Stream an instance's events (blocked attempts); one reader at a time.
     Events(events::EventsArgs),
-    /// Show an instance's counters.
+    /// Show an instance's counters (hits of a rule kept while it stays in force).
     Stats(stats::StatsArgs),
     /// Check that this machine can run (and build) the blocker.
     Doctor,
@@ -117,6 +117,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             || cause.is::<NotEnforcedError>()
             || matches!(cause.downcast_ref(), Some(SinkError::Symlink { .. }))
             || matches!(cause.downcast_ref(), Some(run::WatchError::NoFile))
+            || matches!(cause.downcast_ref(), Some(ReaderError::Busy { .. }))
         {
             return EXIT_USAGE;
         }

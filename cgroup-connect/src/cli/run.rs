@@ -70,10 +70,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub audit: bool,
     /// Write events (blocked attempts, audit would-be blocks) as JSON lines to FILE, or - for
-    /// standard output
+    /// standard output; this process is then the instance's one events reader
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
-    /// Print how long each start-up phase took (read, compile, write, attach) to stderr
+    /// Print how long each start-up phase took (read, compile, record, write, attach) to stderr
     #[arg(long)]
     pub timings: bool,
     /// Serve Prometheus metrics at `http://ADDR/metrics` (PORT alone binds to 127.0.0.1)
@@ -142,12 +142,14 @@ impl RunArgs {
     }
 }
 
-/// Runs until SIGINT or SIGTERM.
+/// Runs until SIGINT or SIGTERM (which end it in any phase: before it attaches, nothing is
+/// left behind).
 ///
 /// # Errors
 /// A bad name, cgroup directory, rule or policy file, an unresolvable hostname, missing
-/// privileges, a busy instance, or a load or attach failure; nothing new stays attached after
-/// an error.
+/// privileges, a busy instance, an events file or metrics address that cannot be opened, an
+/// events reader already there, or a load or attach failure; nothing new stays attached,
+/// pinned or recorded after an error.
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let paths = InstancePaths::new(&args.name)?;
     let target = args.target();
@@ -186,8 +188,29 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let mut signals = Signals::new(true)?;
     let mut names = Names::new();
-    let instance::Started { mut instance, adopted, reattached, applied } =
-        instance::start(paths, cgroup, state, &mut names).await?;
+    // Bound before anything attaches, so a busy port leaves nothing behind.
+    let listener = match metrics_addr {
+        Some(addr) => {
+            Some(metrics::bind(addr).await.with_context(|| format!("serving metrics on {addr}"))?)
+        }
+        None => None,
+    };
+    let starting = instance::start(paths, cgroup, state, &mut names, sink.is_some());
+    let Some(started) = unless_stopped(&mut signals, starting).await? else {
+        println!("stopped before attaching: nothing was attached");
+        return Ok(());
+    };
+    let instance::Started { mut instance, adopted, reattached, applied, reader } = started;
+    let view = Arc::new(Mutex::new(PolicyView::new(paths, &applied.record)));
+    // What can still fail fails before `attached` is printed, and then takes down what this
+    // start made (a pinned instance that was adopted keeps enforcing, as before it).
+    let (mut events, metrics) = match reporting(&mut instance, paths, &view, sink, listener) {
+        Ok(ready) => ready,
+        Err(e) => {
+            let _ = instance::stop(paths, instance, args.pin && adopted);
+            return Err(e);
+        }
+    };
     println!(
         "attached to cgroup {} as instance {}{}: {}",
         cgroup.path().display(),
@@ -209,31 +232,17 @@ async fn serve(
     if let Some(files) = files.as_mut() {
         watch_rule_files(files, &applied.policy);
     }
-    let view = Arc::new(Mutex::new(PolicyView::new(paths, &applied.policy)));
     drop(applied);
     instance::release_free_memory();
-    let mut events: Option<Events> = match sink {
-        Some(sink) => Some((EventReader::new(instance.take_events()?)?, sink)),
-        None => None,
-    };
-    let metrics_task = match metrics_addr {
-        Some(addr) => {
-            let (paths, view) = (paths.clone(), Arc::clone(&view));
-            let snapshot = Arc::new(move || {
-                Snapshot::read(&paths, &mut view.lock().unwrap_or_else(PoisonError::into_inner))
-            });
-            let (bound, server) = metrics::serve(addr, snapshot)
-                .await
-                .with_context(|| format!("serving metrics on {addr}"))?;
-            println!("serving metrics on http://{bound}/metrics");
-            if let Some(warning) = metrics::exposure_warning(bound) {
-                eprintln!("blocker: warning: {warning}");
-            }
-            Some(tokio::spawn(server))
+    let _reader = reader;
+    let metrics_task = metrics.map(|(bound, task)| {
+        println!("serving metrics on http://{bound}/metrics");
+        if let Some(warning) = metrics::exposure_warning(bound) {
+            eprintln!("blocker: warning: {warning}");
         }
-        None => None,
-    };
-    let mut follower = Follower::new(cgroup)?;
+        task
+    });
+    let mut follower = Follower::new(cgroup);
     loop {
         let refresh = names.next_refresh().map(tokio::time::Instant::from_std);
         tokio::select! {
@@ -276,6 +285,23 @@ async fn serve(
         println!("detached from cgroup {}", cgroup.path().display());
     }
     Ok(())
+}
+
+/// Runs `work` to its end, or drops it (None) at SIGINT or SIGTERM; a reload request meanwhile
+/// has nothing to re-read yet.
+async fn unless_stopped<T>(
+    signals: &mut Signals,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<Option<T>> {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            done = &mut work => return done.map(Some),
+            request = signals.next() => if request == Request::Stop {
+                return Ok(None);
+            },
+        }
+    }
 }
 
 /// `--watch`: the files given on the command line, watched from before the start.
@@ -341,17 +367,25 @@ struct Follower {
 }
 
 impl Follower {
-    fn new(cgroup: &CgroupDir) -> anyhow::Result<Self> {
+    /// Never fails: without inotify it checks every second.
+    fn new(cgroup: &CgroupDir) -> Self {
         let path = cgroup.path().to_owned();
-        let watch = cgroup
-            .path()
-            .parent()
-            .is_some()
-            .then(|| CgroupWatch::new(&path))
-            .transpose()
-            .with_context(|| format!("watching cgroup {}", path.display()))?;
-        let attached = cgroup.id().context("reading the cgroup's id")?;
-        Ok(Self { path, attached, watch, waiting: false })
+        let watch = match cgroup.path().parent().map(|_| CgroupWatch::new(&path)) {
+            Some(Ok(watch)) => Some(watch),
+            Some(Err(e)) => {
+                eprintln!(
+                    "blocker: warning: cannot watch cgroup {} ({e}): checking it every second",
+                    path.display()
+                );
+                None
+            }
+            // The root of the tree is never removed.
+            None => None,
+        };
+        // Unreadable (never, for a directory this process holds open): the first check
+        // attaches again, which is harmless.
+        let attached = cgroup.id().unwrap_or(0);
+        Self { path, attached, watch, waiting: false }
     }
 
     /// An inotify event about the directory, or a second gone by.
@@ -414,6 +448,36 @@ impl Follower {
         }
         let _ = stdout().flush();
     }
+}
+
+/// The metrics server: its address and its task.
+type Metrics = (std::net::SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>);
+
+/// The events reader and the metrics server of a started instance.
+fn reporting(
+    instance: &mut crate::loader::Instance,
+    paths: &InstancePaths,
+    view: &Arc<Mutex<PolicyView>>,
+    sink: Option<Box<dyn std::io::Write + Send>>,
+    listener: Option<tokio::net::TcpListener>,
+) -> anyhow::Result<(Option<Events>, Option<Metrics>)> {
+    let events = match sink {
+        Some(sink) => Some((EventReader::new(instance.take_events()?)?, sink)),
+        None => None,
+    };
+    let metrics = match listener {
+        Some(listener) => {
+            let (paths, view) = (paths.clone(), Arc::clone(view));
+            let snapshot = Arc::new(move || {
+                let mut view = view.lock().unwrap_or_else(PoisonError::into_inner);
+                Snapshot::read(&paths, &mut view)
+            });
+            let (bound, server) = metrics::serve(listener, snapshot).context("serving metrics")?;
+            Some((bound, tokio::spawn(server)))
+        }
+        None => None,
+    };
+    Ok((events, metrics))
 }
 
 /// Re-reads the sources and swaps the tables; on failure the old policy stays in force.

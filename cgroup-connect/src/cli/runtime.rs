@@ -9,11 +9,14 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 /// # Errors
 /// The runtime cannot start, or whatever the future fails with.
 pub fn block_on<T>(f: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
-    tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting the runtime")?
-        .block_on(f)
+        .context("starting the runtime")?;
+    let result = runtime.block_on(f);
+    // Work left on a blocking thread (a parse that a signal cut short) ends with the process.
+    runtime.shutdown_background();
+    result
 }
 
 /// What a caught signal asks for.

@@ -2,7 +2,6 @@
 use serde::Serialize;
 
 use crate::{
-    instance,
     loader::{Instance, Totals},
     pins::InstancePaths,
     view::PolicyView,
@@ -41,7 +40,8 @@ struct RuleHits {
 /// No such instance.
 pub fn stats(args: &StatsArgs) -> anyhow::Result<()> {
     let paths = InstancePaths::new(&args.name)?;
-    let mut view = PolicyView::new(&paths, &instance::load(&paths)?.policy()?);
+    crate::instance::load(&paths)?;
+    let mut view = PolicyView::open(&paths);
     let instance = Instance::open(&paths)?;
     let rules = view
         .busiest_rules(&instance, TOP)?

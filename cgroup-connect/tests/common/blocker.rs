@@ -188,15 +188,27 @@ pub fn blocker_output(args: &[&str], uid: Option<u32>) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("spawn blocker: {e}"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap_or_else(|e| panic!("wait for blocker {args:?}: {e}")).is_none() {
+    assert!(
+        wait_within(&mut child, Duration::from_secs(30)).is_some(),
+        "blocker {args:?} did not exit within 30 s"
+    );
+    child.wait_with_output().unwrap_or_else(|e| panic!("collect output of blocker {args:?}: {e}"))
+}
+
+/// Waits up to `within` for `child` to exit; kills it (and returns None) if it does not.
+pub fn wait_within(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap_or_else(|e| panic!("wait for a child: {e}")) {
+            return Some(status);
+        }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("blocker {args:?} did not exit within 30 s");
+            let _ = child.wait();
+            return None;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    child.wait_with_output().unwrap_or_else(|e| panic!("collect output of blocker {args:?}: {e}"))
 }
 
 /// Makes `cmd` run as user and group `uid`, with no supplementary groups.
@@ -236,4 +248,49 @@ pub fn blocker_ok(args: &[&str]) -> String {
     let out = blocker_output(args, None);
     assert!(out.status.success(), "blocker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Makes `cmd` run with a seccomp filter under which the `bpf()` command `bpf_cmd` fails with
+/// `errno` (the kernel refuses it, as it may refuse a load or an attach).
+pub fn refusing_bpf(cmd: &mut Command, bpf_cmd: u32, errno: u16) -> &mut Command {
+    const LD_W_ABS: u16 = 0x20;
+    const JEQ_K: u16 = 0x15;
+    const RET_K: u16 = 0x06;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    let insn = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let nr = u32::try_from(libc::SYS_bpf).expect("syscall number fits u32");
+    // seccomp_data: the syscall number at offset 0, its first argument at 16 (low half).
+    let filter = [
+        insn(LD_W_ABS, 0, 0, 0),
+        insn(JEQ_K, 0, 3, nr),
+        insn(LD_W_ABS, 0, 0, 16),
+        insn(JEQ_K, 0, 1, bpf_cmd),
+        insn(RET_K, 0, 0, RET_ERRNO | u32::from(errno)),
+        insn(RET_K, 0, 0, RET_ALLOW),
+    ];
+    // SAFETY: prctl with a filter that lives in the closure; async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            let prog = libc::sock_fprog {
+                len: u16::try_from(filter.len()).expect("six instructions"),
+                filter: filter.as_ptr().cast_mut(),
+            };
+            if libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &raw const prog) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Asserts that nothing of instance `name` is left: no pins, no state folder, not in
+/// `blocker status`.
+pub fn assert_no_instance(name: &str) {
+    for dir in ["/sys/fs/bpf/cgroup-connect", "/run/cgroup-connect"] {
+        let path = std::path::Path::new(dir).join(name);
+        assert!(!path.exists(), "{} left behind", path.display());
+    }
+    let status = blocker_ok(&["status", "--json"]);
+    assert!(!status.contains(&format!("\"{name}\"")), "{name} in status: {status}");
 }

@@ -1,0 +1,507 @@
+//! The rules in force, as they were swapped in: every swap (start, add, remove, reload,
+//! hostname refresh) saves the texts of the rules it put in force, each with its id and
+//! where it came from, in the instance's state folder (`rules`, root-only, replaced
+//! atomically). `list`, `stats`, events and metrics name rules from this record, never by
+//! reading the policy files again: a file edited since, or no longer readable, changes
+//! nothing that is reported until it is reloaded.
+//!
+//! The file is text, one item a line, written in the order the rules were read:
+//!
+//! ```text
+//! cgroup-connect rules 1
+//! default allow
+//! source 1 file "/etc/cgroup-connect/web.toml"
+//! block 10.0.0.0/8 1:5
+//! source 2 flag --block
+//! block tcp://example.com:443 2 192.0.2.1 2001:db8::1
+//! source 3 live
+//! allow 10.1.2.3 3
+//! ```
+//!
+//! A `source N` line names a source before its first rule (`file` with its path as a JSON
+//! string, `flag` with the flag, `live` for `blocker add`). Every other line after `default`
+//! is a rule: action, destination, its source (`N:LINE` for a file), then, for a hostname,
+//! the addresses it stood for. Rule ids count the rule lines from 1, as the tables do.
+use std::{
+    collections::{HashMap, HashSet},
+    fmt::Write as _,
+    fs, io,
+    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use crate::{
+    pins::InstancePaths,
+    policy::{Origin, Policy},
+    rules::{Action, Destination, Host, Rule},
+};
+
+/// The first line of a record.
+const HEADER: &str = "cgroup-connect rules 1";
+
+/// Why the record of an instance's rules could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(
+        "instance {name} has no record of its rules in force (it was started by an older version): `blocker reload {name}` records them"
+    )]
+    Missing { name: String },
+    #[error("cannot read the rules in force of instance {name} ({})", path.display())]
+    Read {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the record of the rules in force of instance {name} ({}) is damaged at line {line}: `blocker reload {name}` writes it again", path.display())]
+    Damaged { name: String, path: PathBuf, line: usize },
+    #[error("cannot save the rules in force of instance {name}")]
+    Write {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A record of a policy, ready to be saved.
+pub struct Record {
+    text: String,
+}
+
+impl Record {
+    /// The record of `policy`, with each hostname's addresses from `addrs_of`.
+    pub fn of<I>(policy: &Policy, addrs_of: impl Fn(&str) -> I) -> Self
+    where
+        I: IntoIterator<Item = std::net::IpAddr>,
+    {
+        let mut text = String::with_capacity(policy.rules.len() * 24 + 64);
+        let _ = writeln!(text, "{HEADER}\ndefault {}", policy.default);
+        let mut sources: HashMap<SourceKey, usize> = HashMap::new();
+        let mut last: Option<(SourceKey, usize)> = None;
+        for r in &policy.rules {
+            let key = SourceKey::of(&r.origin);
+            let n = match &last {
+                Some((k, n)) if *k == key => *n,
+                _ => {
+                    let next = sources.len() + 1;
+                    let n = *sources.entry(key.clone()).or_insert_with(|| {
+                        let _ = match &r.origin {
+                            Origin::Flag(flag) => writeln!(text, "source {next} flag {flag}"),
+                            Origin::Line { path, .. } => {
+                                let path = path.display().to_string();
+                                let quoted = serde_json::to_string(&path).unwrap_or_default();
+                                writeln!(text, "source {next} file {quoted}")
+                            }
+                            Origin::Live => writeln!(text, "source {next} live"),
+                        };
+                        next
+                    });
+                    last = Some((key, n));
+                    n
+                }
+            };
+            let _ = write!(text, "{} {} {n}", r.rule.action, r.rule.dest);
+            if let Origin::Line { line, .. } = r.origin {
+                let _ = write!(text, ":{line}");
+            }
+            if let Host::Name(name) = &r.rule.dest.host {
+                for addr in addrs_of(name) {
+                    let _ = write!(text, " {addr}");
+                }
+            }
+            text.push('\n');
+        }
+        Self { text }
+    }
+
+    /// The rule texts it holds, by id.
+    #[must_use]
+    pub fn texts(&self) -> RuleTexts {
+        RuleTexts::parse(&self.text).unwrap_or_else(|_| RuleTexts::empty())
+    }
+
+    /// Writes it next to the record in force (a new file, root-only, never through a link),
+    /// to be put in force by [`Pending::commit`] once its rules are.
+    ///
+    /// # Errors
+    /// [`RecordError::Write`].
+    pub fn prepare(&self, paths: &InstancePaths) -> Result<Pending, RecordError> {
+        let err = |source| RecordError::Write { name: paths.name.clone(), source };
+        let tmp = paths.state.join(format!("{RULES_FILE}.new"));
+        let pending =
+            Pending { tmp: tmp.clone(), dest: paths.rules_file(), name: paths.name.clone() };
+        crate::state::write_private(&tmp, self.text.as_bytes()).map_err(err)?;
+        Ok(pending)
+    }
+}
+
+/// Name of the record in an instance's state folder.
+pub const RULES_FILE: &str = "rules";
+
+/// A record written but not yet in force; dropped uncommitted, it is removed.
+pub struct Pending {
+    tmp: PathBuf,
+    dest: PathBuf,
+    name: String,
+}
+
+impl Pending {
+    /// Puts the record in force (renames it over the old one).
+    ///
+    /// # Errors
+    /// [`RecordError::Write`].
+    pub fn commit(self) -> Result<(), RecordError> {
+        let result = fs::rename(&self.tmp, &self.dest)
+            .map_err(|source| RecordError::Write { name: self.name.clone(), source });
+        std::mem::forget(self);
+        result
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
+/// A source as the record names it (files by their shared path).
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum SourceKey {
+    Flag(&'static str),
+    File(Arc<Path>),
+    Live,
+}
+
+impl SourceKey {
+    fn of(origin: &Origin) -> Self {
+        match origin {
+            Origin::Flag(flag) => Self::Flag(flag),
+            Origin::Line { path, .. } => Self::File(Arc::clone(path)),
+            Origin::Live => Self::Live,
+        }
+    }
+}
+
+/// A recorded rule, as `blocker list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedRule {
+    pub id: usize,
+    pub action: Action,
+    /// The destination, as written in the rule language.
+    pub rule: String,
+    /// Where it came from: `FILE:LINE`, the flag, or `blocker add`.
+    pub origin: String,
+    /// A hostname's addresses when it was put in force.
+    pub addrs: Vec<String>,
+}
+
+/// The whole record of an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub default: Action,
+    pub rules: Vec<RecordedRule>,
+}
+
+/// The text of the record in force, and the identity of its file (which changes with each
+/// swap: a new file is renamed over the old).
+fn read_text(paths: &InstancePaths) -> Result<(String, FileId), RecordError> {
+    let path = paths.rules_file();
+    let file =
+        fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path).map_err(
+            |source| {
+                if source.kind() == io::ErrorKind::NotFound {
+                    RecordError::Missing { name: paths.name.clone() }
+                } else {
+                    RecordError::Read { name: paths.name.clone(), path: path.clone(), source }
+                }
+            },
+        )?;
+    let read_err =
+        |source| RecordError::Read { name: paths.name.clone(), path: path.clone(), source };
+    let id = FileId::of(&file.metadata().map_err(read_err)?);
+    let text = io::read_to_string(file).map_err(read_err)?;
+    Ok((text, id))
+}
+
+/// What tells one record file from the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    ino: u64,
+    mtime: i64,
+    mtime_ns: i64,
+    len: u64,
+}
+
+impl FileId {
+    fn of(m: &fs::Metadata) -> Self {
+        Self { ino: m.ino(), mtime: m.mtime(), mtime_ns: m.mtime_nsec(), len: m.len() }
+    }
+
+    /// The identity of the record in force now, if there is one.
+    #[must_use]
+    pub fn now(paths: &InstancePaths) -> Option<Self> {
+        fs::symlink_metadata(paths.rules_file()).ok().map(|m| Self::of(&m))
+    }
+}
+
+/// Reads the whole record of an instance.
+///
+/// # Errors
+/// A [`RecordError`].
+pub fn read(paths: &InstancePaths) -> Result<Recorded, RecordError> {
+    let (text, _) = read_text(paths)?;
+    let damaged =
+        |line| RecordError::Damaged { name: paths.name.clone(), path: paths.rules_file(), line };
+    let mut lines = text.lines().enumerate().map(|(n, l)| (n + 1, l));
+    let (mut default, mut sources, mut rules) = (None, HashMap::new(), Vec::new());
+    for (n, line) in &mut lines {
+        match Item::parse(line).ok_or_else(|| damaged(n))? {
+            Item::Header => {}
+            Item::Default(action) => default = Some(action),
+            Item::Source(k, origin) => {
+                sources.insert(k, origin);
+            }
+            Item::Rule { action, dest, source, line, addrs } => {
+                let origin = sources.get(source).ok_or_else(|| damaged(n))?;
+                rules.push(RecordedRule {
+                    id: rules.len() + 1,
+                    action,
+                    rule: dest.to_owned(),
+                    origin: match line {
+                        Some(l) => format!("{origin}:{l}"),
+                        None => origin.clone(),
+                    },
+                    addrs: addrs.split_whitespace().map(str::to_owned).collect(),
+                });
+            }
+        }
+    }
+    Ok(Recorded { default: default.ok_or_else(|| damaged(1))?, rules })
+}
+
+/// The rules of the record in force with the given ids (for carrying their hit counts over
+/// to a new rule set).
+///
+/// # Errors
+/// A [`RecordError`] ([`RecordError::Missing`] for an instance of an older version).
+pub fn rules_by_id<S: std::hash::BuildHasher>(
+    paths: &InstancePaths,
+    ids: &HashSet<u32, S>,
+) -> Result<HashMap<Rule, u32>, RecordError> {
+    let (text, _) = read_text(paths)?;
+    let mut out = HashMap::with_capacity(ids.len());
+    let mut id = 0u32;
+    for line in text.lines() {
+        if let Some(Item::Rule { action, dest, .. }) = Item::parse(line) {
+            id += 1;
+            if ids.contains(&id)
+                && let Ok(dest) = dest.parse::<Destination>()
+            {
+                out.insert(Rule { action, dest }, id);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One line of a record.
+enum Item<'a> {
+    Header,
+    Default(Action),
+    /// Source number and how it reads in `list` (a file's path, a flag, `blocker add`).
+    Source(&'a str, String),
+    Rule {
+        action: Action,
+        dest: &'a str,
+        source: &'a str,
+        line: Option<&'a str>,
+        addrs: &'a str,
+    },
+}
+
+impl<'a> Item<'a> {
+    fn parse(line: &'a str) -> Option<Self> {
+        if line == HEADER {
+            return Some(Self::Header);
+        }
+        let (first, rest) = line.split_once(' ')?;
+        match first {
+            "default" => rest.parse().ok().map(Self::Default),
+            "source" => {
+                let (n, rest) = rest.split_once(' ')?;
+                let shown = match rest.split_once(' ').unwrap_or((rest, "")) {
+                    ("flag", flag) => flag.to_owned(),
+                    ("live", "") => Origin::Live.to_string(),
+                    ("file", path) => serde_json::from_str::<String>(path).ok()?,
+                    _ => return None,
+                };
+                Some(Self::Source(n, shown))
+            }
+            action => {
+                let action = action.parse().ok()?;
+                let (dest, rest) = rest.split_once(' ')?;
+                let (src, addrs) = rest.split_once(' ').unwrap_or((rest, ""));
+                let (source, line) = match src.split_once(':') {
+                    Some((s, l)) => (s, Some(l)),
+                    None => (src, None),
+                };
+                Some(Self::Rule { action, dest, source, line, addrs })
+            }
+        }
+    }
+}
+
+/// The rule texts of a record (`block 10.0.0.1`), by id, packed in one string: a
+/// long-running instance keeps only these (about 20 bytes a rule).
+pub struct RuleTexts {
+    text: String,
+    /// End of each rule's text in `text`.
+    ends: Vec<usize>,
+}
+
+impl RuleTexts {
+    /// No rule texts.
+    #[must_use]
+    pub fn empty() -> Self {
+        Self { text: String::new(), ends: Vec::new() }
+    }
+
+    /// The rule texts of a record's text; `Err(line)` for a line that is not a record's.
+    fn parse(record: &str) -> Result<Self, usize> {
+        let mut this = Self::empty();
+        for (n, line) in record.lines().enumerate() {
+            match Item::parse(line).ok_or(n + 1)? {
+                Item::Rule { action, dest, .. } => {
+                    let _ = write!(this.text, "{action} {dest}");
+                    this.ends.push(this.text.len());
+                }
+                Item::Header | Item::Default(_) | Item::Source(..) => {}
+            }
+        }
+        this.text.shrink_to_fit();
+        this.ends.shrink_to_fit();
+        Ok(this)
+    }
+
+    /// The rule texts of the record in force of an instance, and the identity of its file.
+    ///
+    /// # Errors
+    /// A [`RecordError`].
+    pub fn read(paths: &InstancePaths) -> Result<(Self, FileId), RecordError> {
+        let (text, id) = read_text(paths)?;
+        let this = Self::parse(&text).map_err(|line| RecordError::Damaged {
+            name: paths.name.clone(),
+            path: paths.rules_file(),
+            line,
+        })?;
+        Ok((this, id))
+    }
+
+    /// The text of rule `id` (from 1).
+    #[must_use]
+    pub fn get(&self, id: u32) -> Option<&str> {
+        let index = usize::try_from(id).ok()?.checked_sub(1)?;
+        let end = *self.ends.get(index)?;
+        let start = index.checked_sub(1).map_or(0, |i| self.ends[i]);
+        self.text.get(start..end)
+    }
+}
+
+/// The hit counts to keep across a swap: each counted rule that the new rule set still holds,
+/// under its new id. `old` maps the counted rules to their old ids; `counts` are the counts by
+/// old id (whatever a count is: per-CPU values, say).
+pub fn carry_hits<'r, T, S: std::hash::BuildHasher>(
+    counts: Vec<(u32, T)>,
+    old: &HashMap<Rule, u32, S>,
+    new_rules: impl IntoIterator<Item = &'r Rule>,
+) -> Vec<(u32, T)> {
+    let mut new_id_of_old: HashMap<u32, u32> = HashMap::with_capacity(old.len());
+    if !old.is_empty() {
+        for (rule, new_id) in new_rules.into_iter().zip(1u32..) {
+            if let Some(&old_id) = old.get(rule) {
+                new_id_of_old.insert(old_id, new_id);
+                if new_id_of_old.len() == old.len() {
+                    break;
+                }
+            }
+        }
+    }
+    counts
+        .into_iter()
+        .filter_map(|(old_id, count)| new_id_of_old.get(&old_id).map(|&id| (id, count)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::SourcedRule;
+
+    fn rule(text: &str) -> Rule {
+        let (action, dest) = text.split_once(' ').unwrap();
+        Rule { action: action.parse().unwrap(), dest: dest.parse().unwrap() }
+    }
+
+    #[test]
+    fn a_record_names_each_rule_and_its_source() {
+        let file: Arc<Path> = Arc::from(Path::new("/etc/a b\"c.toml"));
+        let sourced = |text, origin| SourcedRule { rule: rule(text), origin };
+        let policy = Policy {
+            default: Action::Block,
+            rules: vec![
+                sourced("block 10.0.0.0/8", Origin::Line { path: Arc::clone(&file), line: 5 }),
+                sourced("allow tcp://example.com:443", Origin::Flag("--allow")),
+                sourced("block [2001:db8::/32]:80-90", Origin::Line { path: file, line: 9 }),
+                sourced("block udp://10.1.2.3:53", Origin::Live),
+            ],
+        };
+        let addrs: Vec<std::net::IpAddr> =
+            vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()];
+        let record = Record::of(&policy, |_| addrs.clone());
+        let texts = record.texts();
+        assert_eq!(texts.get(1), Some("block 10.0.0.0/8"));
+        assert_eq!(texts.get(3), Some("block [2001:db8::/32]:80-90"));
+        assert_eq!((texts.get(0), texts.get(5)), (None, None));
+
+        let mut recorded = Vec::new();
+        let mut shown_as = HashMap::new();
+        for line in record.text.lines() {
+            match Item::parse(line).unwrap() {
+                Item::Source(n, shown) => {
+                    shown_as.insert(n.to_owned(), shown);
+                }
+                Item::Rule { action, dest, source, line, addrs } => recorded.push(format!(
+                    "{action} {dest} # {}{} {addrs}",
+                    shown_as[source],
+                    line.map(|l| format!(":{l}")).unwrap_or_default()
+                )),
+                Item::Header | Item::Default(_) => {}
+            }
+        }
+        assert_eq!(
+            recorded,
+            [
+                "block 10.0.0.0/8 # /etc/a b\"c.toml:5 ",
+                "allow tcp://example.com:443 # --allow 192.0.2.1 2001:db8::1",
+                "block [2001:db8::/32]:80-90 # /etc/a b\"c.toml:9 ",
+                "block udp://10.1.2.3:53 # blocker add ",
+            ]
+        );
+        assert_eq!(record.text.matches("source ").count(), 3, "{}", record.text);
+    }
+
+    #[test]
+    fn hits_follow_their_rule_to_its_new_id() {
+        let old: HashMap<Rule, u32> =
+            [(rule("block 10.0.0.1"), 1), (rule("block 10.0.0.2"), 2), (rule("allow 10.0.0.3"), 3)]
+                .into_iter()
+                .collect();
+        let new = ["block 10.0.0.9", "allow 10.0.0.3", "block 10.0.0.1"].map(rule);
+        let counts = vec![(1, [5u64, 1]), (2, [7, 0]), (3, [0, 2])];
+        let mut carried = carry_hits(counts, &old, &new);
+        carried.sort_unstable();
+        assert_eq!(carried, [(2, [0, 2]), (3, [5, 1])], "10.0.0.2 is gone, the others moved");
+        assert!(carry_hits(vec![(1, 1)], &HashMap::new(), &new).is_empty());
+    }
+}
