@@ -12,9 +12,11 @@ log() { printf 'setup: %s\n' "$*"; }
 # Where the libLLVM links for bpf-linker live. bpf-linker's rpath points here, so it must last.
 LLVM_LINK_DIR=${LLVM_LINK_DIR:-${CARGO_HOME:-$HOME/.cargo}/bpf-linker-llvm}
 BPF_LINKER_VERSION=${BPF_LINKER_VERSION:-0.13}
-# podman, runc and busybox-static: tests/containers.rs runs a real container (runc, not crun:
-# crun refuses hybrid cgroup hosts).
-APT_PACKAGES=(iproute2 bpftool nftables iptables ipset podman runc busybox-static)
+# python3-jsonschema and python3-prometheus-client: tests/formats.rs checks the JSON outputs
+# against docs/schemas and parses /metrics with them. podman, runc and busybox-static:
+# tests/containers.rs runs a real container (runc, not crun: crun refuses hybrid cgroup hosts).
+APT_PACKAGES=(iproute2 bpftool nftables iptables ipset python3-jsonschema python3-prometheus-client
+    podman runc busybox-static)
 
 need_root_for_apt() {
     if [[ $(id -u) -ne 0 ]]; then

@@ -1,6 +1,6 @@
 //! Events: reading blocked (and audit) attempts from an instance's ring buffer, and printing
 //! them as text or JSON lines. Owns the conversion from the programs' `Event` records, and
-//! the events file.
+//! the events file. A JSON line is described by docs/schemas/event.schema.json.
 use std::{
     io::{self, Write},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -23,6 +23,7 @@ use crate::{
 #[derive(Debug, Serialize)]
 pub struct EventLine {
     pub time: String,
+    /// `blocked`, or `audit_would_block` in audit mode: the words of `stats` and the metrics.
     pub verdict: &'static str,
     pub hook: &'static str,
     pub protocol: &'static str,
@@ -52,7 +53,7 @@ impl EventLine {
         let comm_len = e.comm.iter().position(|&b| b == 0).unwrap_or(e.comm.len());
         Self {
             time: humantime::format_rfc3339_millis(wall_time(e.time_ns)).to_string(),
-            verdict: if e.verdict == verdict::AUDIT { "audit" } else { "blocked" },
+            verdict: if e.verdict == verdict::AUDIT { "audit_would_block" } else { "blocked" },
             hook: if e.hook == hook::SENDMSG { "sendmsg" } else { "connect" },
             protocol: match e.protocol {
                 6 => "tcp",

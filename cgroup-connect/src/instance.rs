@@ -25,7 +25,6 @@ use crate::{
     policy::Policy,
     record::{self, Record},
     resolve::Names,
-    rules::Action,
     state::{self, Counts, Lock, Server, State},
     table::{self, Tables},
     timings,
@@ -88,10 +87,7 @@ impl Applied {
         if rules.len() > SHOWN {
             shown.push(format!("and {} more", rules.len() - SHOWN));
         }
-        let default = match self.policy.default {
-            Action::Allow => "allow",
-            Action::Block => "deny",
-        };
+        let default = self.policy.default.default_word();
         format!(
             "{} rules ({}), {} IPv4 and {} IPv6 prefixes, default {default}{}",
             self.counts.rules,
@@ -373,6 +369,21 @@ pub async fn apply(
     state.save(paths)?;
     release_free_memory();
     Ok(Applied { policy, counts, record })
+}
+
+/// Counts a reload or hostname refresh that failed (the old policy stays in force) in the
+/// instance's state, for the metrics. Best effort: a state that cannot be read or written
+/// keeps its count, and the failure itself is reported by the caller.
+pub fn count_failed_reload(paths: &InstancePaths) {
+    // As `apply` does: never through a folder that is not root's, nor for no instance.
+    if paths.check_dirs().is_err() || !paths.state_file().exists() {
+        return;
+    }
+    let Ok(_lock) = Lock::acquire(paths) else { return };
+    if let Ok(Some(mut state)) = State::load(paths) {
+        state.reloads.failed += 1;
+        let _ = state.save(paths);
+    }
 }
 
 /// The serving process exits: a pinned instance keeps enforcing, with no process; any other

@@ -465,6 +465,18 @@ impl Instance {
         })
     }
 
+    /// The size of each family's table in force, in chunks (its size class): (IPv4, IPv6).
+    ///
+    /// # Errors
+    /// [`LoadError::Map`].
+    pub fn table_chunks(&self) -> Result<(u32, u32), LoadError> {
+        let chunks = |selector| {
+            let class = self.config_word(selector)? as usize;
+            Ok(TABLE_CLASSES.get(class).copied().unwrap_or_default())
+        };
+        Ok((chunks(config::V4_CLASS)?, chunks(config::V6_CLASS)?))
+    }
+
     /// Decisions per rule id (the default is not counted), summed over CPUs.
     ///
     /// # Errors

@@ -1,15 +1,22 @@
-//! The Prometheus endpoint of `blocker run --metrics ADDR`: decisions by verdict, hits of the
-//! busiest rules, ring-buffer losses, rule counts and build info, read from the instance's
-//! maps at each scrape and served as text at `/metrics`.
+//! The metrics endpoint of `blocker run --metrics ADDR`: decisions by verdict, hits of the
+//! busiest rules, ring-buffer losses, rule and prefix counts, table sizes, reloads and build
+//! info, read from the instance's maps and state at each scrape and served at `/metrics`.
+//!
+//! One set of families ([`families`]) is written in two formats, chosen by the scraper's
+//! `Accept` header ([`Format::negotiate`]): `OpenMetrics` text (by prometheus-client) and the
+//! Prometheus text format 0.0.4 (by [`prometheus_text`]: prometheus-client writes only
+//! `OpenMetrics`, whose `info` type, `# UNIT` lines and `# EOF` that format does not have).
 use std::{
+    fmt::Write as _,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::Arc,
 };
 
+use cgroup_connect_common::{CHUNK_RECORDS, Chunk, V4Record, V6Record};
 use prometheus_client::{
     encoding::text::encode,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, info::Info},
-    registry::Registry,
+    metrics::{counter::Counter, family::Family as LabeledFamily, gauge::Gauge, info::Info},
+    registry::{Metric, Registry, Unit},
 };
 
 use crate::{
@@ -17,7 +24,7 @@ use crate::{
     loader::{Instance, Totals},
     pins::InstancePaths,
     quote::Quoted,
-    state::Counts,
+    state::{Counts, Reloads},
     view::PolicyView,
 };
 
@@ -61,17 +68,25 @@ pub fn exposure_warning(bound: SocketAddr) -> Option<String> {
 /// What one scrape shows.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
+    /// The instance name: the `instance` label of every sample.
+    pub instance: String,
     pub totals: Totals,
     /// (rule text, hits), busiest first.
     pub top_rules: Vec<(String, u64)>,
     pub counts: Counts,
+    pub reloads: Reloads,
+    /// Size of the IPv4 and IPv6 tables in force, in chunks.
+    pub table_chunks: (u32, u32),
 }
 
 impl Snapshot {
     /// Reads the instance's counters now; what cannot be read shows as zero (a scrape never
     /// fails).
     pub fn read(paths: &InstancePaths, view: &mut PolicyView) -> Self {
-        let Ok(instance) = Instance::open(paths) else { return Self::default() };
+        let instance_name = paths.name.clone();
+        let Ok(instance) = Instance::open(paths) else {
+            return Self { instance: instance_name, ..Self::default() };
+        };
         let totals = instance.totals().unwrap_or_default();
         let top_rules = view
             .busiest_rules(&instance, TOP_RULES)
@@ -79,55 +94,299 @@ impl Snapshot {
             .into_iter()
             .map(|(_, text, hits)| (text, hits))
             .collect();
-        let counts = instance::load(paths).map(|s| s.counts).unwrap_or_default();
-        Self { totals, top_rules, counts }
+        let state = instance::load(paths).ok();
+        Self {
+            instance: instance_name,
+            totals,
+            top_rules,
+            counts: state.as_ref().map(|s| s.counts).unwrap_or_default(),
+            reloads: state.map(|s| s.reloads).unwrap_or_default(),
+            table_chunks: instance.table_chunks().unwrap_or_default(),
+        }
     }
 }
 
-/// The Prometheus text of a snapshot.
-///
-/// # Panics
-/// Never: encoding into a `String` cannot fail.
+/// The two text formats `/metrics` serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `OpenMetrics` 1.0.0 text.
+    OpenMetrics,
+    /// The Prometheus text format 0.0.4.
+    Prometheus,
+}
+
+impl Format {
+    /// The format an `Accept` header asks for: `OpenMetrics` when it names
+    /// `application/openmetrics-text` with a quality at least that of `text/plain` (Prometheus
+    /// asks so), else Prometheus text (also for no header, `*/*`, or only other types).
+    #[must_use]
+    pub fn negotiate(accept: Option<&str>) -> Self {
+        let (mut openmetrics, mut text) = (0.0_f32, 0.0_f32);
+        for range in accept.unwrap_or_default().split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+            let mut q = 1.0_f32;
+            let mut version = None;
+            for param in parts {
+                let (key, value) = param.split_once('=').unwrap_or((param, ""));
+                match key.trim().to_ascii_lowercase().as_str() {
+                    "q" => q = value.trim().parse().unwrap_or(0.0),
+                    "version" => version = Some(value.trim().to_owned()),
+                    _ => {}
+                }
+            }
+            match media.as_str() {
+                // 0.0.1 is the draft `OpenMetrics` that Prometheus still names: the same text.
+                "application/openmetrics-text"
+                    if version.as_deref().is_none_or(|v| v == "1.0.0" || v == "0.0.1") =>
+                {
+                    openmetrics = openmetrics.max(q);
+                }
+                "text/plain" | "text/*" | "*/*" => text = text.max(q),
+                _ => {}
+            }
+        }
+        if openmetrics > 0.0 && openmetrics >= text { Self::OpenMetrics } else { Self::Prometheus }
+    }
+
+    /// Its `Content-Type`.
+    #[must_use]
+    pub const fn content_type(self) -> &'static str {
+        match self {
+            Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Self::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
+
+/// What a family counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+    /// Constant labels, value 1 (`OpenMetrics` `info`; a gauge in Prometheus text).
+    Info,
+}
+
+/// One metric family, before encoding.
+struct Family {
+    /// The name after the `cgroup_connect_` prefix, without the unit and `_total`/`_info`.
+    name: &'static str,
+    help: &'static str,
+    kind: Kind,
+    unit: Option<Unit>,
+    /// (labels besides `instance`, value).
+    samples: Vec<(Vec<(&'static str, String)>, u64)>,
+}
+
+impl Family {
+    fn one(name: &'static str, help: &'static str, kind: Kind, value: u64) -> Self {
+        Self { name, help, kind, unit: None, samples: vec![(vec![], value)] }
+    }
+
+    fn by(
+        name: &'static str,
+        help: &'static str,
+        kind: Kind,
+        label: &'static str,
+        values: impl IntoIterator<Item = (String, u64)>,
+    ) -> Self {
+        let samples = values.into_iter().map(|(l, v)| (vec![(label, l)], v)).collect();
+        Self { name, help, kind, unit: None, samples }
+    }
+
+    fn unit(mut self, unit: Unit) -> Self {
+        self.unit = Some(unit);
+        self
+    }
+}
+
+/// Metrics name prefix.
+const PREFIX: &str = "cgroup_connect";
+
+/// Every family of a snapshot.
+fn families(s: &Snapshot) -> Vec<Family> {
+    use Kind::{Counter, Gauge, Info};
+    let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+    let t = &s.totals;
+    let by_family = |v4: u64, v6: u64| [("ipv4".to_owned(), v4), ("ipv6".to_owned(), v6)];
+    let (c4, c6) = (u64::from(s.table_chunks.0), u64::from(s.table_chunks.1));
+    let records = u64::from(CHUNK_RECORDS);
+    let (b4, b6) = (n(size_of::<Chunk<V4Record>>()), n(size_of::<Chunk<V6Record>>()));
+    vec![
+        Family::by(
+            "decisions",
+            "Decisions by verdict",
+            Counter,
+            "verdict",
+            [
+                ("allowed", t.allowed),
+                ("blocked", t.blocked),
+                ("audit_would_block", t.audit_would_block),
+                ("failed_closed", t.failed_closed),
+            ]
+            .map(|(v, n)| (v.to_owned(), n)),
+        ),
+        Family::by(
+            "rule_hits",
+            "Decisions made by each of the busiest rules",
+            Counter,
+            "rule",
+            s.top_rules.iter().cloned(),
+        ),
+        Family::one(
+            "events_lost",
+            "Events dropped because the ring buffer was full",
+            Counter,
+            t.events_lost,
+        ),
+        Family::one("rules", "Rules in force, as written", Gauge, n(s.counts.rules)),
+        Family::by(
+            "prefixes",
+            "Prefixes in the tables (a hostname counts once per address)",
+            Gauge,
+            "family",
+            by_family(n(s.counts.ipv4), n(s.counts.ipv6)),
+        ),
+        Family::by(
+            "table_records",
+            "Records the table in force holds (its size class)",
+            Gauge,
+            "family",
+            by_family(c4 * records, c6 * records),
+        ),
+        Family::by(
+            "table",
+            "Kernel memory of the table in force",
+            Gauge,
+            "family",
+            by_family(c4 * b4, c6 * b6),
+        )
+        .unit(Unit::Bytes),
+        Family::one(
+            "reloads",
+            "Reloads of the policy sources that took effect (SIGHUP, blocker reload)",
+            Counter,
+            s.reloads.reloads,
+        ),
+        Family::one(
+            "reload_failures",
+            "Reloads and hostname refreshes that failed (the old policy stayed in force)",
+            Counter,
+            s.reloads.failed,
+        ),
+        Family::one(
+            "hostname_refreshes",
+            "Hostname re-resolutions that changed the tables",
+            Counter,
+            s.reloads.hostname_refreshes,
+        ),
+        Family::one(
+            "last_reload_timestamp",
+            "When the policy was last put in force (start, reload, hostname refresh)",
+            Gauge,
+            s.reloads.last,
+        )
+        .unit(Unit::Seconds),
+        Family {
+            name: "build",
+            help: "Build information",
+            kind: Info,
+            unit: None,
+            samples: vec![(vec![("version", env!("CARGO_PKG_VERSION").to_owned())], 1)],
+        },
+    ]
+}
+
+/// The snapshot in `format`.
 #[must_use]
-pub fn render(s: &Snapshot) -> String {
-    let mut registry = Registry::with_prefix("cgroup_connect");
-    let decisions = Family::<Vec<(String, String)>, Counter>::default();
-    for (verdict, n) in [
-        ("allowed", s.totals.allowed),
-        ("blocked", s.totals.blocked),
-        ("audit_would_block", s.totals.audit_would_block),
-        ("failed_closed", s.totals.failed_closed),
-    ] {
-        decisions.get_or_create(&vec![("verdict".to_owned(), verdict.to_owned())]).inc_by(n);
+pub fn render(s: &Snapshot, format: Format) -> String {
+    let families = families(s);
+    match format {
+        Format::OpenMetrics => openmetrics_text(&s.instance, &families),
+        Format::Prometheus => prometheus_text(&s.instance, &families),
     }
-    registry.register("decisions", "Decisions by verdict", decisions);
-    let hits = Family::<Vec<(String, String)>, Counter>::default();
-    for (rule, n) in &s.top_rules {
-        hits.get_or_create(&vec![("rule".to_owned(), rule.clone())]).inc_by(*n);
-    }
-    registry.register("rule_hits", "Decisions made by each of the busiest rules", hits);
-    let lost = Counter::<u64>::default();
-    lost.inc_by(s.totals.events_lost);
-    registry.register("events_lost", "Events dropped because the ring buffer was full", lost);
-    let rules = Family::<Vec<(String, String)>, Gauge>::default();
-    for (kind, n) in [
-        ("rules", s.counts.rules),
-        ("ipv4_prefixes", s.counts.ipv4),
-        ("ipv6_prefixes", s.counts.ipv6),
-    ] {
-        rules
-            .get_or_create(&vec![("kind".to_owned(), kind.to_owned())])
-            .set(i64::try_from(n).unwrap_or(i64::MAX));
-    }
-    registry.register("rules", "Rules in force", rules);
-    registry.register(
-        "build",
-        "Build information",
-        Info::new(vec![("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned())]),
+}
+
+/// `OpenMetrics` text, by prometheus-client.
+fn openmetrics_text(instance: &str, families: &[Family]) -> String {
+    let labels = |sample: &[(&'static str, String)]| -> Vec<(String, String)> {
+        sample.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
+    };
+    let mut registry = Registry::with_prefix_and_labels(
+        PREFIX,
+        [("instance".into(), instance.to_owned().into())].into_iter(),
     );
+    for f in families {
+        match f.kind {
+            Kind::Counter => {
+                let family = LabeledFamily::<Vec<(String, String)>, Counter>::default();
+                for (l, v) in &f.samples {
+                    family.get_or_create(&labels(l)).inc_by(*v);
+                }
+                register(&mut registry, f, family);
+            }
+            Kind::Gauge => {
+                let family = LabeledFamily::<Vec<(String, String)>, Gauge>::default();
+                for (l, v) in &f.samples {
+                    family.get_or_create(&labels(l)).set(i64::try_from(*v).unwrap_or(i64::MAX));
+                }
+                register(&mut registry, f, family);
+            }
+            Kind::Info => {
+                let info = f.samples.first().map(|(l, _)| labels(l)).unwrap_or_default();
+                register(&mut registry, f, Info::new(info));
+            }
+        }
+    }
     let mut out = String::new();
     encode(&mut out, &registry).expect("writing to a String cannot fail");
     out
+}
+
+fn register(registry: &mut Registry, f: &Family, metric: impl Metric) {
+    match &f.unit {
+        Some(unit) => registry.register_with_unit(f.name, f.help, unit.clone(), metric),
+        None => registry.register(f.name, f.help, metric),
+    }
+}
+
+/// The Prometheus text format 0.0.4: a counter's family is named with its `_total`, an info
+/// family is a gauge of value 1, and there are no `# UNIT` and `# EOF` lines.
+fn prometheus_text(instance: &str, families: &[Family]) -> String {
+    let mut out = String::new();
+    for f in families {
+        let mut name = format!("{PREFIX}_{}", f.name);
+        if let Some(unit) = &f.unit {
+            name = format!("{name}_{}", unit.as_str());
+        }
+        let kind = match f.kind {
+            Kind::Counter => {
+                name.push_str("_total");
+                "counter"
+            }
+            Kind::Gauge => "gauge",
+            Kind::Info => {
+                name.push_str("_info");
+                "gauge"
+            }
+        };
+        let help = f.help.replace('\\', "\\\\").replace('\n', "\\n");
+        let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} {kind}");
+        for (labels, value) in &f.samples {
+            let _ = write!(out, "{name}{{instance=\"{}\"", label_value(instance));
+            for (key, v) in labels {
+                let _ = write!(out, ",{key}=\"{}\"", label_value(v));
+            }
+            let _ = writeln!(out, "}} {value}");
+        }
+    }
+    out
+}
+
+/// A label value as both text formats escape it.
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// Binds `addr` (port 0 picks one), for [`serve`].
@@ -139,7 +398,8 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 }
 
 /// Returns the bound address of `listener` and the server, which serves `/metrics` until
-/// dropped; `snapshot` is called per scrape.
+/// dropped, in the format the scraper's `Accept` header asks for; `snapshot` is called per
+/// scrape.
 ///
 /// # Errors
 /// When the bound address cannot be read.
@@ -147,17 +407,23 @@ pub fn serve(
     listener: tokio::net::TcpListener,
     snapshot: Arc<dyn Fn() -> Snapshot + Send + Sync>,
 ) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
-    use axum::{Router, http::header, routing::get};
+    use axum::{
+        Router,
+        http::{HeaderMap, header},
+        routing::get,
+    };
     let bound = listener.local_addr()?;
     let app = Router::new().route(
         "/metrics",
-        get(move || {
+        get(move |headers: HeaderMap| {
             let snapshot = Arc::clone(&snapshot);
+            let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+            let format = Format::negotiate(accept);
             async move {
-                let body = tokio::task::spawn_blocking(move || render(&snapshot()))
+                let body = tokio::task::spawn_blocking(move || render(&snapshot(), format))
                     .await
                     .unwrap_or_default();
-                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
+                ([(header::CONTENT_TYPE, format.content_type()), (header::VARY, "Accept")], body)
             }
         }),
     );
@@ -188,9 +454,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn renders_every_family() {
-        let s = Snapshot {
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            instance: "web".into(),
             totals: Totals {
                 allowed: 5,
                 blocked: 3,
@@ -198,18 +464,79 @@ mod tests {
                 events_lost: 2,
                 failed_closed: 0,
             },
-            top_rules: vec![("block 10.0.0.0/8".into(), 3)],
+            top_rules: vec![("block 10.0.0.0/8 \"x\"".into(), 3)],
             counts: Counts { rules: 1, ipv4: 1, ipv6: 0 },
-        };
-        let text = render(&s);
+            reloads: Reloads { reloads: 4, hostname_refreshes: 1, failed: 2, last: 1_700_000_000 },
+            table_chunks: (2, 8),
+        }
+    }
+
+    #[test]
+    fn renders_every_family_in_both_formats() {
+        let chunk = size_of::<Chunk<V4Record>>();
+        let om = render(&snapshot(), Format::OpenMetrics);
+        let prom = render(&snapshot(), Format::Prometheus);
         for line in [
-            "cgroup_connect_decisions_total{verdict=\"blocked\"} 3",
-            "cgroup_connect_rule_hits_total{rule=\"block 10.0.0.0/8\"} 3",
-            "cgroup_connect_events_lost_total 2",
-            "cgroup_connect_rules{kind=\"ipv4_prefixes\"} 1",
-            "cgroup_connect_build_info{version=",
+            "cgroup_connect_decisions_total{instance=\"web\",verdict=\"blocked\"} 3",
+            "cgroup_connect_rule_hits_total{instance=\"web\",rule=\"block 10.0.0.0/8 \\\"x\\\"\"} 3",
+            "cgroup_connect_events_lost_total{instance=\"web\"} 2",
+            "cgroup_connect_rules{instance=\"web\"} 1",
+            "cgroup_connect_prefixes{instance=\"web\",family=\"ipv4\"} 1",
+            &format!(
+                "cgroup_connect_table_records{{instance=\"web\",family=\"ipv6\"}} {}",
+                8 * CHUNK_RECORDS
+            ),
+            &format!(
+                "cgroup_connect_table_bytes{{instance=\"web\",family=\"ipv4\"}} {}",
+                2 * chunk
+            ),
+            "cgroup_connect_reloads_total{instance=\"web\"} 4",
+            "cgroup_connect_hostname_refreshes_total{instance=\"web\"} 1",
+            "cgroup_connect_reload_failures_total{instance=\"web\"} 2",
+            "cgroup_connect_last_reload_timestamp_seconds{instance=\"web\"} 1700000000",
         ] {
-            assert!(text.contains(line), "no {line} in\n{text}");
+            assert!(om.contains(line), "no {line} in\n{om}");
+            assert!(prom.contains(line), "no {line} in\n{prom}");
+        }
+        assert!(om.contains("# TYPE cgroup_connect_decisions counter\n"), "{om}");
+        assert!(om.contains("# TYPE cgroup_connect_build info\n"), "{om}");
+        assert!(om.contains("# UNIT cgroup_connect_table_bytes bytes\n"), "{om}");
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        assert!(prom.contains("# TYPE cgroup_connect_decisions_total counter\n"), "{prom}");
+        assert!(prom.contains("# TYPE cgroup_connect_build_info gauge\n"), "{prom}");
+        assert!(prom.contains("cgroup_connect_build_info{instance=\"web\",version=\""), "{prom}");
+        assert!(!prom.contains("# EOF") && !prom.contains("# UNIT") && !prom.contains(" info\n"));
+        // The same help text in both.
+        assert!(om.contains("# HELP cgroup_connect_rules Rules in force, as written.\n"), "{om}");
+        assert!(prom.contains("# HELP cgroup_connect_rules Rules in force, as written.\n"));
+    }
+
+    #[test]
+    fn negotiates_on_accept() {
+        use Format::{OpenMetrics, Prometheus};
+        for (accept, want) in [
+            (None, Prometheus),
+            (Some("*/*"), Prometheus),
+            (Some("text/plain"), Prometheus),
+            (Some("application/json"), Prometheus),
+            (Some("application/openmetrics-text"), OpenMetrics),
+            (Some("application/openmetrics-text; version=1.0.0; charset=utf-8"), OpenMetrics),
+            // What Prometheus 2.x and 3.x send.
+            (
+                Some(
+                    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+                ),
+                OpenMetrics,
+            ),
+            (
+                Some("text/plain;version=0.0.4;q=0.9, application/openmetrics-text;q=0.5"),
+                Prometheus,
+            ),
+            (Some("application/openmetrics-text;q=0"), Prometheus),
+            (Some("application/openmetrics-text;version=2.0.0"), Prometheus),
+            (Some("Application/OpenMetrics-Text ; Q=0.8, */*;q=0.8"), OpenMetrics),
+        ] {
+            assert_eq!(Format::negotiate(accept), want, "{accept:?}");
         }
     }
 }

@@ -30,6 +30,18 @@ impl fmt::Display for Action {
     }
 }
 
+impl Action {
+    /// The word for this action as the verdict of destinations no rule matches: `allow` or
+    /// `deny`, as `--default` and a policy file's `default` spell it.
+    #[must_use]
+    pub const fn default_word(self) -> &'static str {
+        match self {
+            Self::Block => "deny",
+            Self::Allow => "allow",
+        }
+    }
+}
+
 impl FromStr for Action {
     type Err = RuleError;
     fn from_str(s: &str) -> Result<Self, RuleError> {

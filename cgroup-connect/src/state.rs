@@ -116,13 +116,49 @@ pub struct State {
     /// Rule counts as last compiled.
     #[serde(default)]
     pub counts: Counts,
+    /// Reloads and hostname refreshes since it was started (absent in older state files).
+    #[serde(default)]
+    pub reloads: Reloads,
+}
+
+/// How often an instance's policy was put in force again, for the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reloads {
+    /// Reloads of the sources (SIGHUP, `blocker reload`) that took effect.
+    pub reloads: u64,
+    /// Hostname refreshes that changed the tables.
+    pub hostname_refreshes: u64,
+    /// Reloads and refreshes that failed: the old policy stayed in force.
+    pub failed: u64,
+    /// When the policy was last read and put in force (start, reload, refresh), in seconds
+    /// since the epoch.
+    pub last: u64,
+}
+
+impl Reloads {
+    /// Counts a reload of the sources, now.
+    pub fn reloaded(&mut self) {
+        self.reloads += 1;
+        self.last = now_secs();
+    }
+
+    /// Counts a hostname refresh that changed the tables, now.
+    pub fn refreshed(&mut self) {
+        self.hostname_refreshes += 1;
+        self.last = now_secs();
+    }
+}
+
+/// Seconds since the epoch.
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 impl State {
     /// A new state, attached now.
     #[must_use]
     pub fn new(name: &str, cgroup: PathBuf, sources: Sources) -> Self {
-        let since = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let since = now_secs();
         Self {
             name: name.to_owned(),
             cgroup,
@@ -137,6 +173,7 @@ impl State {
             added: vec![],
             removed: vec![],
             counts: Counts::default(),
+            reloads: Reloads { last: since, ..Reloads::default() },
         }
     }
 

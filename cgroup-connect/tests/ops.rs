@@ -36,7 +36,7 @@ fn live_add_and_remove_while_connections_run() {
     }
     let listed = blocker_ok(&["list", &b.name, "--json"]);
     assert!(
-        listed.contains("\"rule\": \"127.0.0.2\"") && listed.contains("udp://127.0.0.6:53"),
+        listed.contains("\"dst\": \"127.0.0.2\"") && listed.contains("udp://127.0.0.6:53"),
         "{listed}"
     );
     let report = prober.finish();
@@ -196,7 +196,7 @@ fn audit_mode_reports_but_blocks_nothing() {
     }
     let event: serde_json::Value =
         serde_json::from_str(text.lines().next().expect("an event")).unwrap();
-    assert_eq!(event["verdict"], "audit");
+    assert_eq!(event["verdict"], "audit_would_block");
     assert_eq!(event["rule"], "block 127.0.0.2");
 }
 
@@ -289,15 +289,16 @@ fn stats_status_and_metrics() {
     write!(conn, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
     let mut body = String::new();
     conn.read_to_string(&mut body).unwrap();
+    let me = &b.name;
     for want in [
-        "cgroup_connect_decisions_total{verdict=\"blocked\"} 3",
-        "cgroup_connect_decisions_total{verdict=\"allowed\"} 1",
-        "cgroup_connect_rule_hits_total{rule=\"block 127.0.0.2\"} 3",
-        "cgroup_connect_events_lost_total 0",
-        "cgroup_connect_rules{kind=\"rules\"} 1",
-        "cgroup_connect_build_info",
+        format!("cgroup_connect_decisions_total{{instance=\"{me}\",verdict=\"blocked\"}} 3"),
+        format!("cgroup_connect_decisions_total{{instance=\"{me}\",verdict=\"allowed\"}} 1"),
+        format!("cgroup_connect_rule_hits_total{{instance=\"{me}\",rule=\"block 127.0.0.2\"}} 3"),
+        format!("cgroup_connect_events_lost_total{{instance=\"{me}\"}} 0"),
+        format!("cgroup_connect_rules{{instance=\"{me}\"}} 1"),
+        "cgroup_connect_build_info".to_owned(),
     ] {
-        assert!(body.contains(want), "no {want} in\n{body}");
+        assert!(body.contains(&want), "no {want} in\n{body}");
     }
 }
 

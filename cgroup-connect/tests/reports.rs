@@ -178,7 +178,17 @@ fn one_events_reader_at_a_time() {
     let cg = temp_cgroup();
     let b = Blocker::start(&["--cgroup", cg.path().to_str().unwrap(), "--block", "127.0.0.2"]);
     let (mut first, lines) = reader(&b.name);
-    // The first reader holds the events once a second one is refused (bounded wait).
+    // The first reader holds the events once one reaches it: only then is a second one
+    // started (started earlier, the second could be the one that gets them, and wait).
+    let mut first_line = None;
+    for _ in 0..50 {
+        assert_eq!(outcome(connect_in(cg.path(), lo("127.0.0.2"))), Blocked);
+        first_line = lines.recv_timeout(Duration::from_millis(200)).ok();
+        if first_line.is_some() {
+            break;
+        }
+    }
+    assert!(first_line.is_some(), "the first reader got no event within 10 s");
     let mut refused = None;
     for _ in 0..100 {
         let out = blocker_output(&["events", &b.name], None);

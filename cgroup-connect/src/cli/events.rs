@@ -17,7 +17,7 @@ use crate::{
 pub struct EventsArgs {
     /// The instance
     pub name: String,
-    /// JSON lines instead of text
+    /// JSON lines instead of text (each described by docs/schemas/event.schema.json)
     #[arg(long)]
     pub json: bool,
 }

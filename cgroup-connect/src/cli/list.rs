@@ -1,5 +1,6 @@
 //! `blocker list`: the rules an instance enforces, in order, with where each came from, as
-//! recorded when they were put in force ([`crate::record`]).
+//! recorded when they were put in force ([`crate::record`]). The JSON form is described by
+//! docs/schemas/list.schema.json.
 use serde::Serialize;
 
 use crate::{pins::InstancePaths, record, rules::Action};
@@ -9,7 +10,7 @@ use crate::{pins::InstancePaths, record, rules::Action};
 pub struct ListArgs {
     /// The instance
     pub name: String,
-    /// JSON instead of text
+    /// JSON instead of text (described by docs/schemas/list.schema.json)
     #[arg(long)]
     pub json: bool,
 }
@@ -17,7 +18,8 @@ pub struct ListArgs {
 #[derive(Serialize)]
 struct Listed {
     name: String,
-    default: Action,
+    /// `allow` or `deny`, as `--default` spells it.
+    default: &'static str,
     rules: Vec<ListedRule>,
 }
 
@@ -25,6 +27,9 @@ struct Listed {
 struct ListedRule {
     id: usize,
     action: Action,
+    /// The destination, as the policy file's `dst` spells it.
+    dst: String,
+    /// The whole rule (`block 192.0.2.0/24`), as events, `stats` and metrics name it.
     rule: String,
     origin: String,
 }
@@ -40,9 +45,15 @@ pub fn list(args: &ListArgs) -> anyhow::Result<()> {
     let rules = recorded
         .rules
         .into_iter()
-        .map(|r| ListedRule { id: r.id, action: r.action, rule: r.rule, origin: r.origin })
+        .map(|r| ListedRule {
+            id: r.id,
+            action: r.action,
+            rule: format!("{} {}", r.action, r.rule),
+            dst: r.rule,
+            origin: r.origin,
+        })
         .collect();
-    let listed = Listed { name: paths.name, default: recorded.default, rules };
+    let listed = Listed { name: paths.name, default: recorded.default.default_word(), rules };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.json {
         serde_json::to_writer_pretty(&mut out, &listed)?;
@@ -50,7 +61,7 @@ pub fn list(args: &ListArgs) -> anyhow::Result<()> {
     } else {
         writeln(&mut out, &format!("# instance {}: default {}", listed.name, listed.default))?;
         for r in &listed.rules {
-            writeln(&mut out, &format!("{:>6}  {} {}  # {}", r.id, r.action, r.rule, r.origin))?;
+            writeln(&mut out, &format!("{:>6}  {}  # {}", r.id, r.rule, r.origin))?;
         }
     }
     Ok(())

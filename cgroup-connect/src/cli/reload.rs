@@ -18,7 +18,11 @@ pub struct ReloadArgs {
 /// No such instance, or a bad source (the old policy stays).
 pub fn reload(args: &ReloadArgs) -> anyhow::Result<()> {
     let paths = InstancePaths::new(&args.name)?;
-    let applied = block_on(instance::apply(&paths, &mut Names::new(), |_| Ok(())))?;
+    let applied = block_on(instance::apply(&paths, &mut Names::new(), |state| {
+        state.reloads.reloaded();
+        Ok(())
+    }))
+    .inspect_err(|_| instance::count_failed_reload(&paths))?;
     println!("reloaded instance {}: {}", paths.name, applied.summary(false));
     let report = crate::timings::take_report();
     if args.timings {

@@ -70,14 +70,20 @@ pub struct RunArgs {
     #[arg(long)]
     pub audit: bool,
     /// Write events (blocked attempts, audit would-be blocks) as JSON lines to FILE, or - for
-    /// standard output; this process is then the instance's one events reader
+    /// standard output (which then carries only those lines: status lines go to stderr); this
+    /// process is then the instance's one events reader
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
     /// Print how long each start-up phase took (read, compile, record, write, attach) to stderr
     #[arg(long)]
     pub timings: bool,
-    /// Serve Prometheus metrics at `http://ADDR/metrics` (PORT alone binds to 127.0.0.1)
-    #[arg(long, value_name = "ADDR")]
+    /// Where to serve metrics (the help says which formats).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        help = "Serve metrics at http://ADDR/metrics (PORT alone binds to 127.0.0.1): Prometheus \
+                text 0.0.4, or OpenMetrics when the scraper's Accept header asks for it"
+    )]
     pub metrics: Option<String>,
     /// Block RULE: [tcp://|udp://]HOST[/LEN][:PORT[-PORT]]; repeatable. With no rule source at
     /// all, 93.184.216.34 is blocked.
@@ -168,10 +174,28 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     privileges::check()?;
     // Opened before anything attaches, so a refused file leaves nothing behind.
     let sink = args.events.as_deref().map(events::open_sink).transpose()?;
-    block_on(async {
-        let files = args.watch.then(|| watch_given_files(&state.sources)).transpose()?;
-        serve(args, &paths, &cgroup, state, metrics_addr, sink, files).await
-    })
+    let say = Say { to_stderr: args.events.as_ref().is_some_and(|p| p.as_os_str() == "-") };
+    block_on(serve(args, &paths, &cgroup, state, metrics_addr, sink, say))
+}
+
+/// Where the status lines (attached, serving metrics, reloaded, detached) go: standard
+/// output, or standard error when `--events -` leaves standard output to the event lines.
+#[derive(Clone, Copy)]
+struct Say {
+    to_stderr: bool,
+}
+
+impl Say {
+    /// Writes one status line and flushes it.
+    fn line(self, text: &str) -> std::io::Result<()> {
+        if self.to_stderr {
+            writeln!(std::io::stderr().lock(), "{text}")
+        } else {
+            let mut out = stdout().lock();
+            writeln!(out, "{text}")?;
+            out.flush()
+        }
+    }
 }
 
 /// An events reader and where its lines go.
@@ -184,8 +208,10 @@ async fn serve(
     state: State,
     metrics_addr: Option<std::net::SocketAddr>,
     sink: Option<Box<dyn std::io::Write + Send>>,
-    mut files: Option<FileWatch>,
+    say: Say,
 ) -> anyhow::Result<()> {
+    // Watched from before the start, so no change is missed.
+    let mut files = args.watch.then(|| watch_given_files(&state.sources)).transpose()?;
     let mut signals = Signals::new(true)?;
     let mut names = Names::new();
     // Bound before anything attaches, so a busy port leaves nothing behind.
@@ -197,7 +223,7 @@ async fn serve(
     };
     let starting = instance::start(paths, cgroup, state, &mut names, sink.is_some());
     let Some(started) = unless_stopped(&mut signals, starting).await? else {
-        println!("stopped before attaching: nothing was attached");
+        let _ = say.line("stopped before attaching: nothing was attached");
         return Ok(());
     };
     let instance::Started { mut instance, adopted, reattached, applied, reader } = started;
@@ -211,7 +237,7 @@ async fn serve(
             return Err(e);
         }
     };
-    println!(
+    say.line(&format!(
         "attached to cgroup {} as instance {}{}: {}",
         cgroup.path().display(),
         paths.name,
@@ -221,8 +247,8 @@ async fn serve(
             (false, _) => "",
         },
         applied.summary(args.audit),
-    );
-    stdout().flush().context("writing to stdout")?;
+    ))
+    .context("writing the attached line")?;
     systemd::notify_ready();
     let report = timings::take_report();
     if args.timings {
@@ -236,7 +262,7 @@ async fn serve(
     instance::release_free_memory();
     let _reader = reader;
     let metrics_task = metrics.map(|(bound, task)| {
-        println!("serving metrics on http://{bound}/metrics");
+        let _ = say.line(&format!("serving metrics on http://{bound}/metrics"));
         if let Some(warning) = metrics::exposure_warning(bound) {
             eprintln!("blocker: warning: {warning}");
         }
@@ -247,20 +273,20 @@ async fn serve(
         let refresh = names.next_refresh().map(tokio::time::Instant::from_std);
         tokio::select! {
             changed = next_change(files.as_mut()) => match changed {
-                Ok(()) => reload(paths, &mut names, "files changed on disk, reloaded", files.as_mut()).await,
+                Ok(()) => reload(paths, &mut names, Reload::Files, say, files.as_mut()).await,
                 Err(e) => {
                     eprintln!("blocker: warning: watching the rule files failed: {e}; reload with SIGHUP");
                     files = None;
                 }
             },
-            changed = follower.changed() => follower.follow(changed, paths, &mut instance, args.pin),
+            changed = follower.changed() => follower.follow(changed, paths, &mut instance, args.pin, say),
             request = signals.next() => match request {
                 Request::Stop => break,
-                Request::Reload => reload(paths, &mut names, "reloaded", files.as_mut()).await,
+                Request::Reload => reload(paths, &mut names, Reload::Signal, say, files.as_mut()).await,
             },
             () = sleep_until(refresh) => {
                 if names.refresh().await {
-                    reload(paths, &mut names, "hostnames re-resolved", files.as_mut()).await;
+                    reload(paths, &mut names, Reload::Refresh, say, files.as_mut()).await;
                 }
             }
             result = next_events(&mut events, &view) => {
@@ -275,15 +301,16 @@ async fn serve(
         task.abort();
     }
     instance::stop(paths, instance, args.pin)?;
-    if args.pin {
-        println!(
+    let last = if args.pin {
+        format!(
             "exiting; instance {} stays attached to {} (pinned)",
             paths.name,
             cgroup.path().display()
-        );
+        )
     } else {
-        println!("detached from cgroup {}", cgroup.path().display());
-    }
+        format!("detached from cgroup {}", cgroup.path().display())
+    };
+    let _ = say.line(&last);
     Ok(())
 }
 
@@ -409,6 +436,7 @@ impl Follower {
         paths: &InstancePaths,
         instance: &mut crate::loader::Instance,
         pinned: bool,
+        say: Say,
     ) {
         if let Err(e) = changed {
             eprintln!(
@@ -422,8 +450,8 @@ impl Follower {
         }
         let Ok(meta) = std::fs::metadata(&self.path) else {
             if !self.waiting {
-                println!("waiting for cgroup {}: it was removed", self.path.display());
-                let _ = stdout().flush();
+                let _ = say
+                    .line(&format!("waiting for cgroup {}: it was removed", self.path.display()));
                 self.waiting = true;
             }
             return;
@@ -439,14 +467,16 @@ impl Follower {
             Ok(dir) => {
                 self.attached = dir.id().unwrap_or(id);
                 self.waiting = false;
-                println!("re-attached to cgroup {}: it was made anew", self.path.display());
+                let _ = say.line(&format!(
+                    "re-attached to cgroup {}: it was made anew",
+                    self.path.display()
+                ));
             }
             Err(e) => eprintln!(
                 "blocker: error: cgroup {} was made anew, attaching to it failed (will retry): {e:#}",
                 self.path.display()
             ),
         }
-        let _ = stdout().flush();
     }
 }
 
@@ -480,24 +510,51 @@ fn reporting(
     Ok((events, metrics))
 }
 
-/// Re-reads the sources and swaps the tables; on failure the old policy stays in force.
-/// With `--watch`, the files of the new policy are watched from then on.
+/// What made `run` reload.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reload {
+    /// SIGHUP (`blocker reload` sends none: it applies the change itself).
+    Signal,
+    /// `--watch` saw the files change.
+    Files,
+    /// A hostname re-resolved to other addresses.
+    Refresh,
+}
+
+/// Re-reads the sources and swaps the tables, counting it; on failure the old policy stays in
+/// force. With `--watch`, the files of the new policy are watched from then on.
 async fn reload(
     paths: &InstancePaths,
     names: &mut Names,
-    what: &str,
+    why: Reload,
+    say: Say,
     files: Option<&mut FileWatch>,
 ) {
-    match instance::apply(paths, names, |_| Ok(())).await {
+    let what = match why {
+        Reload::Signal => "reloaded",
+        Reload::Files => "files changed on disk, reloaded",
+        Reload::Refresh => "hostnames re-resolved",
+    };
+    let count = |state: &mut State| {
+        if why == Reload::Refresh {
+            state.reloads.refreshed();
+        } else {
+            state.reloads.reloaded();
+        }
+        Ok(())
+    };
+    match instance::apply(paths, names, count).await {
         Ok(applied) => {
-            println!("{what}: {}", applied.summary(false));
+            let _ = say.line(&format!("{what}: {}", applied.summary(false)));
             if let Some(files) = files {
                 watch_rule_files(files, &applied.policy);
             }
         }
-        Err(e) => eprintln!("blocker: error: {what} failed, the old policy stays in force: {e:#}"),
+        Err(e) => {
+            eprintln!("blocker: error: {what} failed, the old policy stays in force: {e:#}");
+            instance::count_failed_reload(paths);
+        }
     }
-    let _ = stdout().flush();
 }
 
 /// Waits for the next events and writes them; never resolves without a reader.

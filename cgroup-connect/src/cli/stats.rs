@@ -1,4 +1,5 @@
-//! `blocker stats`: decision totals by verdict and hits of the busiest rules.
+//! `blocker stats`: decision totals by verdict and hits of the busiest rules. The JSON form is
+//! described by docs/schemas/stats.schema.json.
 use serde::Serialize;
 
 use crate::{
@@ -15,7 +16,7 @@ const TOP: usize = 20;
 pub struct StatsArgs {
     /// The instance
     pub name: String,
-    /// JSON instead of text
+    /// JSON instead of text (described by docs/schemas/stats.schema.json)
     #[arg(long)]
     pub json: bool,
 }

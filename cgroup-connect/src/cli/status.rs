@@ -1,5 +1,6 @@
 //! `blocker status`: every instance: name, cgroup, pinned or not, rule counts, mode, since
-//! when, and the process serving it.
+//! when, and the process serving it. The JSON form is described by
+//! docs/schemas/status.schema.json; what is unknown is null there and `-` in the text.
 use serde::Serialize;
 
 use crate::{
@@ -10,7 +11,7 @@ use crate::{
 /// Arguments of `blocker status`.
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
-    /// JSON instead of text
+    /// JSON instead of text (described by docs/schemas/status.schema.json)
     #[arg(long)]
     pub json: bool,
 }
@@ -18,12 +19,14 @@ pub struct StatusArgs {
 #[derive(Serialize)]
 struct Row {
     name: String,
-    cgroup: String,
+    /// None when the state cannot be read.
+    cgroup: Option<String>,
     /// The workload as named (`unit nginx.service`), null for a cgroup given as a directory.
     target: Option<String>,
     pinned: bool,
     mode: &'static str,
-    since: String,
+    /// RFC 3339; None when the state cannot be read.
+    since: Option<String>,
     pid: Option<u32>,
     /// "running", "pinned" (no process, still enforcing), "waiting" (a process serves it, its
     /// cgroup was removed: it attaches to the next one made at that path) or "stale" (pins
@@ -31,6 +34,9 @@ struct Row {
     state: &'static str,
     counts: Counts,
 }
+
+/// How the text form shows a value that is not known (JSON: null).
+const UNKNOWN: &str = "-";
 
 /// Prints the instances.
 ///
@@ -54,7 +60,7 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
             println!(
                 "{}: waiting for cgroup {}{}: it was removed; attaches when it is made again",
                 r.name,
-                r.cgroup,
+                r.cgroup.as_deref().unwrap_or(UNKNOWN),
                 r.target.as_ref().map(|t| format!(" ({t})")).unwrap_or_default(),
             );
             continue;
@@ -63,14 +69,14 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
             "{}: {} on {}{}, {}{}, {} rules ({} IPv4, {} IPv6 prefixes), since {}{}",
             r.name,
             r.state,
-            r.cgroup,
+            r.cgroup.as_deref().unwrap_or(UNKNOWN),
             r.target.as_ref().map(|t| format!(" ({t})")).unwrap_or_default(),
             r.mode,
             if r.pinned { ", pinned" } else { "" },
             r.counts.rules,
             r.counts.ipv4,
             r.counts.ipv6,
-            r.since,
+            r.since.as_deref().unwrap_or(UNKNOWN),
             r.pid.map(|p| format!(", pid {p}")).unwrap_or_default()
         );
     }
@@ -88,19 +94,16 @@ fn row(paths: &InstancePaths) -> Row {
     });
     Row {
         name: paths.name.clone(),
-        cgroup: state.as_ref().map_or_else(|| "?".to_owned(), |s| s.cgroup.display().to_string()),
+        cgroup: state.as_ref().map(|s| s.cgroup.display().to_string()),
         target: state.as_ref().and_then(|s| s.target.as_ref()).map(ToString::to_string),
         pinned: linked,
         mode: if state.as_ref().is_some_and(|s| s.audit) { "audit" } else { "enforce" },
-        since: state
-            .as_ref()
-            .map(|s| {
-                humantime::format_rfc3339_seconds(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.since),
-                )
-                .to_string()
-            })
-            .unwrap_or_default(),
+        since: state.as_ref().map(|s| {
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.since),
+            )
+            .to_string()
+        }),
         pid: state.as_ref().and_then(|s| s.pid).filter(|_| running),
         state: match (running, linked, there) {
             (true, _, true) => "running",
