@@ -24,8 +24,10 @@ fn listed(name: &str) -> Vec<(u64, String, String)> {
         .unwrap_or_else(|| panic!("no rules in {list}"))
         .iter()
         .map(|r| {
-            let (action, rule) = (r["action"].as_str().unwrap(), r["rule"].as_str().unwrap());
-            (r["id"].as_u64().unwrap(), format!("{action} {rule}"), r["origin"].to_string())
+            let (action, dst) = (r["action"].as_str().unwrap(), r["dst"].as_str().unwrap());
+            let rule = r["rule"].as_str().unwrap();
+            assert_eq!(rule, format!("{action} {dst}"), "{r}");
+            (r["id"].as_u64().unwrap(), rule.to_owned(), r["origin"].to_string())
         })
         .collect()
 }
@@ -119,7 +121,7 @@ fn reports_name_the_rules_in_force() {
     assert_eq!(seen[2]["rule"], "block 127.0.0.2");
     let hits = vec![(2, "block 127.0.0.2".to_owned(), 1), (3, "block 127.0.0.3".to_owned(), 2)];
     assert_eq!(rule_hits(&b.name), hits);
-    assert!(scrape(addr).contains("cgroup_connect_rule_hits_total{rule=\"block 127.0.0.3\"} 2"));
+    assert!(scrape(addr).contains("rule=\"block 127.0.0.3\"} 2"));
 
     // Broken, then unreadable: reports still work.
     let _ = dir.write("list.txt", "not an address\n");
@@ -134,7 +136,7 @@ fn reports_name_the_rules_in_force() {
     assert_eq!(listed(&b.name)[3], (4, "block 127.0.0.3".to_owned(), origin(3)));
     assert_eq!(rule_hits(&b.name), [(4, "block 127.0.0.3".to_owned(), 2)], "hits after reload");
     let body = scrape(addr);
-    assert!(body.contains("cgroup_connect_rule_hits_total{rule=\"block 127.0.0.3\"} 2"), "{body}");
+    assert!(body.contains("rule=\"block 127.0.0.3\"} 2"), "{body}");
     assert!(!body.contains("block 127.0.0.2"), "{body}");
 
     // Another process's live edit: the running process names the added rule in its events.
