@@ -27,6 +27,7 @@ fn main() -> anyhow::Result<()> {
     for dir in [&crate_dir, &common_dir] {
         println!("cargo:rerun-if-changed={}", dir.display());
     }
+    emit_version(&manifest_dir);
     let object = out_dir.join(BPF_BIN);
     if env::var_os("CGROUP_CONNECT_SKIP_EBPF").is_some() {
         // For tools that only read the source (clippy, docs): an empty object that never loads.
@@ -34,6 +35,45 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     build_bpf(&crate_dir, &out_dir.join("bpf-target"), &object)
+}
+
+/// Sets `BLOCKER_VERSION` (`--version`): the crate version and the git commit it was built
+/// from (HEAD; uncommitted changes are not marked, since they would not rerun this script).
+/// From a tree without git (a source tarball) the commit is `CGROUP_CONNECT_COMMIT` if set, else
+/// "unknown".
+fn emit_version(manifest_dir: &Path) {
+    println!("cargo:rerun-if-env-changed=CGROUP_CONNECT_COMMIT");
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(manifest_dir)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let commit = match git(&["rev-parse", "--short=12", "HEAD"]) {
+        Some(commit) => {
+            // A new commit, a checkout or a branch that moves: HEAD, the ref, packed refs.
+            for file in ["HEAD", "packed-refs"] {
+                if let Some(path) =
+                    git(&["rev-parse", "--path-format=absolute", "--git-path", file])
+                {
+                    println!("cargo:rerun-if-changed={path}");
+                }
+            }
+            if let Some(head) = git(&["symbolic-ref", "-q", "HEAD"])
+                && let Some(path) =
+                    git(&["rev-parse", "--path-format=absolute", "--git-path", &head])
+            {
+                println!("cargo:rerun-if-changed={path}");
+            }
+            commit
+        }
+        None => env::var("CGROUP_CONNECT_COMMIT").unwrap_or_else(|_| "unknown".to_owned()),
+    };
+    let version = env::var("CARGO_PKG_VERSION").unwrap_or_default();
+    println!("cargo:rustc-env=BLOCKER_VERSION={version} (commit {commit})");
 }
 
 fn build_bpf(crate_dir: &Path, target_dir: &Path, object: &Path) -> anyhow::Result<()> {

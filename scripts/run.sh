@@ -20,4 +20,13 @@ for ip in ${BLOCK_IP:-93.184.216.34}; do
     for p in "${parts[@]}"; do [[ -n $p ]] && args+=(--block-ip "$p"); done
 done
 [[ -n ${CGROUP:-} ]] && args+=(--cgroup "$CGROUP")
+# One line to see the block from another terminal: a TCP connect that fails with EPERM
+# ("bash: connect: Operation not permitted"), from inside CGROUP when one is given.
+ip=${args[1]%%/*}
+if [[ -n ${CGROUP:-} ]]; then
+    probe="sudo sh -c 'echo \$\$ >$CGROUP/cgroup.procs && exec bash -c \": </dev/tcp/$ip/80\"'"
+else
+    probe="bash -c ': </dev/tcp/$ip/80'"
+fi
+echo "once attached, see the block from another terminal: $probe  (bash: connect: Operation not permitted)"
 exec target/release/blocker run "${args[@]}" "$@"

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Idempotent set-up for building and testing cgroup-connect on a fresh machine:
+#   - the stable toolchain's rustfmt and clippy, and a check that it is new enough,
 #   - a nightly toolchain with rust-src (the BPF crate is built with -Z build-std=core) and
 #     clippy (it is linted for the BPF target),
 #   - bpf-linker, built against the nightly toolchain's own libLLVM,
-#   - the apt packages the tests and benchmarks use.
+#   - the apt packages the tests, the packaging checks and the benchmarks use.
 # Each step checks first and does nothing when its result is already there.
 set -euo pipefail
 
@@ -15,8 +16,9 @@ BPF_LINKER_VERSION=${BPF_LINKER_VERSION:-0.13}
 # python3-jsonschema and python3-prometheus-client: tests/formats.rs checks the JSON outputs
 # against docs/schemas and parses /metrics with them. podman, runc and busybox-static:
 # tests/containers.rs runs a real container (runc, not crun: crun refuses hybrid cgroup hosts).
+# systemd (systemd-analyze), man-db, groff-base, zsh and fish: scripts/check-packaging.sh.
 APT_PACKAGES=(iproute2 bpftool nftables iptables ipset python3-jsonschema python3-prometheus-client
-    podman runc busybox-static)
+    podman runc busybox-static systemd man-db groff-base zsh fish)
 
 need_root_for_apt() {
     if [[ $(id -u) -ne 0 ]]; then
@@ -39,6 +41,26 @@ install_apt() {
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+# The stable toolchain builds the userspace crates (rust-version in Cargo.toml); test.sh runs
+# its rustfmt and clippy.
+install_stable_components() {
+    local need have component
+    need=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
+    have=$(rustc --version | cut -d' ' -f2)
+    if [[ $(printf '%s\n%s\n' "$need" "${have%%-*}" | sort -V | head -n1) != "$need" ]]; then
+        log "error: rustc $have is older than $need (rust-version): rustup update stable"
+        exit 1
+    fi
+    for component in rustfmt clippy; do
+        if ! rustup component list --installed | grep -q "^$component"; then
+            log "adding $component to the default toolchain"
+            rustup component add "$component"
+        else
+            log "rustc $have with $component present"
+        fi
+    done
 }
 
 install_nightly() {
@@ -80,7 +102,9 @@ install_bpf_linker() {
         --version "~$BPF_LINKER_VERSION" --no-default-features --features "llvm-$major"
 }
 
+cd "$(dirname "$0")/.."
 install_apt
+install_stable_components
 install_nightly
 install_bpf_linker
 log "done"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set-up, build, and every test: formatting, clippy, unit tests, the integration tests that
-# load BPF programs on this kernel (these need root; under CI=true they never skip), then the
+# load BPF programs on this kernel (these need root; under CI=true they never skip), the
+# packaging and script checks (scripts/check-packaging.sh, check-scripts.sh), then the
 # same integration tests on the other kernels of the matrix (scripts/kernel-matrix.sh), each
 # booted under qemu. KERNELS picks them (default "6.1 6.12"); KERNELS=none skips the matrix
 # with a word, except under CI=true.
@@ -25,6 +26,10 @@ rustup run "${BPF_TOOLCHAIN:-nightly}" cargo clippy --package cgroup-connect-ebp
 cargo test --release --locked
 # The Kubernetes manifests against Kubernetes' schemas, and the static binary of the image.
 ./scripts/check-deploy.sh
+# The unit (systemd-analyze verify and security), completions, man pages, install-extras.sh.
+./scripts/check-packaging.sh
+# lib.sh under sudo, and run.sh's line that shows the block (root).
+./scripts/check-scripts.sh
 kernels=${KERNELS:-6.1 6.12}
 if [[ $kernels == none ]]; then
     if [[ ${CI:-} == true ]]; then

@@ -4,17 +4,12 @@
 use std::{
     fs::File,
     io,
-    os::fd::{AsFd, AsRawFd as _, BorrowedFd},
+    os::fd::{AsFd, BorrowedFd},
     path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
 };
 
 use crate::quote::ShortPath;
-
-/// `statfs.f_type` of a cgroup v2 filesystem.
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-/// `statfs.f_type` of a cgroup v1 hierarchy.
-const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
 
 /// Why a cgroup directory cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -169,8 +164,8 @@ impl CgroupDir {
         let dir =
             File::open(&path).map_err(|source| CgroupError::Io { path: path.clone(), source })?;
         match fs_magic(dir.as_fd()) {
-            Ok(CGROUP2_SUPER_MAGIC) => Ok(Self { path, dir }),
-            Ok(CGROUP_SUPER_MAGIC) => {
+            Ok(libc::CGROUP2_SUPER_MAGIC) => Ok(Self { path, dir }),
+            Ok(libc::CGROUP_SUPER_MAGIC) => {
                 Err(CgroupError::NotCgroup2 { path, fs: "cgroup v1", hint: hint() })
             }
             Ok(_) => Err(CgroupError::NotCgroup2 {
@@ -205,14 +200,9 @@ impl AsFd for CgroupDir {
     }
 }
 
-fn fs_magic(fd: BorrowedFd<'_>) -> io::Result<i64> {
-    // SAFETY: statfs is plain old data; fstatfs fills it or fails.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: fd is a valid open descriptor and st a valid out pointer.
-    if unsafe { libc::fstatfs(fd.as_raw_fd(), &raw mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(st.f_type)
+/// The `statfs.f_type` of the filesystem `fd` is on: compared with libc's `*_MAGIC` constants.
+fn fs_magic(fd: BorrowedFd<'_>) -> io::Result<libc::c_long> {
+    Ok(rustix::fs::fstatfs(fd)?.f_type)
 }
 
 /// A child cgroup made for a short time (a doctor check, a test), removed on drop.
@@ -277,7 +267,7 @@ impl Drop for TempCgroup {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        eprintln!("warning: could not remove cgroup {}", self.path().display());
+        tracing::warn!("could not remove cgroup {}", self.path().display());
     }
 }
 

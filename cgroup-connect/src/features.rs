@@ -134,7 +134,21 @@ impl Feature {
             },
             Probe::CgroupLinks => cgroup_links(),
             Probe::Helper(id) => {
-                program_support(aya::sys::is_helper_supported(ProgramType::CgroupSockAddr, id))
+                match program_support(aya::sys::is_helper_supported(
+                    ProgramType::CgroupSockAddr,
+                    id,
+                )) {
+                    // Some helpers (bpf_get_current_comm) are offered only with CAP_PERFMON: the
+                    // verifier's "unknown func" then says nothing about the kernel.
+                    Support::Missing if !crate::privileges::perfmon_capable() => {
+                        Support::Unknown(io::Error::new(
+                            io::ErrorKind::PermissionDenied,
+                            "cgroup programs may call it only with CAP_PERFMON, which is not \
+                             effective",
+                        ))
+                    }
+                    support => support,
+                }
             }
         }
     }

@@ -16,6 +16,7 @@ pub mod events;
 pub mod features;
 pub mod instance;
 pub mod loader;
+pub mod logging;
 pub mod metrics;
 pub mod pins;
 pub mod policy;

@@ -58,12 +58,20 @@ pub enum LoadError {
     /// The object lacks a program or map the userspace expects: a build mismatch.
     #[error("the BPF object has no {kind} named {name}: rebuild with ./scripts/build.sh")]
     Missing { kind: &'static str, name: &'static str },
-    /// The verifier or the kernel refused a program.
-    #[error("loading BPF program {program} failed")]
+    /// The verifier or the kernel refused a program: one line with the verifier's reason (its
+    /// last message); the whole log is kept for `--verifier-log FILE`. Built by
+    /// [`LoadError::program`].
+    #[error(
+        "the kernel refused BPF program {program} ({errno}): {reason}; `--verifier-log FILE` \
+         writes the verifier's whole log"
+    )]
     Program {
         program: &'static str,
-        #[source]
-        source: ProgramError,
+        /// The last line of the verifier log that says why, or the error itself without a log.
+        reason: String,
+        /// The whole verifier log (empty when the kernel gave none).
+        log: String,
+        errno: io::Error,
     },
     /// Attaching to the cgroup failed.
     #[error("attaching {program} to cgroup {cgroup} failed")]
@@ -169,6 +177,77 @@ enum HeldLink {
     Pinned(#[expect(dead_code, reason = "held while the process runs")] PinnedLink),
 }
 
+impl LoadError {
+    /// A refused program: keeps the verifier's reason and log apart, so that the message is one
+    /// line and the log goes where `--verifier-log` says.
+    #[must_use]
+    pub fn program(program: &'static str, err: ProgramError) -> Self {
+        match err {
+            ProgramError::LoadError { io_error, verifier_log } => {
+                let log = verifier_log.to_string();
+                let reason =
+                    verifier_reason(&log).map_or_else(|| io_error.to_string(), str::to_owned);
+                Self::Program { program, reason, log, errno: io_error }
+            }
+            ProgramError::SyscallError(e) => Self::Program {
+                program,
+                reason: e.to_string(),
+                log: String::new(),
+                errno: e.io_error,
+            },
+            other => {
+                let reason = other.to_string();
+                Self::Program {
+                    program,
+                    reason,
+                    log: String::new(),
+                    errno: io::Error::other(other),
+                }
+            }
+        }
+    }
+}
+
+/// The line of a verifier log that says why it refused the program: the last one before the
+/// statistics the kernel appends.
+#[must_use]
+pub fn verifier_reason(log: &str) -> Option<&str> {
+    const STATISTICS: [&str; 4] =
+        ["processed ", "verification time ", "stack depth ", "max_states_per_insn "];
+    log.lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty() && !STATISTICS.iter().any(|s| l.starts_with(s)))
+}
+
+/// Writes the verifier log of the first refused program in `err`'s chain to `path` (`-`:
+/// standard output; a new file is made 0600, a symbolic link refused). Does nothing when no
+/// program was refused.
+///
+/// # Errors
+/// When the file cannot be written.
+pub fn write_verifier_log(
+    err: &(dyn std::error::Error + 'static),
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+
+    use anyhow::Context as _;
+    let mut cause = Some(err);
+    let (program, log) = loop {
+        match cause {
+            None => return Ok(()),
+            Some(e) => match e.downcast_ref::<LoadError>() {
+                Some(LoadError::Program { program, log, .. }) => break (program, log),
+                _ => cause = e.source(),
+            },
+        }
+    };
+    let mut out = crate::events::open_sink(path)?;
+    writeln!(out, "verifier log of BPF program {program}:\n{log}")
+        .and_then(|()| out.flush())
+        .with_context(|| format!("writing the verifier log to {}", path.display()))
+}
+
 /// The BPF object with its maps created and its programs loaded (verified) but not attached:
 /// the slow part of a start, which `blocker run` does while it reads and compiles the policy.
 pub struct Prepared {
@@ -189,9 +268,7 @@ impl Prepared {
         let started = std::time::Instant::now();
         let mut ebpf = Ebpf::load(BPF_OBJECT).map_err(LoadError::Object)?;
         for name in programs::ALL {
-            program(&mut ebpf, name)?
-                .load()
-                .map_err(|source| LoadError::Program { program: name, source })?;
+            program(&mut ebpf, name)?.load().map_err(|source| LoadError::program(name, source))?;
         }
         crate::timings::add("verify", started.elapsed());
         Ok(Self { ebpf })
@@ -680,7 +757,7 @@ impl Reference {
         let name = programs::REFERENCE_ALLOW;
         let mut ebpf = Ebpf::load(BPF_OBJECT).map_err(LoadError::Object)?;
         let program = program(&mut ebpf, name)?;
-        program.load().map_err(|source| LoadError::Program { program: name, source })?;
+        program.load().map_err(|source| LoadError::program(name, source))?;
         attach(program, name, cgroup)?;
         Ok(Self { _ebpf: ebpf })
     }
@@ -757,4 +834,49 @@ fn template(outer: &str) -> Option<aya_obj::Map> {
 fn as_bytes<R: Pod>(records: &[R]) -> &[u8] {
     // SAFETY: Pod types are plain data without padding; the slice covers exactly the records.
     unsafe { std::slice::from_raw_parts(records.as_ptr().cast(), size_of_val(records)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_verifier_reason_is_the_line_before_the_statistics() {
+        let log = "func#0 @0\n0: R1=ctx() R10=fp0\n0: (85) call bpf_ktime_get_boot_ns#125\n\
+                   unknown func bpf_ktime_get_boot_ns#125\nverification time 18 usec\n\
+                   stack depth 0\nprocessed 1 insns (limit 1000000) max_states_per_insn 0 \
+                   total_states 0 peak_states 0 mark_read 0\n\n";
+        assert_eq!(verifier_reason(log), Some("unknown func bpf_ktime_get_boot_ns#125"));
+        let too_big = "BPF program is too large. Processed 1000001 insn\nprocessed 1000001 insns\n";
+        assert_eq!(
+            verifier_reason(too_big),
+            Some("BPF program is too large. Processed 1000001 insn")
+        );
+        assert_eq!(verifier_reason(""), None);
+        assert_eq!(verifier_reason("processed 0 insns\n"), None);
+    }
+
+    #[test]
+    fn a_refused_program_is_one_line_and_keeps_its_log() {
+        let log = "0: R1=ctx() R10=fp0\n0: (85) call bpf_get_current_comm#16\n\
+                   program of this type cannot use helper bpf_get_current_comm#16\n\
+                   processed 1 insns (limit 1000000)\n";
+        let err = LoadError::program(
+            "check_connect4",
+            ProgramError::LoadError {
+                io_error: io::Error::from_raw_os_error(libc::EINVAL),
+                verifier_log: aya_obj::VerifierLog::new(log.to_owned()),
+            },
+        );
+        let text = err.to_string();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(
+            text.starts_with("the kernel refused BPF program check_connect4 (")
+                && text.contains("): program of this type cannot use helper")
+                && text.contains("--verifier-log FILE"),
+            "{text}"
+        );
+        let LoadError::Program { log: kept, .. } = err else { panic!("not Program") };
+        assert_eq!(kept, log);
+    }
 }

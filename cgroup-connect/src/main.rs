@@ -5,11 +5,12 @@ use cgroup_connect::cli::{self, Cli};
 use clap::Parser as _;
 
 fn main() -> ExitCode {
+    cgroup_connect::logging::init();
     let cli = Cli::parse();
     match cli::dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("blocker: error: {err:#}");
+            tracing::error!("{err:#}");
             ExitCode::from(cli::exit_code(&err))
         }
     }

@@ -39,8 +39,6 @@ const STATE_FILE: &str = "state.json";
 const LOCK_FILE: &str = "lock";
 /// Name of the events reader's lock file in an instance's state folder.
 const READER_FILE: &str = "events-reader";
-/// `statfs.f_type` of bpffs.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// A bad instance name, or a failure to prepare the folders.
 #[derive(Debug, thiserror::Error)]
@@ -275,11 +273,7 @@ fn walk(path: &Path, make: Option<usize>) -> Result<Option<OwnedFd>, PinError> {
 /// # Errors
 /// [`PinError::Mount`] when it cannot be mounted.
 pub fn ensure_bpffs() -> Result<(), PinError> {
-    // SAFETY: statfs fills plain data or fails.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    let path = c"/sys/fs/bpf";
-    // SAFETY: a valid C string and out pointer.
-    if unsafe { libc::statfs(path.as_ptr(), &raw mut st) } == 0 && st.f_type == BPF_FS_MAGIC {
+    if rustix::fs::statfs(BPFFS).is_ok_and(|st| st.f_type == libc::BPF_FS_MAGIC) {
         return Ok(());
     }
     fs::create_dir_all(BPFFS).map_err(PinError::Mount)?;
@@ -287,7 +281,13 @@ pub fn ensure_bpffs() -> Result<(), PinError> {
     let data = c"mode=0700";
     // SAFETY: valid C strings; mounting bpffs has no other preconditions.
     let rc = unsafe {
-        libc::mount(c"bpf".as_ptr(), path.as_ptr(), c"bpf".as_ptr(), 0, data.as_ptr().cast())
+        libc::mount(
+            c"bpf".as_ptr(),
+            c"/sys/fs/bpf".as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            data.as_ptr().cast(),
+        )
     };
     if rc != 0 {
         return Err(PinError::Mount(io::Error::last_os_error()));

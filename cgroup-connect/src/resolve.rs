@@ -161,10 +161,7 @@ impl Names {
                     state.refresh_at = Some(until);
                 }
                 Err(e) => {
-                    eprintln!(
-                        "blocker: warning: {:#}; keeping its addresses",
-                        anyhow::Error::from(e)
-                    );
+                    tracing::warn!("{:#}; keeping its addresses", anyhow::Error::from(e));
                     state.refresh_at = Some(now + MIN_REFRESH.max(Duration::from_secs(30)));
                 }
             }

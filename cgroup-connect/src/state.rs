@@ -8,7 +8,7 @@
 use std::{
     fs::{self, File},
     io::{self, Write as _},
-    os::{fd::AsRawFd as _, unix::fs::OpenOptionsExt as _},
+    os::unix::fs::OpenOptionsExt as _,
     path::PathBuf,
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -335,10 +335,8 @@ impl Lock {
     pub fn acquire(paths: &InstancePaths) -> Result<Self, StateError> {
         let err = |source| StateError::Lock { name: paths.name.clone(), source };
         let file = open_private(&paths.lock_file()).map_err(err)?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(err(io::Error::last_os_error()));
-        }
+        // flock(2), exclusive; released when the file closes, also if the process dies.
+        file.lock().map_err(err)?;
         Ok(Self { _file: file })
     }
 }
@@ -346,6 +344,38 @@ impl Lock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `Lock` is `File::lock` (flock): a second holder, even in this process (another open
+    /// file), waits until the first is dropped.
+    #[test]
+    fn the_lock_serializes_holders() {
+        use std::{
+            os::unix::fs::PermissionsExt as _,
+            sync::atomic::{AtomicBool, Ordering},
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let paths = InstancePaths {
+            name: "t".into(),
+            pins: dir.path().join("pins"),
+            state: dir.path().to_owned(),
+        };
+        let first = Lock::acquire(&paths).unwrap();
+        let taken = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let second = scope.spawn(|| {
+                let lock = Lock::acquire(&paths).unwrap();
+                taken.store(true, Ordering::SeqCst);
+                lock
+            });
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            assert!(!taken.load(Ordering::SeqCst), "taken while held");
+            drop(first);
+            drop(second.join().unwrap());
+        });
+        assert!(taken.load(Ordering::SeqCst));
+        let mode = fs::metadata(paths.lock_file()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
 
     #[test]
     fn live_edits_apply_over_the_sources() {

@@ -190,3 +190,30 @@ fn doctor_as_unprivileged_user_fails_with_fixes() {
         stdout.lines().find(|l| l.contains("capabilities")).unwrap_or_else(|| panic!("{stdout}"));
     assert!(caps.starts_with("FAIL") && caps.contains("fix:"), "{caps}");
 }
+
+/// When stderr is systemd's journal stream (`JOURNAL_STREAM` names its device and inode), each
+/// logged line carries its syslog priority (`<3>` error, `<4>` warning) for journald; anywhere
+/// else the line is unchanged.
+#[test]
+fn log_lines_carry_their_priority_for_the_journal() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = common::TempDir::new("journal");
+    let run = |journal: bool| {
+        let path = dir.path().join(format!("stderr-{journal}"));
+        let file = std::fs::File::create(&path).unwrap();
+        let meta = file.metadata().unwrap();
+        let mut cmd = std::process::Command::new(common::BLOCKER);
+        cmd.args(["run", "--cgroup", "/nonexistent-cgroup-connect"]).stderr(file);
+        if journal {
+            cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+        } else {
+            cmd.env("JOURNAL_STREAM", "1:1");
+        }
+        let status = cmd.status().unwrap();
+        assert_eq!(status.code(), Some(2));
+        std::fs::read_to_string(&path).unwrap()
+    };
+    let plain = run(false);
+    assert!(plain.starts_with("blocker: error: ") && plain.contains("/nonexistent"), "{plain}");
+    assert_eq!(run(true), format!("<3>{plain}"));
+}

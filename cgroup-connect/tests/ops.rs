@@ -302,38 +302,55 @@ fn stats_status_and_metrics() {
     }
 }
 
-/// Under systemd (`Type=notify`), READY=1 is sent once the instance enforces.
+/// Under systemd (`Type=notify`): READY=1 with a STATUS= of the rule counts once the instance
+/// enforces; on SIGHUP, `RELOADING=1` with `MONOTONIC_USEC`, then READY=1 with the new counts; on
+/// SIGTERM, STOPPING=1. The notify socket is one the test binds in its own 0700 folder.
 #[test]
-fn tells_systemd_when_it_enforces() {
+fn tells_systemd_when_it_enforces_reloads_and_stops() {
     require_privileges!();
     let cg = temp_cgroup();
     let dir = TempDir::new("notify");
     let socket_path = dir.path().join("notify.sock");
     let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
     socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let list = dir.write("list.txt", "127.0.0.2\n");
     let name = common::instance_name();
-    let mut child = std::process::Command::new(common::BLOCKER)
-        .args([
-            "run",
-            "--cgroup",
-            cg.path().to_str().unwrap(),
-            "--name",
-            &name,
-            "--block",
-            "127.0.0.2",
-        ])
+    let mut child = Command::new(common::BLOCKER)
+        .args(["run", "--cgroup", cg.path().to_str().unwrap(), "--name", &name])
+        .args(["--block-list", list.to_str().unwrap()])
         .env("NOTIFY_SOCKET", &socket_path)
-        .stdout(std::process::Stdio::null())
+        .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let mut buf = [0u8; 64];
-    let got = socket.recv(&mut buf);
+    let next = || {
+        let mut buf = [0u8; 512];
+        let got = socket.recv(&mut buf).map(|n| String::from_utf8_lossy(&buf[..n]).into_owned());
+        got.unwrap_or_else(|e| format!("no message within 30 s: {e}"))
+    };
+    let ready = next();
     let enforcing = outcome(connect_in(cg.path(), lo("127.0.0.2")));
-    let _ = child.kill();
-    let _ = child.wait();
+    std::fs::write(&list, "127.0.0.2\n127.0.0.3\n").unwrap();
+    // SAFETY: a signal to the child this test started.
+    unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGHUP) };
+    let reloading = next();
+    let reloaded = next();
+    // SAFETY: as above.
+    unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGTERM) };
+    let stopping = next();
+    let status = child.wait().unwrap();
     common::detach_quietly(&name);
-    assert_eq!(&buf[..got.expect("READY=1 within 30 s")], b"READY=1");
+    assert_eq!(ready, "READY=1\nSTATUS=enforcing 1 rules (1 IPv4, 0 IPv6 prefixes)\n");
     assert_eq!(enforcing, Blocked, "enforcing once ready");
+    let lines: Vec<&str> = reloading.lines().collect();
+    assert!(
+        lines.len() == 2
+            && lines[0] == "RELOADING=1"
+            && lines[1].strip_prefix("MONOTONIC_USEC=").is_some_and(|t| t.parse::<u64>().is_ok()),
+        "{reloading:?}"
+    );
+    assert_eq!(reloaded, "READY=1\nSTATUS=enforcing 2 rules (2 IPv4, 0 IPv6 prefixes)\n");
+    assert!(stopping.starts_with("STOPPING=1\n"), "{stopping:?}");
+    assert!(status.success(), "{status:?}");
 }
 
 /// Reloads that move the table to another size class (one rule <-> 100,000 rules) while two

@@ -4,9 +4,14 @@
 //! load and attach of the programs to a temporary child cgroup then proves the whole path.
 //! Exits 0 when this machine can run the blocker; the build checks only warn, since a
 //! prebuilt binary does not need them.
-use std::{error::Error, io, process::Command};
+use std::{
+    error::Error,
+    io,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
-use aya::{maps::MapType, programs::ProgramError, util::KernelVersion};
+use aya::{maps::MapType, util::KernelVersion};
 
 use crate::{
     cgroup::{self, TempCgroup},
@@ -50,12 +55,21 @@ impl Check {
     }
 }
 
+/// Arguments of `blocker doctor`.
+#[derive(Debug, Default, clap::Args)]
+pub struct DoctorArgs {
+    /// When the kernel refuses a program in the load-and-attach check, write the verifier's
+    /// whole log to FILE (- for standard output); the check's line shows only its reason
+    #[arg(long, value_name = "FILE")]
+    pub verifier_log: Option<PathBuf>,
+}
+
 /// Runs every check and prints one line each.
 ///
 /// # Errors
 /// When a check that running the blocker depends on failed.
-pub fn doctor() -> anyhow::Result<()> {
-    let checks = run_checks();
+pub fn doctor(args: &DoctorArgs) -> anyhow::Result<()> {
+    let checks = run_checks(args.verifier_log.as_deref());
     for c in &checks {
         let tag = match c.status {
             Status::Ok => "ok  ",
@@ -79,12 +93,12 @@ pub fn doctor() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// All checks, in the order printed.
+/// All checks, in the order printed; a refused program's verifier log goes to `verifier_log`.
 #[must_use]
-pub fn run_checks() -> Vec<Check> {
+pub fn run_checks(verifier_log: Option<&Path>) -> Vec<Check> {
     let mut checks = vec![kernel(), bpf_syscall(), capabilities(), cgroup2(), memlock()];
     checks.extend(feature_checks());
-    checks.extend([cgroup_bpf(), jit(), toolchain_nightly(), rust_src(), bpf_linker()]);
+    checks.extend([cgroup_bpf(verifier_log), jit(), toolchain_nightly(), rust_src(), bpf_linker()]);
     checks
 }
 
@@ -127,12 +141,28 @@ fn bpf_syscall() -> Check {
 fn capabilities() -> Check {
     const NAME: &str = "capabilities";
     match privileges::check() {
-        Ok(()) => Check::ok(NAME, "CAP_BPF and CAP_NET_ADMIN (or CAP_SYS_ADMIN) effective"),
-        Err(e) => Check::bad(
+        Ok(()) => Check::ok(
+            NAME,
+            format!("uid 0 with {} (or CAP_SYS_ADMIN) effective", privileges::NEEDED_NAMES),
+        ),
+        Err(privileges::PrivilegeError::Missing { missing }) => {
+            let why: Vec<String> = privileges::NEEDED
+                .iter()
+                .filter(|(_, name, _)| missing.contains(name))
+                .map(|(_, name, why)| format!("{name} to {why}"))
+                .collect();
+            Check::bad(
+                NAME,
+                Status::Fail,
+                format!("missing {missing}: the blocker needs {}", why.join("; ")),
+                PRIVILEGE_FIX,
+            )
+        }
+        Err(privileges::PrivilegeError::NotRoot { uid }) => Check::bad(
             NAME,
             Status::Fail,
-            format!("missing {}", e.missing),
-            "run as root, or grant CAP_BPF and CAP_NET_ADMIN",
+            format!("running as uid {uid}: the pin and state folders must be root's"),
+            PRIVILEGE_FIX,
         ),
     }
 }
@@ -233,15 +263,37 @@ fn feature_check(group: &[(&Feature, Support)]) -> Check {
 }
 
 /// A real load and attach of the blocker's programs to a temporary child cgroup.
-fn cgroup_bpf() -> Check {
+fn cgroup_bpf(verifier_log: Option<&Path>) -> Check {
     const NAME: &str = "cgroup-bpf";
     let fail = |detail: String, fix: &str| Check::bad(NAME, Status::Fail, detail, fix);
+    if let Err(e @ privileges::PrivilegeError::NotRoot { .. }) = privileges::check() {
+        // Folders made by another uid would block root's instances: make none.
+        return fail(format!("not tried: {e}"), PRIVILEGE_FIX);
+    }
     let root = match cgroup::cgroup2_root() {
         Ok(root) => root,
         Err(e) => return fail(format!("no cgroup v2 mount: {e}"), MOUNT_CGROUP2),
     };
     let temp = match TempCgroup::create(&root, "cgroup-connect-doctor") {
         Ok(temp) => temp,
+        Err(cgroup::CgroupError::Io { path, source })
+            if source.kind() == io::ErrorKind::PermissionDenied =>
+        {
+            // The blocker itself makes no cgroup: only this check needs the write access.
+            return Check::bad(
+                NAME,
+                Status::Warn,
+                format!(
+                    "not tried: cannot make the test cgroup {} ({source}); the blocker itself \
+                     does not make cgroups, but the load was not proven",
+                    path.display()
+                ),
+                format!(
+                    "run doctor with write access to {} (root with CAP_DAC_OVERRIDE)",
+                    root.display()
+                ),
+            );
+        }
         Err(e) => return fail(format!("cannot make a test cgroup: {e}"), &fix_for(&e)),
     };
     let tables =
@@ -268,7 +320,11 @@ fn cgroup_bpf() -> Check {
             format!("attached and detached in a temporary cgroup under {}", root.display()),
         ),
         Err(e) => {
-            let (detail, fix) = load_failure(e);
+            let written = verifier_log.map(|path| crate::loader::write_verifier_log(&e, path));
+            let (mut detail, fix) = load_failure(e);
+            if let Some(Err(w)) = written {
+                detail = format!("{detail} ({w:#})");
+            }
             fail(detail, &fix)
         }
     }
@@ -279,36 +335,25 @@ fn cgroup_bpf() -> Check {
 fn load_failure(e: LoadError) -> (String, String) {
     match &e {
         LoadError::Unsupported { feature } => (feature.lacking(), feature.fix()),
-        LoadError::Program {
-            program,
-            source: ProgramError::LoadError { io_error, verifier_log },
-        } => {
-            let log = verifier_log.to_string();
-            let why = verifier_reason(&log).map_or_else(|| io_error.to_string(), str::to_owned);
-            (
-                format!("the kernel refused program {program}: {why}"),
+        LoadError::Program { program, reason, .. } => (
+            format!("the kernel refused program {program}: {reason}"),
+            if privileges::perfmon_capable() {
                 format!(
                     "no probed feature is missing, but this kernel's verifier refuses the \
-                     program: use Linux {} or later, or report this line",
+                     program: use Linux {} or later, or report this line with the log of \
+                     `blocker doctor --verifier-log FILE`",
                     features::TESTED
-                ),
-            )
-        }
+                )
+            } else {
+                "grant CAP_PERFMON (run as root): the verifier refuses the programs without it"
+                    .to_owned()
+            },
+        ),
         _ => {
             let fix = fix_for(&e);
             (format!("{:#}", anyhow::Error::from(e)), fix)
         }
     }
-}
-
-/// The line of a verifier log that says why it refused the program: the last one before the
-/// statistics the kernel appends.
-fn verifier_reason(log: &str) -> Option<&str> {
-    const STATISTICS: [&str; 4] =
-        ["processed ", "verification time ", "stack depth ", "max_states_per_insn "];
-    log.lines()
-        .map(str::trim)
-        .rfind(|l| !l.is_empty() && !STATISTICS.iter().any(|s| l.starts_with(s)))
 }
 
 /// The fix for a failure whose cause is a system call error, found in `err`'s chain.
@@ -323,13 +368,16 @@ fn fix_for(err: &(dyn Error + 'static)) -> String {
     UNEXPECTED.to_owned()
 }
 
+const PRIVILEGE_FIX: &str = "run as root, or as uid 0 with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON";
+
 const UNEXPECTED: &str = "no probed feature is missing, so this is unexpected: report it with \
                           the output of `blocker doctor`";
 
 /// The fix for a system call that failed with `err`.
 fn errno_fix(err: &io::Error) -> &'static str {
     match err.raw_os_error() {
-        Some(libc::EPERM | libc::EACCES) => "run as root, or grant CAP_BPF and CAP_NET_ADMIN",
+        Some(libc::EPERM | libc::EACCES) => PRIVILEGE_FIX,
+        None if err.kind() == io::ErrorKind::PermissionDenied => PRIVILEGE_FIX,
         Some(libc::ENOSYS) => "use a kernel built with CONFIG_BPF_SYSCALL=y",
         Some(libc::ENOMEM) => {
             "free memory, or raise the memory cgroup's limit or RLIMIT_MEMLOCK (`ulimit -l \
@@ -479,32 +527,16 @@ mod tests {
     }
 
     #[test]
-    fn the_verifier_reason_is_the_line_before_the_statistics() {
-        let log = "func#0 @0\n0: R1=ctx() R10=fp0\n0: (85) call bpf_ktime_get_boot_ns#125\n\
-                   unknown func bpf_ktime_get_boot_ns#125\nverification time 18 usec\n\
-                   stack depth 0\nprocessed 1 insns (limit 1000000) max_states_per_insn 0 \
-                   total_states 0 peak_states 0 mark_read 0\n\n";
-        assert_eq!(verifier_reason(log), Some("unknown func bpf_ktime_get_boot_ns#125"));
-        let too_big = "BPF program is too large. Processed 1000001 insn\nprocessed 1000001 insns\n";
-        assert_eq!(
-            verifier_reason(too_big),
-            Some("BPF program is too large. Processed 1000001 insn")
-        );
-        assert_eq!(verifier_reason(""), None);
-        assert_eq!(verifier_reason("processed 0 insns\n"), None);
-    }
-
-    #[test]
     fn a_verifier_refusal_names_the_program_and_its_reason() {
-        let refused = LoadError::Program {
-            program: "check_connect4",
-            source: ProgramError::LoadError {
+        let refused = LoadError::program(
+            "check_connect4",
+            aya::programs::ProgramError::LoadError {
                 io_error: io::Error::from_raw_os_error(libc::EACCES),
                 verifier_log: aya_obj::VerifierLog::new(
                     "0: (b7) r0 = 0\nR0 !read_ok\nprocessed 2 insns\n".to_owned(),
                 ),
             },
-        };
+        );
         let (detail, fix) = load_failure(refused);
         assert_eq!(detail, "the kernel refused program check_connect4: R0 !read_ok");
         assert!(fix.contains(features::TESTED) && !fix.contains("CONFIG_CGROUP_BPF"), "{fix}");

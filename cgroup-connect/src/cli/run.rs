@@ -20,7 +20,7 @@ use crate::{
     privileges,
     resolve::Names,
     rules::{Action, Destination},
-    state::State,
+    state::{Counts, State},
     systemd,
     target::{self, Resolver, Target},
     timings,
@@ -110,6 +110,10 @@ pub struct RunArgs {
     /// the old policy.
     #[arg(long)]
     pub watch: bool,
+    /// When the kernel refuses a program, write the verifier's whole log to FILE (- for
+    /// standard output); the error line shows only the verifier's reason
+    #[arg(long, value_name = "FILE")]
+    pub verifier_log: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -175,7 +179,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     // Opened before anything attaches, so a refused file leaves nothing behind.
     let sink = args.events.as_deref().map(events::open_sink).transpose()?;
     let say = Say { to_stderr: args.events.as_ref().is_some_and(|p| p.as_os_str() == "-") };
-    block_on(serve(args, &paths, &cgroup, state, metrics_addr, sink, say))
+    let result = block_on(serve(args, &paths, &cgroup, state, metrics_addr, sink, say));
+    if let (Err(err), Some(path)) = (&result, &args.verifier_log)
+        && let Err(e) = crate::loader::write_verifier_log(err.as_ref(), path)
+    {
+        tracing::warn!("{e:#}");
+    }
+    result
 }
 
 /// Where the status lines (attached, serving metrics, reloaded, detached) go: standard
@@ -237,61 +247,59 @@ async fn serve(
             return Err(e);
         }
     };
+    let how = match (adopted, reattached) {
+        (true, false) => " (adopted from its pins)",
+        (true, true) => " (adopted from its pins; re-attached: the cgroup was made anew)",
+        (false, _) => "",
+    };
+    let (cgroup_path, summary) = (cgroup.path().display(), applied.summary(args.audit));
     say.line(&format!(
-        "attached to cgroup {} as instance {}{}: {}",
-        cgroup.path().display(),
-        paths.name,
-        match (adopted, reattached) {
-            (true, false) => " (adopted from its pins)",
-            (true, true) => " (adopted from its pins; re-attached: the cgroup was made anew)",
-            (false, _) => "",
-        },
-        applied.summary(args.audit),
+        "attached to cgroup {cgroup_path} as instance {}{how}: {summary}",
+        paths.name
     ))
     .context("writing the attached line")?;
-    systemd::notify_ready();
+    systemd::ready(&status_line(&applied.counts, args.audit));
     let report = timings::take_report();
     if args.timings {
         eprintln!("{report}");
     }
-
     if let Some(files) = files.as_mut() {
         watch_rule_files(files, &applied.policy);
     }
     drop(applied);
     instance::release_free_memory();
-    let _reader = reader;
-    let metrics_task = metrics.map(|(bound, task)| {
-        let _ = say.line(&format!("serving metrics on http://{bound}/metrics"));
-        if let Some(warning) = metrics::exposure_warning(bound) {
-            eprintln!("blocker: warning: {warning}");
-        }
-        task
-    });
+    let _reader = reader; // held while this process reads the events
+    let metrics_task = metrics.map(|metrics| announce(metrics, say));
     let mut follower = Follower::new(cgroup);
     loop {
         let refresh = names.next_refresh().map(tokio::time::Instant::from_std);
         tokio::select! {
             changed = next_change(files.as_mut()) => match changed {
-                Ok(()) => reload(paths, &mut names, Reload::Files, say, files.as_mut()).await,
+                Ok(()) => {
+                    systemd::reloading();
+                    reload(paths, &mut names, Reload::Files, say, files.as_mut(), args.audit).await;
+                }
                 Err(e) => {
-                    eprintln!("blocker: warning: watching the rule files failed: {e}; reload with SIGHUP");
+                    tracing::warn!("watching the rule files failed: {e}; reload with SIGHUP");
                     files = None;
                 }
             },
             changed = follower.changed() => follower.follow(changed, paths, &mut instance, args.pin, say),
             request = signals.next() => match request {
                 Request::Stop => break,
-                Request::Reload => reload(paths, &mut names, Reload::Signal, say, files.as_mut()).await,
+                Request::Reload => {
+                    systemd::reloading();
+                    reload(paths, &mut names, Reload::Signal, say, files.as_mut(), args.audit).await;
+                }
             },
             () = sleep_until(refresh) => {
                 if names.refresh().await {
-                    reload(paths, &mut names, Reload::Refresh, say, files.as_mut()).await;
+                    reload(paths, &mut names, Reload::Refresh, say, files.as_mut(), args.audit).await;
                 }
             }
             result = next_events(&mut events, &view) => {
                 if let Err(e) = result {
-                    eprintln!("blocker: warning: writing events failed: {e:#}; no longer writing them");
+                    tracing::warn!("writing events failed: {e:#}; no longer writing them");
                     events = None;
                 }
             }
@@ -300,17 +308,14 @@ async fn serve(
     if let Some(task) = metrics_task {
         task.abort();
     }
+    systemd::stopping(if args.pin { "stopping; the pinned instance stays" } else { "detaching" });
     instance::stop(paths, instance, args.pin)?;
-    let last = if args.pin {
-        format!(
-            "exiting; instance {} stays attached to {} (pinned)",
-            paths.name,
-            cgroup.path().display()
-        )
+    let (name, cgroup) = (&paths.name, cgroup.path().display());
+    let _ = say.line(&if args.pin {
+        format!("exiting; instance {name} stays attached to {cgroup} (pinned)")
     } else {
-        format!("detached from cgroup {}", cgroup.path().display())
-    };
-    let _ = say.line(&last);
+        format!("detached from cgroup {cgroup}")
+    });
     Ok(())
 }
 
@@ -369,8 +374,8 @@ fn watch_rule_files(files: &mut FileWatch, policy: &crate::policy::Policy) {
         }
     }
     if let Err(e) = files.add(more) {
-        eprintln!(
-            "blocker: warning: watching the lists the policy names failed: {e}; the files given on the command line are watched"
+        tracing::warn!(
+            "watching the lists the policy names failed: {e}; the files given on the command line are watched"
         );
     }
 }
@@ -400,8 +405,8 @@ impl Follower {
         let watch = match cgroup.path().parent().map(|_| CgroupWatch::new(&path)) {
             Some(Ok(watch)) => Some(watch),
             Some(Err(e)) => {
-                eprintln!(
-                    "blocker: warning: cannot watch cgroup {} ({e}): checking it every second",
+                tracing::warn!(
+                    "cannot watch cgroup {} ({e}): checking it every second",
                     path.display()
                 );
                 None
@@ -439,8 +444,8 @@ impl Follower {
         say: Say,
     ) {
         if let Err(e) = changed {
-            eprintln!(
-                "blocker: warning: watching cgroup {} failed: {e}; checking it every second",
+            tracing::warn!(
+                "watching cgroup {} failed: {e}; checking it every second",
                 self.path.display()
             );
             self.watch = None;
@@ -472,8 +477,8 @@ impl Follower {
                     self.path.display()
                 ));
             }
-            Err(e) => eprintln!(
-                "blocker: error: cgroup {} was made anew, attaching to it failed (will retry): {e:#}",
+            Err(e) => tracing::error!(
+                "cgroup {} was made anew, attaching to it failed (will retry): {e:#}",
                 self.path.display()
             ),
         }
@@ -482,6 +487,15 @@ impl Follower {
 
 /// The metrics server: its address and its task.
 type Metrics = (std::net::SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>);
+
+/// Says where the metrics are served (warning when the address is not loopback); their task.
+fn announce((bound, task): Metrics, say: Say) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    let _ = say.line(&format!("serving metrics on http://{bound}/metrics"));
+    if let Some(warning) = metrics::exposure_warning(bound) {
+        tracing::warn!("{warning}");
+    }
+    task
+}
 
 /// The events reader and the metrics server of a started instance.
 fn reporting(
@@ -510,6 +524,17 @@ fn reporting(
     Ok((events, metrics))
 }
 
+/// The `STATUS=` systemd shows: the rule counts and the mode.
+fn status_line(counts: &Counts, audit: bool) -> String {
+    format!(
+        "{} {} rules ({} IPv4, {} IPv6 prefixes)",
+        if audit { "auditing" } else { "enforcing" },
+        counts.rules,
+        counts.ipv4,
+        counts.ipv6
+    )
+}
+
 /// What made `run` reload.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Reload {
@@ -529,6 +554,7 @@ async fn reload(
     why: Reload,
     say: Say,
     files: Option<&mut FileWatch>,
+    audit: bool,
 ) {
     let what = match why {
         Reload::Signal => "reloaded",
@@ -546,12 +572,14 @@ async fn reload(
     match instance::apply(paths, names, count).await {
         Ok(applied) => {
             let _ = say.line(&format!("{what}: {}", applied.summary(false)));
+            systemd::ready(&status_line(&applied.counts, audit));
             if let Some(files) = files {
                 watch_rule_files(files, &applied.policy);
             }
         }
         Err(e) => {
-            eprintln!("blocker: error: {what} failed, the old policy stays in force: {e:#}");
+            tracing::error!("{what} failed, the old policy stays in force: {e:#}");
+            systemd::ready(&format!("{what} failed, the old policy stays in force"));
             instance::count_failed_reload(paths);
         }
     }

@@ -39,6 +39,17 @@ impl Blocker {
     /// Like [`Blocker::start`], from the folder `cwd`.
     #[must_use]
     pub fn start_in(cwd: &std::path::Path, args: &[&str]) -> Self {
+        Self::spawn(cwd, &[], args)
+    }
+
+    /// Like [`Blocker::start`], run through `wrapper` (`setpriv ... --`), which must exec the
+    /// blocker in its own process.
+    #[must_use]
+    pub fn start_under(wrapper: &[&str], args: &[&str]) -> Self {
+        Self::spawn(std::path::Path::new("."), wrapper, args)
+    }
+
+    fn spawn(cwd: &std::path::Path, wrapper: &[&str], args: &[&str]) -> Self {
         let name = match args.iter().position(|a| *a == "--name") {
             Some(i) => args[i + 1].to_owned(),
             None => instance_name(),
@@ -47,7 +58,10 @@ impl Blocker {
         if !args.contains(&"--name") {
             full.extend(["--name", &name]);
         }
-        let mut child = Command::new(BLOCKER)
+        let (program, before) = wrapper.split_first().map_or((BLOCKER, &[][..]), |(p, r)| (*p, r));
+        let mut child = Command::new(program)
+            .args(before)
+            .args(if wrapper.is_empty() { None } else { Some(BLOCKER) })
             .current_dir(cwd)
             .arg("run")
             .args(&full)

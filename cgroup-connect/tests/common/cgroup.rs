@@ -15,6 +15,8 @@ pub fn cgroup_root() -> PathBuf {
 /// A fresh, uniquely named child of the cgroup v2 root, removed on drop.
 #[must_use]
 pub fn temp_cgroup() -> TempCgroup {
+    // Its drop logs through tracing when a cgroup cannot be removed: to stderr.
+    cgroup_connect::logging::init();
     TempCgroup::create(&cgroup_root(), "cgroup-connect-test")
         .unwrap_or_else(|e| panic!("create test cgroup: {e}"))
 }
