@@ -27,7 +27,8 @@ pub struct Event {
     pub time_ns: u64,
     /// `bpf_get_current_cgroup_id()`: the inode number of the caller's cgroup directory.
     pub cgroup_id: u64,
-    /// Destination address as a number: IPv6 as high and low halves; IPv4 in the low half.
+    /// The address the call reaches (`0.0.0.0` and `::` where the kernel sends them) as a
+    /// number: IPv6 as high and low halves; IPv4 in the low half.
     pub addr_hi: u64,
     pub addr_lo: u64,
     /// Thread id and process id (the kernel's pid and tgid).

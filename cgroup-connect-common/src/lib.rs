@@ -7,7 +7,7 @@
 //! - [`word`]: verdict words and the protocol a rule may name;
 //! - [`decision`]: the decision order and the table search the programs run;
 //! - [`sock_addr`]: the destination's address and port, from network byte order; the peer
-//!   when a send names none.
+//!   when a send names none; where `0.0.0.0` and `::` go; IPv4-mapped and NAT64 addresses.
 //!
 //! Every item is also exported at the crate root.
 #![no_std]
@@ -26,12 +26,16 @@ pub mod word;
 pub use decision::{MAX_SEARCH_STEPS, Rank, decide, decide_v4, entry_matches};
 pub use event::{Event, RULE_FAILED_CLOSED, hook, verdict};
 pub use names::{CONFIG_AUDIT, EVENTS_BYTES, RULE_HITS_CAPACITY, config, maps, programs, stats};
-pub use sock_addr::{ip4_from_user, ip6_from_user, mapped_ip4, or_peer, port_from_user};
+pub use sock_addr::{
+    LOOPBACK4, LOOPBACK6, MAPPED_LOOPBACK4, MAX_NAT64_PREFIXES, NAT64_WELL_KNOWN, Source,
+    ip4_from_user, ip6_from_user, judge_reached, mapped_ip4, nat64_ip4, or_peer, port_from_user,
+    reached_v4, reached_v6,
+};
 pub use table::{
     ALL_PORTS, BPF_F_MMAPABLE, CHUNK_BITS, CHUNK_MASK, CHUNK_RECORDS, Chunk, MAX_CLASS_LEN,
     MAX_DATA_CHUNKS, MAX_INTERVALS, MAX_RULES_PER_FAMILY, Record, TABLE_CLASSES, TABLE_FLAGS,
-    V4_BUCKET_BASE_RECORD, V4_BUCKET_CHUNKS, V4_BUCKET_SHIFT, V4_BUCKETS, V4Record, V6Record,
-    pack_ports,
+    V4_BUCKET_BASE_RECORD, V4_BUCKET_CHUNKS, V4_BUCKET_SHIFT, V4_BUCKETS, V4_LOOPBACK_RECORD,
+    V4Record, V6Record, pack_ports,
 };
 pub use word::Proto;
 

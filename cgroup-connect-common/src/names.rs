@@ -42,7 +42,8 @@ pub mod maps {
     pub const RULE_HITS: &str = "rule_hits";
     /// Ring buffer of [`crate::Event`]s: blocked attempts, and would-be blocks in audit mode.
     pub const EVENTS: &str = "events";
-    /// Array of `u32`s indexed by [`crate::config`]: flags and the table size classes.
+    /// Array of `u32`s indexed by [`crate::config`]: flags, the table size classes and the
+    /// NAT64 prefixes.
     pub const CONFIG: &str = "config";
     /// Every map an instance pins.
     pub const PINNED: [&str; 14] = [
@@ -71,8 +72,13 @@ pub mod config {
     pub const V4_CLASS: u32 = 1;
     /// The size class that holds the IPv6 table.
     pub const V6_CLASS: u32 = 2;
+    /// How many NAT64 prefixes besides the well-known one follow (`--nat64`), at most
+    /// [`crate::MAX_NAT64_PREFIXES`].
+    pub const NAT64_COUNT: u32 = 3;
+    /// The first of those prefixes: three words each, its top 96 bits as numbers, high first.
+    pub const NAT64: u32 = 4;
     /// Number of words.
-    pub const LEN: u32 = 3;
+    pub const LEN: u32 = NAT64 + 3 * crate::MAX_NAT64_PREFIXES;
 }
 
 /// Indices of the [`maps::STATS`] totals.

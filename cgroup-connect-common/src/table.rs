@@ -15,7 +15,8 @@
 //!
 //! Chunk 0 is the index: its record 0 is the header (`key` = `n`, `word` = the default
 //! verdict), and its record `1 + k` is the fence of data chunk `k`: the start of its first
-//! interval.
+//! interval. An IPv4 index also holds where its bucket table starts
+//! ([`V4_BUCKET_BASE_RECORD`]) and 127.0.0.1's verdict for any port ([`V4_LOOPBACK_RECORD`]).
 //!
 //! A decision is a binary search of the fences, a binary search in one chunk, then at most
 //! [`MAX_CLASS_LEN`] entries of a class: see [`crate::decide`]. The lookups are inlined by the
@@ -44,6 +45,10 @@ pub const V4_BUCKET_SHIFT: u32 = 17;
 pub const V4_BUCKETS: u32 = 1 << (32 - V4_BUCKET_SHIFT);
 /// Where the index chunk of an IPv4 table says which chunk its bucket table starts in.
 pub const V4_BUCKET_BASE_RECORD: u32 = CHUNK_RECORDS - 1;
+/// Where the index chunk of an IPv4 table holds, in its `word`, the verdict of 127.0.0.1 for a
+/// call to `0.0.0.0` that may go there ([`crate::reached_v4`]): its verdict word if no port or
+/// protocol rule covers it, else the first of its class's entries that blocks, else the last.
+pub const V4_LOOPBACK_RECORD: u32 = CHUNK_RECORDS - 2;
 /// Chunks the bucket table takes: two `u32` entries a record.
 pub const V4_BUCKET_CHUNKS: u32 = (V4_BUCKETS + 1).div_ceil(2).div_ceil(CHUNK_RECORDS);
 

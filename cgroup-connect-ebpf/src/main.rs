@@ -3,7 +3,9 @@
 //! `cgroup_connect_common::decide`, shared with userspace and pinned down by host unit tests;
 //! `finish` counts it, reports blocks as events, and applies audit mode. A send that names no
 //! destination (a connected UDP socket sending with ancillary data) is judged by the socket's
-//! peer, through the same tables.
+//! peer, through the same tables. A destination is judged where it goes: `0.0.0.0` by the
+//! source address the kernel sends it to, or 127.0.0.1 (`reached_v4`), `::` as `::1`
+//! (`reached_v6`); IPv4-mapped and NAT64 addresses (`nat64_ip4`) by the IPv4 table.
 //!
 //! Failure policy: a missing or malformed table fails closed (BLOCK, counted in
 //! `stats::FAILED_CLOSED`). Userspace sets the tables before it attaches, so this only happens
@@ -12,7 +14,9 @@
 //! only loses the report (counted in `stats::EVENTS_LOST`). Reading the peer adds no error
 //! path: the verifier checks those reads at load time, so they cannot fail at run time. A send
 //! that names no destination on a socket without a peer (the kernel refuses it before the hook
-//! anyway) is judged as before, as 0.0.0.0 or :: port 0: blocked in default-deny mode.
+//! anyway) is judged as before, as 0.0.0.0 or :: port 0: blocked in default-deny mode. The
+//! NAT64 prefixes are config words read at in-range constant indices, which cannot fail: a
+//! failure would judge a NAT64 address by the IPv6 table, as without `--nat64`.
 #![no_std]
 #![no_main]
 #![expect(
@@ -32,9 +36,9 @@ use aya_ebpf::{
 };
 use cgroup_connect_common::{
     ALLOW, BLOCK, CONFIG_AUDIT, Chunk, EVENTS_BYTES, Event, Proto, RULE_FAILED_CLOSED,
-    RULE_HITS_CAPACITY, Record, TABLE_CLASSES, TABLE_FLAGS, V4Record, V6Record, config, decide,
-    decide_v4, hook, ip4_from_user, ip6_from_user, mapped_ip4, or_peer, port_from_user, stats,
-    verdict, word,
+    RULE_HITS_CAPACITY, Record, Source, TABLE_CLASSES, TABLE_FLAGS, V4_LOOPBACK_RECORD, V4Record,
+    V6Record, config, decide, decide_v4, hook, ip4_from_user, ip6_from_user, judge_reached,
+    mapped_ip4, nat64_ip4, or_peer, port_from_user, reached_v4, reached_v6, stats, verdict, word,
 };
 
 /// One outer map per table size class: its template fixes the table size, so the verifier
@@ -51,12 +55,13 @@ macro_rules! size_classes {
             static $v6: Tables<V6Record, { TABLE_CLASSES[$class] as usize }> = ArrayOfMaps::new();
         )*
 
-        /// The verdict word from the IPv4 table, in the class `config::V4_CLASS` selects.
+        /// The verdict word from the IPv4 table, in the class `config::V4_CLASS` selects, for
+        /// where a call goes (`reached_v4`), and the address it names.
         #[inline(always)]
-        fn judge_v4(addr: u32, port: u16, proto: Proto) -> Option<u32> {
-            match *CONFIG.get(config::V4_CLASS)? {
-                $($class => judge_v4_table(&$v4, addr, port, proto),)*
-                _ => None,
+        fn judge_v4(reached: (u32, bool), port: u16, proto: Proto) -> (Option<u32>, u32) {
+            match CONFIG.get(config::V4_CLASS).copied() {
+                $(Some($class) => judge_v4_table(&$v4, reached, port, proto),)*
+                _ => (None, reached.0),
             }
         }
 
@@ -64,7 +69,7 @@ macro_rules! size_classes {
         #[inline(always)]
         fn judge_v6(addr: (u64, u64), port: u16, proto: Proto) -> Option<u32> {
             match *CONFIG.get(config::V6_CLASS)? {
-                $($class => judge(&$v6, addr, port, proto),)*
+                $($class => judge_v6_table(&$v6, addr, port, proto),)*
                 _ => None,
             }
         }
@@ -79,26 +84,49 @@ size_classes! {
     V4_4 "rules_v4_4" V6_4 "rules_v6_4" 4;
 }
 
+/// The IPv4 search, and 127.0.0.1's verdict for a call that may go there (`judge_reached`),
+/// in the table of one class.
 #[inline(always)]
 fn judge_v4_table<const CHUNKS: usize>(
     tables: &Tables<V4Record, CHUNKS>,
-    addr: u32,
+    reached: (u32, bool),
     port: u16,
     proto: Proto,
-) -> Option<u32> {
-    let table = tables.get(0)?;
-    decide_v4(|i| table.get(i), addr, port, proto)
+) -> (Option<u32>, u32) {
+    let Some(table) = tables.get(0) else { return (None, reached.0) };
+    let zero = unknown_zero(table);
+    judge_reached(
+        |addr| decide_v4(|i| table.get(i), addr | zero, port, proto),
+        // A missing index would fail the search too: read as a blocking word, it fails closed.
+        || table.get(0).map_or(BLOCKS, |index| index.at(V4_LOOPBACK_RECORD).word),
+        reached,
+    )
 }
 
+/// A verdict word that blocks (by the default rule), for a missing index.
+const BLOCKS: u32 = word::DIRECT | word::BLOCK_BIT;
+
 #[inline(always)]
-fn judge<R: Record, const CHUNKS: usize>(
-    tables: &Tables<R, CHUNKS>,
-    addr: R::Addr,
+fn judge_v6_table<const CHUNKS: usize>(
+    tables: &Tables<V6Record, CHUNKS>,
+    addr: (u64, u64),
     port: u16,
     proto: Proto,
 ) -> Option<u32> {
     let table = tables.get(0)?;
-    decide(|i| table.get(i), addr, port, proto)
+    let zero = u64::from(unknown_zero(table));
+    decide(|i| table.get(i), (addr.0 | zero, addr.1 | zero), port, proto)
+}
+
+/// A word that is always 0 (fence 0's word, as in `decide`), unknown to the verifier. Or-ed
+/// into a destination, it drops what the verifier learnt of it on the way (that a mapped or
+/// NAT64 address's high half is 0 or `64:ff9b::`, that a destination is `::1`), so it follows a
+/// search once for all the ways to it, not once for each.
+#[inline(always)]
+fn unknown_zero<R: Record, const CHUNKS: usize>(
+    table: &Array<Chunk<R>, CHUNKS, { TABLE_FLAGS as usize }>,
+) -> u32 {
+    table.get(0).map_or(0, |index| index.at(1).word())
 }
 
 #[btf_map(name = "stats")]
@@ -145,8 +173,9 @@ pub fn reference_allow(_ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
-/// What is being decided: the destination as the caller gave it, or for a send that named none,
-/// the socket's peer (see `or_peer`).
+/// What is being decided: the destination the call reaches (the one the caller gave, or for a
+/// send that named none, the socket's peer (see `or_peer`); `0.0.0.0` and `::` where the
+/// kernel sends them).
 struct Attempt {
     family: u8,
     hook: u8,
@@ -171,13 +200,23 @@ fn try_v4(ctx: &SockAddrContext, hook: u8) -> Result<i32, i32> {
     } else {
         (addr, port)
     };
+    let reached = reached_v4(addr, || {
+        if hook == hook::SENDMSG {
+            // msg_src_ip4 is readable in sendmsg4 programs only, from 4.18; one u32.
+            Source::Exact(ip4_from_user(sa.msg_src_ip4))
+        } else {
+            bound_v4(ctx)
+        }
+    });
+    let proto = Proto::from_ip_proto(sa.protocol);
+    let (word, addr) = judge_v4(reached, port, proto);
     let attempt =
         Attempt { family: 4, hook, protocol: sa.protocol, addr: (0, u64::from(addr)), port };
-    let word = judge_v4(addr, port, Proto::from_ip_proto(sa.protocol));
     finish(&attempt, word)
 }
 
-/// The verdict for an IPv6 destination; IPv4-mapped ones are judged by the IPv4 table.
+/// The verdict for an IPv6 destination; IPv4-mapped and NAT64 ones are judged by the IPv4
+/// table.
 #[inline(always)]
 fn try_v6(ctx: &SockAddrContext, hook: u8) -> Result<i32, i32> {
     // SAFETY: as in try_v4. Each word is read at its own constant offset: copying the whole
@@ -196,17 +235,63 @@ fn try_v6(ctx: &SockAddrContext, hook: u8) -> Result<i32, i32> {
     } else {
         (addr, port)
     };
+    // udpv6_sendmsg sends :: to ::1 whatever the source (and hands a mapped socket's :: to
+    // the IPv4 path before this hook); a connect on a mapped socket goes to ::ffff:127.0.0.1.
+    let addr = reached_v6(addr, || {
+        if hook == hook::SENDMSG {
+            return false;
+        }
+        let sk = peer_socket(ctx);
+        // SAFETY: see peer_socket; src_ip6 is readable from 5.1, one u32 at a time.
+        let src =
+            unsafe { [(*sk).src_ip6[0], (*sk).src_ip6[1], (*sk).src_ip6[2], (*sk).src_ip6[3]] };
+        mapped_ip4(ip6_from_user(src)).is_some()
+    });
     let proto = Proto::from_ip_proto(sa.protocol);
-    let attempt = Attempt { family: 6, hook, protocol: sa.protocol, addr, port };
-    let word = match mapped_ip4(addr) {
-        Some(v4) => judge_v4(v4, port, proto),
-        None => judge_v6(addr, port, proto),
+    // One search of the IPv4 table for mapped and NAT64 addresses alike: each search inlined
+    // once more costs the verifier a search more, and 6.1's has little room left.
+    let mapped = mapped_ip4(addr);
+    let (word, addr) = match mapped.or_else(|| nat64_ip4(addr, nat64_prefix)) {
+        Some(v4) => {
+            let reached = match mapped {
+                // A sendmsg6 program never sees a mapped address: the kernel hands those sends
+                // to the IPv4 path first.
+                Some(_) if hook == hook::CONNECT => reached_v4(v4, || bound_v4(ctx)),
+                _ => (v4, false),
+            };
+            let (word, v4) = judge_v4(reached, port, proto);
+            // The address reached, in the form given: a mapped address whose IPv4 part went
+            // elsewhere held 0.0.0.0 there; a NAT64 one holds the same IPv4 address.
+            (word, (addr.0, addr.1 | u64::from(v4)))
+        }
+        None => (judge_v6(addr, port, proto), addr),
     };
+    let attempt = Attempt { family: 6, hook, protocol: sa.protocol, addr, port };
     finish(&attempt, word)
 }
 
-/// The socket a sendmsg program runs for (`bpf_sock_addr.sk`, readable from 5.3; the verifier
-/// types it as a socket that is never null). Only read when the send named no destination.
+/// The address the socket of a connect is bound to (`bpf_sock.src_ip4`), from which routing
+/// sends `0.0.0.0`.
+#[inline(always)]
+fn bound_v4(ctx: &SockAddrContext) -> Source {
+    let sk = peer_socket(ctx);
+    // SAFETY: see peer_socket; src_ip4 is readable from 5.1, one u32.
+    Source::Bound(ip4_from_user(unsafe { (*sk).src_ip4 }))
+}
+
+/// The `i`th NAT64 prefix of the instance (config words `NAT64`..), `None` past the last.
+#[inline(always)]
+fn nat64_prefix(i: u32) -> Option<(u64, u32)> {
+    if i >= *CONFIG.get(config::NAT64_COUNT)? {
+        return None;
+    }
+    let at = |k: u32| CONFIG.get(config::NAT64 + 3 * i + k).copied();
+    Some(((u64::from(at(0)?) << 32) | u64::from(at(1)?), at(2)?))
+}
+
+/// The socket a program runs for (`bpf_sock_addr.sk`, readable from 5.3; the verifier types it
+/// as a socket that is never null). Only read when the call named no destination, or
+/// `0.0.0.0` or `::`.
 #[inline(always)]
 fn peer_socket(ctx: &SockAddrContext) -> *const bpf_sock {
     // SAFETY: the kernel hands every sock_addr program a valid bpf_sock_addr whose sk is set.

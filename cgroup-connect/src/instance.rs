@@ -88,12 +88,14 @@ impl Applied {
             shown.push(format!("and {} more", rules.len() - SHOWN));
         }
         let default = self.policy.default.default_word();
+        let nat64: Vec<String> = self.policy.nat64.iter().map(ToString::to_string).collect();
         format!(
-            "{} rules ({}), {} IPv4 and {} IPv6 prefixes, default {default}{}",
+            "{} rules ({}), {} IPv4 and {} IPv6 prefixes, default {default}{}{}",
             self.counts.rules,
             shown.join(", "),
             self.counts.ipv4,
             self.counts.ipv6,
+            if nat64.is_empty() { String::new() } else { format!(", NAT64 {}", nat64.join(" ")) },
             if audit { ", audit mode (nothing is blocked)" } else { "" }
         )
     }
@@ -157,7 +159,8 @@ async fn compile(state: &State, names: &mut Names) -> anyhow::Result<Compiled> {
         anyhow::Ok((policy, tables, record))
     })
     .await??;
-    let tables = tables?;
+    let mut tables = tables?;
+    tables.nat64.clone_from(&policy.nat64);
     let counts = Counts { rules: policy.rules.len(), ipv4: tables.v4_rules, ipv6: tables.v6_rules };
     Ok(Compiled { policy, tables, counts, record })
 }
@@ -221,6 +224,7 @@ pub async fn start(
         None => None,
     };
     state.counts = compiled.counts;
+    state.nat64.clone_from(&compiled.tables.nat64);
     let (instance, adopted, reattached, reader) =
         attach(paths, cgroup, &compiled, &mut state, prepared, read_events)?;
     let Compiled { policy, tables, counts, record } = compiled;
@@ -364,8 +368,9 @@ pub async fn apply(
     swap(paths, &mut Instance::open(paths)?, &compiled)?;
     pending.commit()?;
     let Compiled { policy, tables, counts, record } = compiled;
-    drop(tables);
     state.counts = counts;
+    state.nat64.clone_from(&tables.nat64);
+    drop(tables);
     state.save(paths)?;
     release_free_memory();
     Ok(Applied { policy, counts, record })

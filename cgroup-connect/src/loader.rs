@@ -27,13 +27,16 @@ use aya::{
         links::{FdLink, LinkError, PinnedLink},
     },
 };
-use cgroup_connect_common::{CONFIG_AUDIT, TABLE_CLASSES, config, maps, programs, stats};
+use cgroup_connect_common::{
+    CONFIG_AUDIT, MAX_NAT64_PREFIXES, TABLE_CLASSES, config, maps, programs, stats,
+};
 
 use crate::{
     btf::{self, TableBtf},
     cgroup::CgroupDir,
     features::{self, Feature},
     pins::InstancePaths,
+    rules::Nat64Prefix,
     table::Tables,
 };
 
@@ -402,8 +405,8 @@ impl Instance {
         Ok(this)
     }
 
-    /// Replaces the tables of both families, each in one atomic step, and clears the per-rule
-    /// hits (rule ids follow the rule list, which may have changed).
+    /// Replaces the tables of both families, each in one atomic step, then the NAT64 prefixes,
+    /// and clears the per-rule hits (rule ids follow the rule list, which may have changed).
     ///
     /// # Errors
     /// A [`LoadError`]; a family whose new table could not be written keeps its old one.
@@ -412,7 +415,33 @@ impl Instance {
             self.write_table(&maps::RULES_V4, config::V4_CLASS, maps::TABLE_V4, &tables.v4)?;
             self.write_table(&maps::RULES_V6, config::V6_CLASS, maps::TABLE_V6, &tables.v6)
         })?;
+        self.set_nat64(&tables.nat64)?;
         self.clear_hits()
+    }
+
+    /// Writes the NAT64 prefixes into the config words: the prefixes, then their count (when
+    /// the list shrinks, the count first), so a decision never reads a slot being filled. A
+    /// prefix that a change moves to another slot is written word by word: a decision in that
+    /// instant may judge an address under it by the IPv6 table.
+    fn set_nat64(&mut self, prefixes: &[Nat64Prefix]) -> Result<(), LoadError> {
+        let prefixes = &prefixes[..prefixes.len().min(MAX_NAT64_PREFIXES as usize)];
+        let count = u32::try_from(prefixes.len()).expect("a few prefixes");
+        let old = match self.config_word(config::NAT64_COUNT) {
+            Ok(old) => old,
+            // The pinned programs of a version before --nat64 have no such word: with no
+            // prefix to write, they run as they did.
+            Err(_) if prefixes.is_empty() => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if count < old {
+            self.set_config_word(config::NAT64_COUNT, count)?;
+        }
+        for (slot, prefix) in (0u32..).zip(prefixes) {
+            for (k, word) in (0u32..).zip(prefix.words()) {
+                self.set_config_word(config::NAT64 + 3 * slot + k, word)?;
+            }
+        }
+        self.set_config_word(config::NAT64_COUNT, count)
     }
 
     /// Creates a table holding `chunks` at the smallest size class that fits, fills it through

@@ -15,7 +15,7 @@ use toml::Spanned;
 
 use crate::{
     quote::{Cut, Quoted, ShortPath},
-    rules::{Action, Destination, Host, Rule, RuleError},
+    rules::{Action, Destination, Host, Nat64Prefix, Rule, RuleError},
     table::TableRule,
 };
 
@@ -57,6 +57,9 @@ pub struct Sources {
     pub policy: Option<PathBuf>,
     /// `--default`; overrides the policy file's `default`.
     pub default: Option<Action>,
+    /// `--nat64`: NAT64 prefixes besides the well-known one, added to the policy file's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nat64: Vec<Nat64Prefix>,
 }
 
 impl Sources {
@@ -88,11 +91,13 @@ impl Sources {
     }
 }
 
-/// A complete policy: the default and every rule, numbered from 1 in the order read.
+/// A complete policy: the default, every rule, numbered from 1 in the order read, and the
+/// NAT64 prefixes besides the well-known one (flags' first, each once).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     pub default: Action,
     pub rules: Vec<SourcedRule>,
+    pub nat64: Vec<Nat64Prefix>,
 }
 
 /// Why a policy could not be read. Each message names the file and line, or the flag.
@@ -115,6 +120,12 @@ pub enum PolicyError {
     /// The TOML parser's message, which may quote the document, is cut like a quoted value.
     #[error("{}:{line}: {}", path.display(), Cut(message))]
     Toml { path: PathBuf, line: usize, message: String },
+    #[error(
+        "{} NAT64 prefixes ({}): an instance takes at most {max} besides 64:ff9b::/96",
+        prefixes.len(),
+        Cut(&prefixes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
+    )]
+    Nat64Count { prefixes: Vec<Nat64Prefix>, max: u32 },
 }
 
 impl Policy {
@@ -125,6 +136,7 @@ impl Policy {
     pub fn load(sources: &Sources) -> Result<Self, PolicyError> {
         let mut rules = Vec::new();
         let mut default = None;
+        let mut nat64 = sources.nat64.clone();
         for (flag, action, dests) in
             [("--block", Action::Block, &sources.block), ("--allow", Action::Allow, &sources.allow)]
         {
@@ -140,10 +152,25 @@ impl Policy {
             read_list(path, Action::Allow, &mut rules)?;
         }
         if let Some(path) = &sources.policy {
-            default = read_policy(path, &mut rules)?;
+            default = read_policy(path, &mut rules, &mut nat64)?;
         }
         dedup(&mut rules);
-        Ok(Self { default: sources.default.or(default).unwrap_or(Action::Allow), rules })
+        let mut seen = HashSet::from([Nat64Prefix::WELL_KNOWN]);
+        nat64.retain(|p| seen.insert(*p));
+        if nat64.len() > cgroup_connect_common::MAX_NAT64_PREFIXES as usize {
+            let max = cgroup_connect_common::MAX_NAT64_PREFIXES;
+            return Err(PolicyError::Nat64Count { prefixes: nat64, max });
+        }
+        Ok(Self { default: sources.default.or(default).unwrap_or(Action::Allow), rules, nat64 })
+    }
+
+    /// The IPv4 prefix `net` stands for when it is under one of the NAT64 prefixes, else `net`.
+    fn ipv4_of(&self, net: IpNet) -> IpNet {
+        let IpNet::V6(v6) = net else { return net };
+        std::iter::once(&Nat64Prefix::WELL_KNOWN)
+            .chain(&self.nat64)
+            .find_map(|p| p.ip4(v6))
+            .map_or(net, IpNet::V4)
     }
 
     /// The hostnames its rules name.
@@ -159,7 +186,9 @@ impl Policy {
     }
 
     /// The rules as the table compiler takes them, with hostnames replaced by the addresses
-    /// `addrs_of` gives; rule ids are positions from 1.
+    /// `addrs_of` gives; rule ids are positions from 1. A /96 or longer under a NAT64 prefix
+    /// (a hostname's AAAA record from DNS64, say) becomes the IPv4 prefix it stands for: the
+    /// programs judge those addresses by the IPv4 table.
     pub fn table_rules<'a, I>(
         &'a self,
         addrs_of: impl Fn(&str) -> I + 'a,
@@ -174,7 +203,7 @@ impl Policy {
                 Host::Name(name) => addrs_of(name).into_iter().map(IpNet::from).collect(),
             };
             nets.into_iter().map(move |net| TableRule {
-                net,
+                net: self.ipv4_of(net),
                 ports: rule.dest.ports,
                 proto: rule.dest.proto,
                 action: rule.action,
@@ -230,6 +259,8 @@ fn dedup(rules: &mut Vec<SourcedRule>) {
 struct PolicyFile {
     default: Option<Spanned<String>>,
     #[serde(default)]
+    nat64: Vec<Spanned<String>>,
+    #[serde(default)]
     rule: Vec<RuleEntry>,
     #[serde(default)]
     list: Vec<ListEntry>,
@@ -270,6 +301,8 @@ struct At<T> {
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Doc<'a> {
     default: Option<At<Text<'a>>>,
+    /// `nat64 = [...]`: only the TOML parser reads it (the fast reader leaves such a file to it).
+    nat64: Vec<At<Text<'a>>>,
     rules: Vec<RuleFields<'a>>,
     lists: Vec<ListFields<'a>>,
 }
@@ -337,6 +370,7 @@ fn toml_doc<'a>(path: &Path, text: &str) -> Result<Doc<'a>, PolicyError> {
         |v: Spanned<String>| At { line: line_of(v.span().start), value: v.into_inner().into() };
     Ok(Doc {
         default: file.default.map(at),
+        nat64: file.nat64.into_iter().map(at).collect(),
         rules: file
             .rule
             .into_iter()
@@ -471,7 +505,11 @@ fn fast_doc(text: &str) -> Option<Doc<'_>> {
 }
 
 /// A TOML policy file; returns its `default`, if it has one.
-fn read_policy(path: &Path, rules: &mut Vec<SourcedRule>) -> Result<Option<Action>, PolicyError> {
+fn read_policy(
+    path: &Path,
+    rules: &mut Vec<SourcedRule>,
+    nat64: &mut Vec<Nat64Prefix>,
+) -> Result<Option<Action>, PolicyError> {
     let text = read_text(path)?;
     let doc = parse_doc(path, &text)?;
     let shared: Arc<Path> = Arc::from(path);
@@ -479,6 +517,9 @@ fn read_policy(path: &Path, rules: &mut Vec<SourcedRule>) -> Result<Option<Actio
     let fail = |line, error| PolicyError::Rule { origin: at(line), error };
     let action = |v: &At<Text>| v.value.parse::<Action>().map_err(|e| fail(v.line, e));
     let default = doc.default.as_ref().map(action).transpose()?;
+    for prefix in &doc.nat64 {
+        nat64.push(prefix.value.parse().map_err(|e| fail(prefix.line, e))?);
+    }
     rules.reserve(doc.rules.len());
     for entry in &doc.rules {
         let dest = entry.destination().map_err(|(line, error)| fail(line, error))?;
@@ -707,6 +748,34 @@ path = "drop.txt"
     }
 
     #[test]
+    fn nat64_prefixes_come_from_flags_and_the_file() {
+        let dir = TempDir::new("nat64");
+        let path = dir.write(
+            "p.toml",
+            "nat64 = [\"2001:db8:64::/96\", \"64:ff9b::/96\", \"2001:db8:65::/96\"]\n",
+        );
+        let flag: Nat64Prefix = "2001:db8:65::/96".parse().unwrap();
+        let p =
+            Policy::load(&Sources { policy: Some(path), nat64: vec![flag], ..Sources::default() })
+                .unwrap();
+        // The flag's first; the well-known prefix and repeats count once, out of the list.
+        let texts: Vec<String> = p.nat64.iter().map(ToString::to_string).collect();
+        assert_eq!(texts, ["2001:db8:65::/96", "2001:db8:64::/96"]);
+
+        let path =
+            dir.write("bad.toml", "default = \"deny\"\nnat64 = [\n  \"2001:db8:64::/64\",\n]\n");
+        let msg = policy(path).unwrap_err().to_string();
+        assert!(msg.contains("bad.toml:3: NAT64 prefix \"2001:db8:64::/64\""), "{msg}");
+
+        let five: Vec<Nat64Prefix> =
+            (1..=5).map(|i| format!("2001:db8:{i}::/96").parse().unwrap()).collect();
+        let msg =
+            Policy::load(&Sources { nat64: five, ..Sources::default() }).unwrap_err().to_string();
+        assert!(msg.starts_with("5 NAT64 prefixes (2001:db8:1::/96, "), "{msg}");
+        assert!(msg.ends_with("at most 4 besides 64:ff9b::/96"), "{msg}");
+    }
+
+    #[test]
     fn hostnames_expand_to_their_addresses_with_one_id() {
         let p = Policy::load(&Sources {
             block: vec!["10.0.0.1".parse().unwrap(), "tcp://example.com:443".parse().unwrap()],
@@ -719,6 +788,22 @@ path = "drop.txt"
         assert_eq!(rules.len(), 3);
         assert_eq!(rules.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2, 2]);
         assert_eq!(rules[2].net.to_string(), "2001:db8::1/128");
+    }
+
+    #[test]
+    fn rules_under_a_nat64_prefix_name_ipv4_addresses() {
+        let p = Policy::load(&Sources {
+            block: vec!["64:ff9b::c000:200/120".parse().unwrap(), "example.com".parse().unwrap()],
+            allow: vec!["64:ff9b::/64".parse().unwrap()],
+            nat64: vec!["2001:db8:64::/96".parse().unwrap()],
+            ..Sources::default()
+        })
+        .unwrap();
+        let dns64: Vec<IpAddr> =
+            vec!["2001:db8:64::c633:6407".parse().unwrap(), "2001:db8::7".parse().unwrap()];
+        let nets: Vec<String> =
+            p.table_rules(|_| dns64.clone()).map(|r| r.net.to_string()).collect();
+        assert_eq!(nets, ["192.0.2.0/24", "198.51.100.7/32", "2001:db8::7/128", "64:ff9b::/64"]);
     }
 }
 
@@ -733,6 +818,8 @@ mod fuzz {
     fn toml_piece() -> impl Strategy<Value = String> {
         prop_oneof![
             Just("default = \"deny\"\n".to_owned()),
+            Just("nat64 = [\"2001:db8:64::/96\"]\n".to_owned()),
+            Just("nat64 = [\"2001:db8::/64\"]\n".to_owned()),
             Just("default = \"allw\"\n".to_owned()),
             Just("[[rule]]\n".to_owned()),
             Just("[[list]]\n".to_owned()),

@@ -455,6 +455,7 @@ mod tests {
                 sourced("block [2001:db8::/32]:80-90", Origin::Line { path: file, line: 9 }),
                 sourced("block udp://10.1.2.3:53", Origin::Live),
             ],
+            nat64: vec![],
         };
         let addrs: Vec<std::net::IpAddr> =
             vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()];

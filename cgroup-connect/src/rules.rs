@@ -3,11 +3,12 @@
 //! printing of rules; every error names the text it refused and says how to fix it.
 //!
 //! Every way to write a rule (flags, list lines, a policy file's `[[rule]]` fields, live
-//! edits) ends in one constructor, [`Destination::from_parts`].
+//! edits) ends in one constructor, [`Destination::from_parts`]. Also the NAT64 prefixes an
+//! instance judges by the IPv4 rules ([`Nat64Prefix`]).
 use std::{fmt, net::IpAddr, str::FromStr};
 
 use cgroup_connect_common::Proto;
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv6Net};
 
 use crate::quote::Quoted;
 
@@ -118,6 +119,78 @@ pub enum RuleError {
         Quoted(rule)
     )]
     Brackets { rule: String },
+    #[error(
+        "NAT64 prefix {} is not an IPv6 /96 prefix: write one like 64:ff9b:1:2::/96 \
+         (the IPv4 address is in the low 32 bits, RFC 6052; other lengths are not supported)",
+        Quoted(value)
+    )]
+    Nat64Length { value: String },
+    #[error(
+        "NAT64 prefix {} holds {what}, not translated IPv4 addresses: name your translator's /96",
+        Quoted(value)
+    )]
+    Nat64Reserved { value: String, what: &'static str },
+}
+
+/// A NAT64 prefix (`--nat64`, RFC 6052): an IPv6 /96 whose addresses stand for the IPv4
+/// address in their low 32 bits, and are judged by the IPv4 rules. Serialized as its text.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(into = "String", try_from = "String")]
+pub struct Nat64Prefix(Ipv6Net);
+
+impl Nat64Prefix {
+    /// The well-known prefix `64:ff9b::/96`, which every instance judges so.
+    pub const WELL_KNOWN: Self =
+        Self(match Ipv6Net::new(std::net::Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96) {
+            Ok(net) => net,
+            Err(_) => panic!("a /96 is valid"),
+        });
+
+    /// Its top 96 bits, as the config words hold them (high first).
+    #[must_use]
+    #[expect(clippy::cast_possible_truncation, reason = "takes one 32-bit word at a time")]
+    pub fn words(self) -> [u32; 3] {
+        let bits = u128::from(self.0.network());
+        [(bits >> 96) as u32, (bits >> 64) as u32, (bits >> 32) as u32]
+    }
+
+    /// The IPv4 prefix `net` stands for, if it is a /96 or longer under this prefix
+    /// (`64:ff9b::192.0.2.0/120` stands for `192.0.2.0/24`).
+    #[must_use]
+    pub fn ip4(self, net: Ipv6Net) -> Option<ipnet::Ipv4Net> {
+        let len = net.prefix_len().checked_sub(96)?;
+        #[expect(clippy::cast_possible_truncation, reason = "the low 32 bits")]
+        let addr = std::net::Ipv4Addr::from(u128::from(net.network()) as u32);
+        ipnet::Ipv4Net::new(addr, len).ok().filter(|_| self.0.contains(&net.network()))
+    }
+}
+
+impl FromStr for Nat64Prefix {
+    type Err = RuleError;
+
+    fn from_str(text: &str) -> Result<Self, RuleError> {
+        let value = text.trim();
+        let net = match parse_host(value, value)? {
+            Host::Net(IpNet::V6(net)) if net.prefix_len() == 96 => net,
+            _ => return Err(RuleError::Nat64Length { value: value.to_owned() }),
+        };
+        let reserved = |what| Err(RuleError::Nat64Reserved { value: value.to_owned(), what });
+        if net.network().segments()[..6] == [0; 6] {
+            return reserved(":: and ::1");
+        }
+        if net.network().to_ipv4_mapped().is_some() {
+            return reserved("IPv4-mapped addresses (judged by the IPv4 rules already)");
+        }
+        Ok(Self(net))
+    }
+}
+
+impl fmt::Display for Nat64Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 impl Destination {
@@ -260,18 +333,26 @@ fn parse_proto(rule: &str, text: &str) -> Result<Proto, RuleError> {
     }
 }
 
-impl From<Destination> for String {
-    fn from(d: Destination) -> Self {
-        d.to_string()
-    }
+/// Serde as text (`#[serde(into = "String", try_from = "String")]`), through `Display` and
+/// `FromStr`.
+macro_rules! serde_as_text {
+    ($($t:ty),*) => {$(
+        impl From<$t> for String {
+            fn from(value: $t) -> Self {
+                value.to_string()
+            }
+        }
+
+        impl TryFrom<String> for $t {
+            type Error = RuleError;
+            fn try_from(s: String) -> Result<Self, RuleError> {
+                s.parse()
+            }
+        }
+    )*};
 }
 
-impl TryFrom<String> for Destination {
-    type Error = RuleError;
-    fn try_from(s: String) -> Result<Self, RuleError> {
-        s.parse()
-    }
-}
+serde_as_text!(Destination, Nat64Prefix);
 
 impl fmt::Display for Ports {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -326,6 +407,35 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn nat64_prefixes_are_ipv6_slash_96() {
+        let p: Nat64Prefix = " 2001:db8:64::/96".parse().unwrap();
+        assert_eq!(p.to_string(), "2001:db8:64::/96");
+        assert_eq!(p.words(), [0x2001_0db8, 0x0064_0000, 0]);
+        assert_eq!(Nat64Prefix::WELL_KNOWN.to_string(), "64:ff9b::/96");
+        let (hi, mid) = cgroup_connect_common::NAT64_WELL_KNOWN;
+        #[expect(clippy::cast_possible_truncation, reason = "the two words of the high half")]
+        let well_known = [(hi >> 32) as u32, hi as u32, mid];
+        assert_eq!(Nat64Prefix::WELL_KNOWN.words(), well_known);
+        let ip4 = |net: &str| p.ip4(net.parse().unwrap()).map(|n| n.to_string());
+        assert_eq!(ip4("2001:db8:64::c000:201/128").as_deref(), Some("192.0.2.1/32"));
+        assert_eq!(ip4("2001:db8:64::c000:200/120").as_deref(), Some("192.0.2.0/24"));
+        assert_eq!(ip4("2001:db8:64::/96").as_deref(), Some("0.0.0.0/0"));
+        assert_eq!(ip4("2001:db8:64::/95"), None);
+        assert_eq!(ip4("2001:db8:65::c000:201/128"), None);
+        for bad in ["2001:db8:64::/64", "2001:db8::1", "10.0.0.0/8", "[2001:db8:64::/96]:80", "x"] {
+            let msg = bad.parse::<Nat64Prefix>().unwrap_err().to_string();
+            assert!(msg.contains(bad) || bad == "x" && msg.contains("\"x\""), "{bad}: {msg}");
+        }
+        let msg = "2001:db8:64::1/96".parse::<Nat64Prefix>().unwrap_err().to_string();
+        assert!(msg.contains("did you mean 2001:db8:64::/96"), "{msg}");
+        assert!("::/96".parse::<Nat64Prefix>().unwrap_err().to_string().contains("::1"));
+        assert!("::ffff:0:0/96".parse::<Nat64Prefix>().is_err());
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(json, "\"2001:db8:64::/96\"");
+        assert_eq!(serde_json::from_str::<Nat64Prefix>(&json).unwrap(), p);
+    }
 
     fn dest(s: &str) -> Destination {
         s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     pins::InstancePaths,
     policy::{Origin, Policy, PolicyError, SourcedRule, Sources},
-    rules::{Action, Destination, Rule},
+    rules::{Action, Destination, Nat64Prefix, Rule},
     target::Target,
 };
 
@@ -119,6 +119,10 @@ pub struct State {
     /// Reloads and hostname refreshes since it was started (absent in older state files).
     #[serde(default)]
     pub reloads: Reloads,
+    /// The NAT64 prefixes besides the well-known one as last compiled (flags' and the policy
+    /// file's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nat64: Vec<Nat64Prefix>,
 }
 
 /// How often an instance's policy was put in force again, for the metrics.
@@ -174,6 +178,7 @@ impl State {
             removed: vec![],
             counts: Counts::default(),
             reloads: Reloads { last: since, ..Reloads::default() },
+            nat64: vec![],
         }
     }
 

@@ -10,11 +10,11 @@ use std::{collections::HashMap, net::IpAddr};
 use cgroup_connect_common::{
     ALL_PORTS, CHUNK_RECORDS, Chunk, MAX_CLASS_LEN, MAX_INTERVALS, MAX_RULES_PER_FAMILY, Proto,
     Rank, Record, TABLE_CLASSES, V4_BUCKET_BASE_RECORD, V4_BUCKET_CHUNKS, V4_BUCKET_SHIFT,
-    V4_BUCKETS, V4Record, V6Record, pack_ports, word,
+    V4_BUCKETS, V4_LOOPBACK_RECORD, V4Record, V6Record, pack_ports, word,
 };
 use ipnet::IpNet;
 
-use crate::rules::{Action, Ports};
+use crate::rules::{Action, Nat64Prefix, Ports};
 
 /// One rule as the compiler sees it: a concrete prefix (hostnames already resolved).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,6 +74,9 @@ pub struct Tables {
     /// Rules (resolved prefixes) per family.
     pub v4_rules: usize,
     pub v6_rules: usize,
+    /// NAT64 prefixes besides the well-known one, judged by the IPv4 table (written to the
+    /// config words with the tables).
+    pub nat64: Vec<Nat64Prefix>,
 }
 
 /// The verdict word of the default action.
@@ -122,13 +125,14 @@ pub fn compile(
         dw,
     );
     add_v4_buckets(&mut v4);
+    v4[0].records[V4_LOOPBACK_RECORD as usize].word = loopback_word(&v4);
     let most = *TABLE_CLASSES.last().expect("classes");
     for (family, chunks) in [("IPv4", v4.len()), ("IPv6", v6.len())] {
         if chunks > most as usize {
             return Err(TableError::TooManyChunks { family, chunks, max: most });
         }
     }
-    Ok(Tables { v4, v6, v4_rules, v6_rules })
+    Ok(Tables { v4, v6, v4_rules, v6_rules, nat64: Vec::new() })
 }
 
 /// Most intervals of an IPv4 table: its bucket table takes some of the chunks.
@@ -350,6 +354,30 @@ fn add_v4_buckets(chunks: &mut Vec<Chunk<V4Record>>) {
         u32::try_from(base).expect("few chunks");
 }
 
+/// 127.0.0.1's verdict for any port and protocol, for a connect to `0.0.0.0` that may go there
+/// (see `V4_LOOPBACK_RECORD`): its interval's verdict word, or for a class, the first entry
+/// that blocks, else the last entry (which matches every port and protocol).
+fn loopback_word(chunks: &[Chunk<V4Record>]) -> u32 {
+    let record =
+        |g: u32| chunks[1 + (g / CHUNK_RECORDS) as usize].records[(g % CHUNK_RECORDS) as usize];
+    let count = chunks[0].records[0].key;
+    let lo = cgroup_connect_common::LOOPBACK4;
+    let interval = (0..count).rev().find(|&i| record(i).key <= lo).expect("interval 0 starts at 0");
+    let word = record(interval).word;
+    if word & word::DIRECT != 0 {
+        return word;
+    }
+    let entries = (word..word + MAX_CLASS_LEN).map(record);
+    let mut last = word::verdict(true, Proto::Any, word::DEFAULT_RULE);
+    for entry in entries {
+        last = entry.word;
+        if word::blocks(entry.word) || is_unconditional((entry.key, entry.word)) {
+            break;
+        }
+    }
+    last
+}
+
 /// `n` zeroed chunks, made on the heap (a chunk of IPv6 records is 384 KiB: too big for a
 /// stack).
 fn zeroed_chunks<R: aya::Pod>(n: usize) -> Vec<Chunk<R>> {
@@ -365,15 +393,20 @@ fn zeroed_chunks<R: aya::Pod>(n: usize) -> Vec<Chunk<R>> {
 }
 
 /// The verdict word for a destination, looked up in compiled tables the way the BPF programs
-/// do (IPv4-mapped IPv6 addresses by the IPv4 table).
+/// do: IPv4-mapped and NAT64 addresses by the IPv4 table. `addr` is where the call goes (the
+/// programs judge `0.0.0.0` and `::` by where the kernel sends them first).
 #[must_use]
 pub fn lookup(tables: &Tables, addr: IpAddr, port: u16, proto: Proto) -> Option<u32> {
-    use cgroup_connect_common::{decide, decide_v4, mapped_ip4};
+    use cgroup_connect_common::{decide, decide_v4, mapped_ip4, nat64_ip4};
     match addr {
         IpAddr::V4(a) => decide_v4(|i| tables.v4.get(i as usize), u32::from(a), port, proto),
         IpAddr::V6(a) => {
             let halves = halves(u128::from(a));
-            match mapped_ip4(halves) {
+            let prefix = |i: u32| {
+                let [hi, mid, lo] = tables.nat64.get(i as usize)?.words();
+                Some(((u64::from(hi) << 32) | u64::from(mid), lo))
+            };
+            match mapped_ip4(halves).or_else(|| nat64_ip4(halves, prefix)) {
                 Some(v4) => decide_v4(|i| tables.v4.get(i as usize), v4, port, proto),
                 None => decide(|i| tables.v6.get(i as usize), halves, port, proto),
             }
@@ -412,7 +445,10 @@ mod tests {
         proto: Proto,
     ) -> (bool, u32) {
         let addr = match addr {
-            IpAddr::V6(a) => a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4),
+            IpAddr::V6(a) => a
+                .to_ipv4_mapped()
+                .or_else(|| Nat64Prefix::WELL_KNOWN.ip4(a.into()).map(|n| n.addr()))
+                .map_or(IpAddr::V6(a), IpAddr::V4),
             a @ IpAddr::V4(_) => a,
         };
         rules
@@ -476,13 +512,34 @@ mod tests {
     }
 
     #[test]
+    fn loopback_word_is_its_verdict_for_any_port() {
+        let lo = |rules: &[TableRule], default| {
+            let t = compile(default, rules.iter().copied()).unwrap();
+            let w = t.v4[0].records[V4_LOOPBACK_RECORD as usize].word;
+            (word::blocks(w), word::rule(w))
+        };
+        assert_eq!(lo(&[], Action::Allow), (false, 0));
+        assert_eq!(lo(&[], Action::Block), (true, 0));
+        let net8 = rule(1, Action::Block, "127.0.0.0/8", None, Proto::Any);
+        assert_eq!(lo(&[net8], Action::Allow), (true, 1));
+        let ssh = rule(2, Action::Block, "127.0.0.1/32", Some((22, 22)), Proto::Tcp);
+        assert_eq!(lo(&[ssh], Action::Allow), (true, 2), "blocked for one port: blocks");
+        let dns = rule(3, Action::Allow, "127.0.0.0/8", Some((53, 53)), Proto::Udp);
+        assert_eq!(lo(&[dns], Action::Block), (true, 0), "allowed for one port only");
+        assert_eq!(lo(&[dns], Action::Allow), (false, 0));
+        let other = rule(4, Action::Block, "127.0.0.2/32", None, Proto::Any);
+        assert_eq!(lo(&[other], Action::Allow), (false, 0));
+    }
+
+    #[test]
     fn allowlist_with_blocks_inside() {
         let rules = [
             rule(1, Action::Allow, "10.0.0.0/8", None, Proto::Any),
             rule(2, Action::Block, "10.1.0.0/16", None, Proto::Any),
             rule(3, Action::Allow, "10.1.2.3/32", Some((443, 443)), Proto::Tcp),
         ];
-        let t = compile(Action::Block, rules).unwrap();
+        let mut t = compile(Action::Block, rules).unwrap();
+        t.nat64 = vec!["2001:db8:64::/96".parse().unwrap()];
         let at =
             |a: &str, port, proto| word::rule(lookup(&t, a.parse().unwrap(), port, proto).unwrap());
         assert_eq!(at("10.2.0.1", 80, Proto::Tcp), 1);
@@ -495,6 +552,9 @@ mod tests {
             3,
             "mapped addresses use the IPv4 table"
         );
+        assert_eq!(at("64:ff9b::10.1.2.3", 443, Proto::Tcp), 3, "so do NAT64 addresses");
+        assert_eq!(at("2001:db8:64::10.1.0.1", 443, Proto::Tcp), 2, "under any named prefix");
+        assert_eq!(at("64:ff9b:1::10.1.2.3", 443, Proto::Tcp), 0, "but not RFC 8215's /48");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `blocker list`: the rules an instance enforces, in order, with where each came from, as
-//! recorded when they were put in force ([`crate::record`]). The JSON form is described by
-//! docs/schemas/list.schema.json.
+//! recorded when they were put in force ([`crate::record`]), and its default and NAT64
+//! prefixes. The JSON form is described by docs/schemas/list.schema.json.
 use serde::Serialize;
 
 use crate::{pins::InstancePaths, record, rules::Action};
@@ -20,6 +20,8 @@ struct Listed {
     name: String,
     /// `allow` or `deny`, as `--default` spells it.
     default: &'static str,
+    /// NAT64 prefixes besides the well-known `64:ff9b::/96`.
+    nat64: Vec<String>,
     rules: Vec<ListedRule>,
 }
 
@@ -40,7 +42,7 @@ struct ListedRule {
 /// No such instance, or its record of the rules in force does not read.
 pub fn list(args: &ListArgs) -> anyhow::Result<()> {
     let paths = InstancePaths::new(&args.name)?;
-    crate::instance::load(&paths)?;
+    let state = crate::instance::load(&paths)?;
     let recorded = record::read(&paths)?;
     let rules = recorded
         .rules
@@ -53,13 +55,23 @@ pub fn list(args: &ListArgs) -> anyhow::Result<()> {
             origin: r.origin,
         })
         .collect();
-    let listed = Listed { name: paths.name, default: recorded.default.default_word(), rules };
+    let nat64 = state.nat64.iter().map(ToString::to_string).collect();
+    let default = recorded.default.default_word();
+    let listed = Listed { name: paths.name, default, nat64, rules };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.json {
         serde_json::to_writer_pretty(&mut out, &listed)?;
         writeln(&mut out, "")?;
     } else {
-        writeln(&mut out, &format!("# instance {}: default {}", listed.name, listed.default))?;
+        let nat64 = if listed.nat64.is_empty() {
+            String::new()
+        } else {
+            format!(", NAT64 {}", listed.nat64.join(" "))
+        };
+        writeln(
+            &mut out,
+            &format!("# instance {}: default {}{nat64}", listed.name, listed.default),
+        )?;
         for r in &listed.rules {
             writeln(&mut out, &format!("{:>6}  {}  # {}", r.id, r.rule, r.origin))?;
         }

@@ -19,7 +19,7 @@ use crate::{
     policy::Sources,
     privileges,
     resolve::Names,
-    rules::{Action, Destination},
+    rules::{Action, Destination, Nat64Prefix},
     state::{Counts, State},
     systemd,
     target::{self, Resolver, Target},
@@ -102,7 +102,7 @@ pub struct RunArgs {
     /// File of rules to allow, one a line; repeatable
     #[arg(long = "allow-list", value_name = "FILE")]
     pub allow_list: Vec<PathBuf>,
-    /// TOML policy file (default, [[rule]] and [[list]] entries); SIGHUP re-reads it
+    /// TOML policy file (default, nat64, [[rule]] and [[list]] entries); SIGHUP re-reads it
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
     /// Reload when the policy or list files change on disk: written in place, replaced by a
@@ -114,6 +114,10 @@ pub struct RunArgs {
     /// standard output); the error line shows only the verifier's reason
     #[arg(long, value_name = "FILE")]
     pub verifier_log: Option<PathBuf>,
+    /// NAT64 prefix (an IPv6 /96) whose addresses are judged by the IPv4 rules, as the
+    /// well-known `64:ff9b::/96` always is; repeatable, up to 4
+    #[arg(long, value_name = "PREFIX")]
+    pub nat64: Vec<Nat64Prefix>,
 }
 
 impl RunArgs {
@@ -144,6 +148,7 @@ impl RunArgs {
                 DefaultVerdict::Allow => Action::Allow,
                 DefaultVerdict::Deny => Action::Block,
             }),
+            nat64: self.nat64.clone(),
         };
         if sources.is_empty() {
             sources.block.push(DEFAULT_BLOCK.parse().expect("valid default rule"));
@@ -673,6 +678,16 @@ mod tests {
         assert_eq!(sources.allow_lists, [PathBuf::from("b.txt")]);
         assert_eq!(sources.policy, Some(PathBuf::from("p.toml")));
         assert!(parse(&["--default", "maybe"]).unwrap_err().to_string().contains("maybe"));
+    }
+
+    #[test]
+    fn nat64_prefixes_are_taken_and_checked() {
+        let args = parse(&["--nat64", "2001:db8:64::/96", "--nat64", "2001:db8:65::/96"]).unwrap();
+        let texts: Vec<String> = args.sources().nat64.iter().map(ToString::to_string).collect();
+        assert_eq!(texts, ["2001:db8:64::/96", "2001:db8:65::/96"]);
+        let err = parse(&["--nat64", "2001:db8:64::/64"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("\"2001:db8:64::/64\" is not an IPv6 /96"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! `blocker status`: every instance: name, cgroup, pinned or not, rule counts, mode, since
-//! when, and the process serving it. The JSON form is described by
+//! `blocker status`: every instance: name, cgroup, pinned or not, rule counts, mode, NAT64
+//! prefixes, since when, and the process serving it. The JSON form is described by
 //! docs/schemas/status.schema.json; what is unknown is null there and `-` in the text.
 use serde::Serialize;
 
@@ -33,6 +33,8 @@ struct Row {
     /// left, not enforcing; also a pinned instance whose cgroup was removed).
     state: &'static str,
     counts: Counts,
+    /// NAT64 prefixes besides the well-known `64:ff9b::/96`.
+    nat64: Vec<String>,
 }
 
 /// How the text form shows a value that is not known (JSON: null).
@@ -66,7 +68,7 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
             continue;
         }
         println!(
-            "{}: {} on {}{}, {}{}, {} rules ({} IPv4, {} IPv6 prefixes), since {}{}",
+            "{}: {} on {}{}, {}{}, {} rules ({} IPv4, {} IPv6 prefixes){}, since {}{}",
             r.name,
             r.state,
             r.cgroup.as_deref().unwrap_or(UNKNOWN),
@@ -76,6 +78,11 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
             r.counts.rules,
             r.counts.ipv4,
             r.counts.ipv6,
+            if r.nat64.is_empty() {
+                String::new()
+            } else {
+                format!(", NAT64 {}", r.nat64.join(" "))
+            },
             r.since.as_deref().unwrap_or(UNKNOWN),
             r.pid.map(|p| format!(", pid {p}")).unwrap_or_default()
         );
@@ -111,6 +118,10 @@ fn row(paths: &InstancePaths) -> Row {
             (false, true, true) => "pinned",
             (false, _, _) => "stale",
         },
+        nat64: state
+            .as_ref()
+            .map(|s| s.nat64.iter().map(ToString::to_string).collect())
+            .unwrap_or_default(),
         counts: state.map(|s| s.counts).unwrap_or_default(),
     }
 }

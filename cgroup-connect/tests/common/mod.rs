@@ -30,8 +30,8 @@ pub use child::in_child;
 pub use mounts::{BpfMount, as_nobody, in_private_mounts};
 pub use netns::Netns;
 pub use probe::{
-    Outcome, Place, Probe, ProbeReport, Prober, connect_in, flood, listener, lo, outcome, probe,
-    send_connected_with_cmsg,
+    Outcome, Place, Probe, ProbeReport, Prober, Setup, connect_in, flood, listener, lo, outcome,
+    probe, probe_with, send_connected_with_cmsg,
 };
 pub use scene::{Scene, expect_cmsg_sends_judged_by_peer};
 pub use tempdir::TempDir;

@@ -4,7 +4,7 @@
 use std::{
     fs::File,
     io::Write as _,
-    net::{SocketAddr, TcpListener},
+    net::{IpAddr, SocketAddr, TcpListener},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::Path,
     sync::{
@@ -42,26 +42,61 @@ pub struct Place<'a> {
 /// Runs `probe` toward `dst` from a forked child placed at `place`. Ok(()) when the call
 /// succeeded, Err(errno) when it failed.
 pub fn probe(place: Place<'_>, probe: Probe, dst: SocketAddr) -> Result<(), i32> {
+    probe_with(place, probe, Setup::default(), dst)
+}
+
+/// How a [`probe_with`] child sets its socket up before the call.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Setup {
+    /// Bind the socket to this address (port 0) first.
+    pub bind: Option<IpAddr>,
+    /// For [`Probe::UdpSendto`]: send with `IP_PKTINFO` (`IPV6_PKTINFO`) naming this source.
+    pub source: Option<IpAddr>,
+    /// Drop to user and group nobody (65534) with no other groups after joining the cgroup and
+    /// namespace, as `setpriv --reuid 65534 --regid 65534 --clear-groups` does.
+    pub nobody: bool,
+}
+
+/// Like [`probe`], from a socket set up as `setup` says. An IPv6 `bind` or `dst` makes an
+/// `AF_INET6` socket.
+pub fn probe_with(
+    place: Place<'_>,
+    probe: Probe,
+    setup: Setup,
+    dst: SocketAddr,
+) -> Result<(), i32> {
     let dst = match (dst, place.mapped) {
         (SocketAddr::V4(v4), true) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
         (d, _) => d,
     };
     let addr = socket2::SockAddr::from(dst);
-    let family = if dst.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let bind = setup.bind.map(|ip| socket2::SockAddr::from(SocketAddr::new(ip, 0)));
+    let v6 = dst.is_ipv6() || setup.bind.is_some_and(|ip| ip.is_ipv6());
+    let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
     let (kind, proto) = match probe {
         Probe::TcpConnect | Probe::TcpFastOpen => (libc::SOCK_STREAM, libc::IPPROTO_TCP),
         Probe::UdpConnect | Probe::UdpSendto => (libc::SOCK_DGRAM, libc::IPPROTO_UDP),
     };
-    let errno = in_child(&format!("probe {probe:?} to {dst}"), place.cgroup, place.netns, || {
+    let what = format!("probe {probe:?} to {dst} with {setup:?}");
+    let errno = in_child(&what, place.cgroup, place.netns, || {
         // SAFETY: raw syscalls on memory prepared before the fork.
         unsafe {
+            if setup.nobody && !drop_to_nobody() {
+                return None;
+            }
             let s = libc::socket(family, kind, proto);
-            if s < 0 {
+            if s < 0
+                || bind.as_ref().is_some_and(|b| libc::bind(s, b.as_ptr().cast(), b.len()) != 0)
+            {
                 return None;
             }
             let r = match probe {
                 Probe::TcpConnect | Probe::UdpConnect => {
                     libc::connect(s, addr.as_ptr().cast(), addr.len())
+                }
+                Probe::UdpSendto if setup.source.is_some() => {
+                    let n = send_from(s, &addr, setup.source?);
+                    if n == 1 { 0 } else { -1 }
                 }
                 Probe::UdpSendto => {
                     let n = libc::sendto(
@@ -90,6 +125,65 @@ pub fn probe(place: Place<'_>, probe: Probe, dst: SocketAddr) -> Result<(), i32>
         }
     });
     if errno == 0 { Ok(()) } else { Err(errno.cast_signed()) }
+}
+
+/// Becomes user and group nobody, with no supplementary groups; false if any step failed.
+///
+/// # Safety
+/// Only raw syscalls: safe to call in a forked child.
+unsafe fn drop_to_nobody() -> bool {
+    const NOBODY: u32 = 65534;
+    // SAFETY: the caller's contract: raw syscalls without memory.
+    unsafe {
+        libc::setgroups(0, std::ptr::null()) == 0
+            && libc::setresgid(NOBODY, NOBODY, NOBODY) == 0
+            && libc::setresuid(NOBODY, NOBODY, NOBODY) == 0
+    }
+}
+
+/// `sendmsg` of one byte on socket `s` to `addr` with `IP_PKTINFO` (IPv4) or `IPV6_PKTINFO`
+/// (IPv6) naming `source`; what `sendmsg` returned.
+///
+/// # Safety
+/// Only raw syscalls on the stack and on `addr`: safe to call in a forked child.
+unsafe fn send_from(s: i32, addr: &socket2::SockAddr, source: IpAddr) -> isize {
+    let mut control = [0u64; 8]; // aligned for cmsghdr; CMSG_SPACE(20) is 40 bytes
+    let mut iov = libc::iovec { iov_base: b"x".as_ptr().cast_mut().cast(), iov_len: 1 };
+    // SAFETY: the caller's contract; the cmsg is written inside `control`, which CMSG_SPACE
+    // of either pktinfo fits.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_name = addr.as_ptr().cast_mut().cast();
+        msg.msg_namelen = addr.len();
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        let (level, kind, len) = match source {
+            IpAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_PKTINFO, size_of::<libc::in_pktinfo>()),
+            IpAddr::V6(_) => {
+                (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, size_of::<libc::in6_pktinfo>())
+            }
+        };
+        let len = u32::try_from(len).unwrap_or(0);
+        msg.msg_controllen = libc::CMSG_SPACE(len) as usize;
+        let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        (*cmsg).cmsg_level = level;
+        (*cmsg).cmsg_type = kind;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(len) as usize;
+        let data = libc::CMSG_DATA(cmsg);
+        match source {
+            IpAddr::V4(ip) => data.cast::<libc::in_pktinfo>().write_unaligned(libc::in_pktinfo {
+                ipi_ifindex: 0,
+                ipi_spec_dst: libc::in_addr { s_addr: u32::from(ip).to_be() },
+                ipi_addr: libc::in_addr { s_addr: 0 },
+            }),
+            IpAddr::V6(ip) => data.cast::<libc::in6_pktinfo>().write_unaligned(libc::in6_pktinfo {
+                ipi6_addr: libc::in6_addr { s6_addr: ip.octets() },
+                ipi6_ifindex: 0,
+            }),
+        }
+        libc::sendmsg(s, &raw const msg, 0)
+    }
 }
 
 /// A TCP connect from a child in `cgroup`.

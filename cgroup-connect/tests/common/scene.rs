@@ -6,8 +6,8 @@ use std::{
 };
 
 use super::{
-    Blocker, Netns, Outcome, Place, Probe, TempCgroup, outcome, probe, send_connected_with_cmsg,
-    temp_cgroup,
+    Blocker, Netns, Outcome, Place, Probe, Setup, TempCgroup, outcome, probe, probe_with,
+    send_connected_with_cmsg, temp_cgroup,
 };
 
 /// Where the tests of one blocker run: a cgroup, a namespace with test addresses, the blocker.
@@ -50,6 +50,14 @@ impl Scene {
     pub fn check_at(place: Place<'_>, probe_kind: Probe, dst: &str) -> Outcome {
         let addr: SocketAddr = dst.parse().unwrap_or_else(|e| panic!("test address {dst}: {e}"));
         outcome(probe(place, probe_kind, addr))
+    }
+
+    /// Like [`Scene::check`] from a socket set up as `setup` says (bound first, a source in
+    /// ancillary data, as user nobody).
+    #[must_use]
+    pub fn check_with(&self, probe_kind: Probe, setup: Setup, dst: &str) -> Outcome {
+        let addr: SocketAddr = dst.parse().unwrap_or_else(|e| panic!("test address {dst}: {e}"));
+        outcome(probe_with(self.place(false), probe_kind, setup, addr))
     }
 
     /// Asserts each (probe, destination, outcome).
