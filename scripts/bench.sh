@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks: the blocker against no filter, nftables, ipset and iptables, in one run.
 #   sudo ./scripts/bench.sh           full mode; figures to bench/results.json
-#   sudo ./scripts/bench.sh --quick   under two minutes; figures to bench/results-quick.json
+#   sudo ./scripts/bench.sh --quick   under three minutes; figures to bench/results-quick.json
+#   sudo ./scripts/bench.sh --packets only the packet checks' cost, full size; its section
+#                                     replaces the one in bench/results.json, the rest stays
 # Installs what it needs (nftables, iptables, ipset, bpftool through setup.sh), builds the
 # release binaries, and runs target/release/cgroup-connect-bench. It makes its own cgroups,
 # network namespaces (where nftables, ipset and iptables rules live) and instances, and
@@ -17,7 +19,8 @@ mode=()
 case "${1:-}" in
     --quick) mode=(--quick); out=bench/results-quick.json ;;
     --smoke) mode=(--smoke); out=bench/results-smoke.json ;;
+    --packets) mode=(--packets-only) ;;
     "") ;;
-    *) echo "usage: $0 [--quick|--smoke]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--quick|--smoke|--packets]" >&2; exit 2 ;;
 esac
 exec target/release/cgroup-connect-bench "${mode[@]}" --out "$out"

@@ -137,7 +137,7 @@ build_common_cpio() {
     (cd "$root" && find . | cpio -o -H newc --quiet) >"$out"
 }
 
-# The archive of one kernel's modules (nf_tables for nft, with what it depends on),
+# The archive of one kernel's modules (nf_tables for nft, veth, with what they depend on),
 # decompressed, and the order to load them in.
 build_modules_cpio() {
     local kdir=$1 out=$2 kver root=$cache/modules-root list=()
@@ -154,6 +154,10 @@ build_modules_cpio() {
         list+=("$rel")
     }
     add_module "$(grep -oE '^[^:]*/nf_tables\.ko(\.xz|\.zst)?' "$mdir/modules.dep")"
+    # veth, for the packet checks' tests (a wire between two namespaces), unless built in.
+    local veth
+    veth=$(grep -oE '^[^:]*/veth\.ko(\.xz|\.zst)?' "$mdir/modules.dep" || true)
+    [[ -z $veth ]] || add_module "$veth"
     rm -rf "$root"
     mkdir -p "$root/matrix"
     : >"$root/matrix/modules"

@@ -226,6 +226,11 @@ impl BpfStats {
         std::fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
         Ok(Self { old: old.trim().to_owned() })
     }
+
+    /// Whether the sysctl is on now.
+    pub fn on() -> bool {
+        std::fs::read_to_string(BPF_STATS).is_ok_and(|v| v.trim() != "0")
+    }
 }
 
 impl Drop for BpfStats {

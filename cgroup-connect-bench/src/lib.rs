@@ -15,6 +15,7 @@
 )]
 
 pub mod env;
+pub mod packets;
 pub mod probe;
 pub mod rulesets;
 
@@ -83,7 +84,7 @@ impl Config {
         Self::base("full", blocker)
     }
 
-    /// Under two minutes: fewer rounds and iterations, no million-entry interval set.
+    /// Under three minutes: fewer rounds and iterations, no million-entry interval set.
     #[must_use]
     pub fn quick(blocker: PathBuf) -> Self {
         Self {
@@ -126,7 +127,7 @@ pub struct Stat {
 }
 
 impl Stat {
-    fn of(values: &[f64]) -> Self {
+    pub(crate) fn of(values: &[f64]) -> Self {
         let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
         if v.is_empty() {
             return Self { min: f64::NAN, median: f64::NAN };
@@ -191,6 +192,8 @@ pub struct Report {
     pub reload: Option<ReloadRow>,
     /// The blocker's RSS, idle, with `big` rules loaded.
     pub blocker_rss_kib: u64,
+    /// The cost of the packet checks ([`packets`]).
+    pub packets: packets::PacketReport,
 }
 
 /// One per-connect variant: its cgroup, namespace and filter.
@@ -241,7 +244,7 @@ pub fn run(cfg: &Config, log: &mut dyn FnMut(&str)) -> anyhow::Result<Report> {
 }
 
 fn run_in(cfg: &Config, log: &mut dyn FnMut(&str)) -> anyhow::Result<Report> {
-    let _stats = BpfStats::enable()?;
+    let stats = BpfStats::enable()?;
     let big_hosts = rulesets::v4_hosts(cfg.big, 1);
     let big_list = write(&cfg.work, "big.txt", &rulesets::blocker_list_v4(&big_hosts, &[]))?;
     log("load, reload and memory");
@@ -252,6 +255,9 @@ fn run_in(cfg: &Config, log: &mut dyn FnMut(&str)) -> anyhow::Result<Report> {
     let (connect, decision) = measure_rounds(cfg, &mut variants, log)?;
     let reload = measure_reload(cfg, &big_hosts, &big_list)?;
     drop(variants);
+    // The packet rounds are timed without bpf_stats (it turns it on for its own pass).
+    drop(stats);
+    let packets = packets::run(cfg, log)?;
     Ok(Report {
         date: env::sh("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"])?.trim().to_owned(),
         mode: cfg.mode,
@@ -270,6 +276,7 @@ fn run_in(cfg: &Config, log: &mut dyn FnMut(&str)) -> anyhow::Result<Report> {
         load,
         reload,
         blocker_rss_kib,
+        packets,
     })
 }
 
@@ -585,9 +592,50 @@ pub fn render(r: &Report) -> String {
     }
     let _ = writeln!(
         s,
-        "blocker RSS, idle, {} rules loaded: {:.1} MiB",
+        "blocker RSS, idle, {} rules loaded: {:.1} MiB\n",
         human(r.load.first().map_or(0, |l| l.rules)),
         r.blocker_rss_kib as f64 / 1024.0
     );
+    s + &render_packets(&r.packets)
+}
+
+/// The packet-checks section as a table of text.
+#[must_use]
+pub fn render_packets(p: &packets::PacketReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "packet checks: {} rounds, interleaved (bpf_stats {}); {} MiB per TCP transfer, {} \
+         datagrams per loop, {} connects; load {} before, {} after",
+        p.rounds,
+        if p.bpf_stats_in_rounds { "on" } else { "off" },
+        p.tcp_bulk_mib,
+        p.udp_datagrams,
+        p.connects,
+        p.loadavg_before,
+        p.loadavg_after
+    );
+    let _ = writeln!(
+        s,
+        "{:<32} {:<28} {:>24} {:>9} {:>18}",
+        "workload", "variant", "min / median", "overhead", "program ns x runs"
+    );
+    for row in &p.rows {
+        let program = match (row.program_ns_per_run, row.program_runs_per_unit) {
+            (Some(ns), Some(runs)) => format!("{:.1} x {runs:.2}", ns.median),
+            _ => "-".to_owned(),
+        };
+        let _ = writeln!(
+            s,
+            "{:<32} {:<28} {:>10.0} / {:>8.0} {:<4} {:>+8.2}% {:>18}",
+            row.workload,
+            row.variant,
+            row.value.min,
+            row.value.median,
+            row.unit.trim_start_matches("ns/"),
+            100.0 * row.overhead,
+            program
+        );
+    }
     s
 }

@@ -1,20 +1,25 @@
-//! `cgroup-connect-bench [--quick|--smoke] [--out FILE]`: runs the benchmarks, prints the
-//! table, writes the figures as JSON. Needs root; `scripts/bench.sh` installs what it uses.
+//! `cgroup-connect-bench [--quick|--smoke] [--packets-only] [--out FILE]`: runs the
+//! benchmarks, prints the table, writes the figures as JSON. Needs root; `scripts/bench.sh`
+//! installs what it uses.
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use cgroup_connect_bench::{Config, render, run};
+use cgroup_connect_bench::{Config, packets, render, render_packets, run};
 use clap::Parser;
 
 /// Benchmarks of the blocker against no filter, nftables, ipset and iptables.
 #[derive(Parser)]
 struct Args {
-    /// Under two minutes: fewer rounds, smaller sets
+    /// Under three minutes: fewer rounds, smaller sets
     #[arg(long, conflicts_with = "smoke")]
     quick: bool,
     /// One round with tiny sizes (what CI runs)
     #[arg(long)]
     smoke: bool,
+    /// Only the cost of the packet checks; with --out, its section replaces the one in FILE
+    /// and every other figure there stays
+    #[arg(long)]
+    packets_only: bool,
     /// Write the figures as JSON here
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
@@ -36,13 +41,30 @@ fn main() -> anyhow::Result<()> {
     } else {
         Config::full(blocker)
     };
-    let report = run(&cfg, &mut |line| eprintln!("bench: {line}"))?;
-    print!("{}", render(&report));
+    let json = if args.packets_only {
+        let report = packets::run(&cfg, &mut |line| eprintln!("bench: {line}"))?;
+        print!("{}", render_packets(&report));
+        let mut all = match &args.out {
+            Some(out) if out.exists() => serde_json::from_str(
+                &std::fs::read_to_string(out)
+                    .with_context(|| format!("reading {}", out.display()))?,
+            )
+            .with_context(|| format!("parsing {}", out.display()))?,
+            _ => serde_json::json!({}),
+        };
+        let section = all.as_object_mut().context("the figures file holds no JSON object")?;
+        section.insert("packets".to_owned(), serde_json::to_value(&report)?);
+        all
+    } else {
+        let report = run(&cfg, &mut |line| eprintln!("bench: {line}"))?;
+        print!("{}", render(&report));
+        serde_json::to_value(&report)?
+    };
     if let Some(out) = args.out {
         if let Some(dir) = out.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        std::fs::write(&out, serde_json::to_string_pretty(&report)? + "\n")
+        std::fs::write(&out, serde_json::to_string_pretty(&json)? + "\n")
             .with_context(|| format!("writing {}", out.display()))?;
         eprintln!("bench: figures written to {}", out.display());
     }

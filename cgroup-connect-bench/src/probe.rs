@@ -72,6 +72,9 @@ impl InChild {
     }
 }
 
+/// Connects made before a connect loop is timed (at most).
+pub const WARM_CONNECTS: u32 = 500;
+
 /// Nanoseconds per loopback TCP connect + accept + close (`SO_LINGER` 0: no TIME_WAIT), over
 /// `iterations` after a warm-up, from a child in `cgroup` and `netns`.
 pub fn connect_loop(cgroup: &Path, netns: &Path, iterations: u32, v6: bool) -> anyhow::Result<f64> {
@@ -91,7 +94,7 @@ pub fn connect_loop(cgroup: &Path, netns: &Path, iterations: u32, v6: bool) -> a
             drop(a);
             Ok(())
         };
-        for _ in 0..iterations.min(500) {
+        for _ in 0..iterations.min(WARM_CONNECTS) {
             one(addr)?;
         }
         let start = Instant::now();
@@ -100,9 +103,19 @@ pub fn connect_loop(cgroup: &Path, netns: &Path, iterations: u32, v6: bool) -> a
         }
         Ok(u64::try_from(start.elapsed().as_nanos())?)
     };
-    let [total, _] = spawn_in(cgroup, netns, || [run().unwrap_or(u64::MAX), 0])?.wait();
-    ensure!(total != u64::MAX, "the benchmark child failed");
+    let total = in_child_result(cgroup, netns, run)?;
     Ok(total as f64 / f64::from(iterations))
+}
+
+/// Runs `work` in a child in `cgroup` and `netns` and returns its number.
+pub fn in_child_result(
+    cgroup: &Path,
+    netns: &Path,
+    work: impl FnOnce() -> anyhow::Result<u64>,
+) -> anyhow::Result<u64> {
+    let [total, _] = spawn_in(cgroup, netns, || [work().unwrap_or(u64::MAX), 0])?.wait();
+    ensure!(total != u64::MAX, "the benchmark child failed");
+    Ok(total)
 }
 
 /// A child in `cgroup` and `netns` connecting to `dst` (which must be blocked) until told to

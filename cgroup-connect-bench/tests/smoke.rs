@@ -53,4 +53,13 @@ fn every_measurement_runs() {
     let reload = report.reload.as_ref().expect("reload row");
     assert!(reload.probes > 0 && reload.not_blocked == 0, "{reload:?}");
     assert!(report.blocker_rss_kib > 0);
+    let packets = &report.packets.rows;
+    assert_eq!(packets.len(), 16, "{packets:?}");
+    assert!(packets.iter().all(|r| r.value.median > 0.0), "{packets:?}");
+    let checked = packets.iter().filter(|r| r.variant == "blocker, packet checks on");
+    assert!(
+        checked.clone().count() == 4
+            && checked.clone().all(|r| r.program_ns_per_run.is_some_and(|s| s.median > 0.0)),
+        "{packets:?}"
+    );
 }

@@ -3,6 +3,10 @@
 
 /// [`Event::rule`] of a decision made on a missing or malformed table.
 pub const RULE_FAILED_CLOSED: u32 = u32::MAX;
+/// [`Event::rule`] of a packet refused for its shape, whatever its addresses: an IPv4 source
+/// route option, more IPv6 extension headers or routing-header addresses than the packet
+/// checks walk, a routing header of a type they do not know (see [`crate::packet`]).
+pub const RULE_REFUSED_SHAPE: u32 = u32::MAX - 1;
 
 /// What an [`Event`] reports.
 pub mod verdict {
@@ -16,6 +20,8 @@ pub mod verdict {
 pub mod hook {
     pub const CONNECT: u8 = 0;
     pub const SENDMSG: u8 = 1;
+    /// The packet checks (`cgroup_skb/egress`): a packet the `sock_addr` hooks did not judge.
+    pub const PACKET: u8 = 2;
 }
 
 /// One blocked (or, in audit mode, would-be blocked) attempt, as the programs write it to the
@@ -40,11 +46,12 @@ pub struct Event {
     pub port: u16,
     /// 4 or 6: the family of the socket's destination as the caller gave it.
     pub family: u8,
-    /// `IPPROTO_TCP`, `IPPROTO_UDP`, or what the socket said.
+    /// `IPPROTO_TCP`, `IPPROTO_UDP`, or what the socket said; for [`hook::PACKET`], the
+    /// packet's transport protocol (its last IPv6 next header).
     pub protocol: u8,
     /// [`verdict::BLOCKED`] or [`verdict::AUDIT`].
     pub verdict: u8,
-    /// [`hook::CONNECT`] or [`hook::SENDMSG`].
+    /// [`hook::CONNECT`], [`hook::SENDMSG`] or [`hook::PACKET`].
     pub hook: u8,
     pub pad: [u8; 2],
     /// The caller's `comm`, NUL padded.

@@ -8,6 +8,7 @@
 //! - [`decision`]: the decision order and the table search the programs run;
 //! - [`sock_addr`]: the destination's address and port, from network byte order; the peer
 //!   when a send names none; where `0.0.0.0` and `::` go; IPv4-mapped and NAT64 addresses.
+//! - [`packet`]: which packets the packet checks judge, and how they read their headers.
 //!
 //! Every item is also exported at the crate root.
 #![no_std]
@@ -19,12 +20,13 @@
 pub mod decision;
 pub mod event;
 pub mod names;
+pub mod packet;
 pub mod sock_addr;
 pub mod table;
 pub mod word;
 
 pub use decision::{MAX_SEARCH_STEPS, Rank, decide, decide_v4, entry_matches};
-pub use event::{Event, RULE_FAILED_CLOSED, hook, verdict};
+pub use event::{Event, RULE_FAILED_CLOSED, RULE_REFUSED_SHAPE, hook, verdict};
 pub use names::{CONFIG_AUDIT, EVENTS_BYTES, RULE_HITS_CAPACITY, config, maps, programs, stats};
 pub use sock_addr::{
     LOOPBACK4, LOOPBACK6, MAPPED_LOOPBACK4, MAX_NAT64_PREFIXES, NAT64_WELL_KNOWN, Source,

@@ -16,11 +16,20 @@ pub mod programs {
     pub const SENDMSG4: &str = "check_sendmsg4";
     /// `cgroup/sendmsg6`: the same on IPv6 UDP sockets.
     pub const SENDMSG6: &str = "check_sendmsg6";
-    /// All of them, in the order they are attached.
+    /// The `sock_addr` programs, in the order they are attached.
     pub const ALL: [&str; 4] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6];
+    /// `cgroup_skb/egress`: the packet checks, for what the `sock_addr` hooks cannot see
+    /// (raw, ping, UDP-Lite and SCTP sockets, IPv4 options, IPv6 extension headers). Attached
+    /// after the others unless `blocker run --no-packet-checks`.
+    pub const EGRESS: &str = "check_egress";
+    /// Every program whose link an instance may pin.
+    pub const LINKED: [&str; 5] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6, EGRESS];
     /// `cgroup/connect4` that allows everything: the benchmarks' reference, never attached by
     /// the blocker.
     pub const REFERENCE_ALLOW: &str = "reference_allow";
+    /// `cgroup_skb/egress` that lets every packet through: the packet benchmarks' reference
+    /// (the cost of any egress program), never attached by the blocker.
+    pub const REFERENCE_EGRESS: &str = "reference_egress";
 }
 
 /// Names of the BPF maps, as the kernel and `bpftool map` show them.

@@ -53,12 +53,15 @@ pub enum Proto {
 }
 
 impl Proto {
-    /// The protocol of a socket, from `bpf_sock_addr.protocol` (an `IPPROTO_*` number).
+    /// The protocol a rule must name to match a socket or packet of `IPPROTO_*` number
+    /// `ip_proto` (`bpf_sock_addr.protocol`, or a packet's transport protocol): `udp://`
+    /// rules cover UDP-Lite (136: the same ports and services, with a partial checksum); ping,
+    /// SCTP and the rest match only rules that name no protocol.
     #[must_use]
     pub const fn from_ip_proto(ip_proto: u32) -> Self {
         match ip_proto {
             6 => Self::Tcp,
-            17 => Self::Udp,
+            17 | 136 => Self::Udp,
             _ => Self::Any,
         }
     }

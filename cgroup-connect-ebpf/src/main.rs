@@ -1,4 +1,5 @@
-//! The cgroup `sock_addr` programs: connect4/6 and sendmsg4/6. Each entry point is thin: it
+//! The cgroup `sock_addr` programs (connect4/6 and sendmsg4/6) and the packet checks
+//! (`cgroup_skb/egress`, see `cgroup_connect_common::packet`). Each entry point is thin: it
 //! calls `try_<hook>` and turns the result into a verdict. The decision itself is
 //! `cgroup_connect_common::decide`, shared with userspace and pinned down by host unit tests;
 //! `finish` counts it, reports blocks as events, and applies audit mode. A send that names no
@@ -17,6 +18,13 @@
 //! anyway) is judged as before, as 0.0.0.0 or :: port 0: blocked in default-deny mode. The
 //! NAT64 prefixes are config words read at in-range constant indices, which cannot fail: a
 //! failure would judge a NAT64 address by the IPv6 table, as without `--nat64`.
+//!
+//! The packet checks fail closed too: a packet whose headers cannot be read, or that needs
+//! more steps than the walks' bounds, is dropped (counted in `stats::FAILED_CLOSED`, or
+//! reported as refused for its shape). The only packets they let through unread are those
+//! of sockets the kernel does not hand them as full sockets (it runs egress programs for full
+//! sockets only) and of families other than IPv4 and IPv6 (none reach this hook).
+
 #![no_std]
 #![no_main]
 #![expect(
@@ -25,20 +33,28 @@
 )]
 
 use aya_ebpf::{
-    bindings::bpf_sock,
+    bindings::{__sk_buff, bpf_sock},
     btf_maps::{Array, ArrayOfMaps, LruPerCpuHashMap, PerCpuArray, RingBuf},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_socket_uid, bpf_ktime_get_boot_ns, bpf_sk_fullsock,
+            bpf_skb_cgroup_id,
+        },
     },
-    macros::{btf_map, cgroup_sock_addr},
-    programs::SockAddrContext,
+    macros::{btf_map, cgroup_skb, cgroup_sock_addr},
+    programs::{SkBuffContext, SockAddrContext},
 };
 use cgroup_connect_common::{
     ALLOW, BLOCK, CONFIG_AUDIT, Chunk, EVENTS_BYTES, Event, Proto, RULE_FAILED_CLOSED,
-    RULE_HITS_CAPACITY, Record, Source, TABLE_CLASSES, TABLE_FLAGS, V4_LOOPBACK_RECORD, V4Record,
-    V6Record, config, decide, decide_v4, hook, ip4_from_user, ip6_from_user, judge_reached,
-    mapped_ip4, nat64_ip4, or_peer, port_from_user, reached_v4, reached_v6, stats, verdict, word,
+    RULE_HITS_CAPACITY, RULE_REFUSED_SHAPE, Record, Source, TABLE_CLASSES, TABLE_FLAGS,
+    V4_LOOPBACK_RECORD, V4Record, V6Record, config, decide, decide_v4, hook, ip4_from_user,
+    ip6_from_user, judge_reached, mapped_ip4, nat64_ip4, or_peer,
+    packet::{
+        self, ETH_P_IP_BE, ETH_P_IPV6_BE, IPV4_HEADER, IPV6_HEADER, MAX_EXT_HEADERS,
+        MAX_IP_OPTIONS, Next, OptionStep,
+    },
+    port_from_user, reached_v4, reached_v6, stats, verdict, word,
 };
 
 /// One outer map per table size class: its template fixes the table size, so the verifier
@@ -166,10 +182,201 @@ pub fn check_sendmsg6(ctx: SockAddrContext) -> i32 {
     try_v6(&ctx, hook::SENDMSG).unwrap_or_else(|fail_closed| fail_closed)
 }
 
+/// The packet checks: judges the packets the `sock_addr` programs did not (see
+/// `cgroup_connect_common::packet`). Returning `BLOCK` drops the packet; the sender of a UDP,
+/// raw or ping datagram gets EPERM, a TCP handshake never leaves.
+#[cgroup_skb(egress)]
+#[expect(clippy::needless_pass_by_value, reason = "the macro passes the context by value")]
+pub fn check_egress(ctx: SkBuffContext) -> i32 {
+    try_egress(&ctx).unwrap_or_else(|fail_closed| fail_closed)
+}
+
 /// Reference for the benchmarks: allows everything, touches nothing. The blocker never loads
 /// or attaches it; `blocker`'s bench measures the cost of any program against it.
 #[cgroup_sock_addr(connect4)]
 pub fn reference_allow(_ctx: SockAddrContext) -> i32 {
+    ALLOW
+}
+
+/// The fast path: a packet of a TCP stream or UDP datagram socket without IPv4 options or
+/// IPv6 extension headers was judged at its connect or send, and passes after two reads.
+#[inline(always)]
+fn try_egress(ctx: &SkBuffContext) -> Result<i32, i32> {
+    let skb = ctx.skb.skb;
+    // SAFETY: the kernel hands every cgroup_skb program a valid __sk_buff; sk may be null.
+    let sk = unsafe { (*skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        // Fails open: the kernel runs egress programs only for packets of full sockets.
+        return Ok(ALLOW);
+    }
+    // SAFETY: a non-null socket from the context, as the helper takes it.
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    if full.is_null() {
+        // Fails open, as above: never reached on egress.
+        return Ok(ALLOW);
+    }
+    // SAFETY: a full socket; type and protocol are readable from 5.1, one u32 each.
+    let fast = unsafe { packet::judged_at_socket((*full).type_, (*full).protocol) };
+    // SAFETY: as above; protocol is the packet's EtherType, network order.
+    let family = unsafe { (*skb).protocol };
+    if family == ETH_P_IP_BE {
+        let first: u8 = load(ctx, 0)?;
+        if fast && first & 0x0f == 5 {
+            return Ok(ALLOW);
+        }
+        packet_v4(ctx, first)
+    } else if family == ETH_P_IPV6_BE {
+        let next: u8 = load(ctx, 6)?;
+        if fast && (next == packet::IPPROTO_TCP || next == packet::IPPROTO_UDP) {
+            return Ok(ALLOW);
+        }
+        packet_v6(ctx, next)
+    } else {
+        // Fails open: only IPv4 and IPv6 packets reach the cgroup egress hook.
+        Ok(ALLOW)
+    }
+}
+
+/// `T` from the packet at `offset` (from the network header). `Err(BLOCK)`: the packet is
+/// shorter than its headers say (fails closed, counted).
+#[inline(always)]
+fn load<T>(ctx: &SkBuffContext, offset: u32) -> Result<T, i32> {
+    ctx.load(offset as usize).map_err(|_| {
+        count(stats::FAILED_CLOSED);
+        BLOCK
+    })
+}
+
+/// The destination port of a packet of transport protocol `proto` whose transport header is
+/// at `offset`; 0 for a protocol without ports, a later fragment, or a transport header cut
+/// short (such a packet carries no port a service would see).
+#[inline(always)]
+fn packet_port(ctx: &SkBuffContext, proto: u8, offset: u32, later_fragment: bool) -> u16 {
+    if !packet::has_ports(proto) || later_fragment {
+        return 0;
+    }
+    ctx.load::<u16>(offset as usize + 2).map_or(0, u16::from_be)
+}
+
+/// Judges an IPv4 packet: its destination, after walking its options (a source route is
+/// refused: the destination field then holds only the first hop).
+#[inline(always)]
+fn packet_v4(ctx: &SkBuffContext, first: u8) -> Result<i32, i32> {
+    let proto: u8 = load(ctx, 9)?;
+    let frag_off = u16::from_be(load(ctx, 6)?);
+    let daddr = u32::from_be(load(ctx, 16)?);
+    let header = u32::from(first & 0x0f) * 4;
+    let mut attempt = Attempt {
+        family: 4,
+        hook: hook::PACKET,
+        protocol: u32::from(proto),
+        addr: (0, u64::from(daddr)),
+        port: 0,
+        packet: Some(ctx.skb.skb),
+    };
+    let mut offset = IPV4_HEADER;
+    for _ in 0..MAX_IP_OPTIONS {
+        if offset >= header {
+            break;
+        }
+        let kind: u8 = load(ctx, offset)?;
+        let len: u8 = if kind > 1 { load(ctx, offset + 1)? } else { 0 };
+        match packet::option_step(kind, len) {
+            OptionStep::End => offset = header,
+            OptionStep::Skip(n) => offset += n,
+            OptionStep::SourceRoute | OptionStep::Malformed => return Ok(refuse(&attempt)),
+        }
+    }
+    if offset < header {
+        return Ok(refuse(&attempt));
+    }
+    attempt.port = packet_port(ctx, proto, header, packet::later_fragment(frag_off));
+    let (port, proto) = launder(ctx, attempt.port, proto);
+    // A packet goes where its header says: no 0.0.0.0 to resolve.
+    let (word, _) = judge_v4((daddr, false), port, proto);
+    finish(&attempt, word)
+}
+
+/// An IPv6 address of the packet at `offset`, as (high, low) halves.
+#[inline(always)]
+fn load_ip6(ctx: &SkBuffContext, offset: u32) -> Result<(u64, u64), i32> {
+    let words: [u32; 4] = load(ctx, offset)?;
+    Ok(ip6_from_user(words))
+}
+
+/// Judges an IPv6 packet: walks its extension headers to the transport header, then judges
+/// its destination. A routing header is refused, whatever its addresses: judging them takes
+/// one table search per address, and two already exceed the verifier's limit
+/// (docs/design.md).
+#[inline(always)]
+fn packet_v6(ctx: &SkBuffContext, first_next: u8) -> Result<i32, i32> {
+    let daddr = load_ip6(ctx, 24)?;
+    let mut attempt = Attempt {
+        family: 6,
+        hook: hook::PACKET,
+        protocol: u32::from(first_next),
+        addr: daddr,
+        port: 0,
+        packet: Some(ctx.skb.skb),
+    };
+    if mapped_ip4(daddr).is_some() {
+        // Only a forged header names an IPv4-mapped destination (a socket's sends to one are
+        // IPv4 packets): refused rather than judged by the IPv4 table, which would double
+        // the verifier's work on this program.
+        return Ok(refuse(&attempt));
+    }
+    let mut next = first_next;
+    let mut offset = IPV6_HEADER;
+    let mut later_fragment = false;
+    for _ in 0..MAX_EXT_HEADERS {
+        let Next::Ext { routing, fragment } = packet::next_header(next) else {
+            break;
+        };
+        if routing {
+            return Ok(refuse(&attempt));
+        }
+        let header: [u8; 4] = load(ctx, offset)?;
+        if fragment {
+            later_fragment = u16::from_be_bytes([header[2], header[3]]) & 0xfff8 != 0;
+        }
+        offset += packet::ext_header_len(next, header[1]);
+        next = header[0];
+    }
+    attempt.protocol = u32::from(next);
+    if packet::next_header(next) != Next::Transport {
+        // Fails closed: more extension headers than walked.
+        return Ok(refuse(&attempt));
+    }
+    attempt.port = packet_port(ctx, next, offset, later_fragment);
+    let (port, proto) = launder(ctx, attempt.port, next);
+    let word = judge_v6(daddr, port, proto);
+    finish(&attempt, word)
+}
+
+/// The port and protocol to judge, passed through the packet's control block
+/// (`__sk_buff.cb[0]`, which the kernel saves and restores around cgroup programs): the
+/// verifier then sees plain numbers instead of one value per path of the header walk, and
+/// checks the table search after it once instead of once per path (docs/design.md).
+#[inline(always)]
+fn launder(ctx: &SkBuffContext, port: u16, ip_proto: u8) -> (u16, Proto) {
+    let skb = ctx.skb.skb;
+    // SAFETY: cb[0] of a cgroup_skb context is readable and writable, a u32; volatile keeps
+    // the compiler from passing the value around the control block.
+    let word = unsafe {
+        core::ptr::write_volatile(
+            &raw mut (*skb).cb[0],
+            u32::from(port) | u32::from(ip_proto) << 16,
+        );
+        core::ptr::read_volatile(&raw const (*skb).cb[0])
+    };
+    #[expect(clippy::cast_possible_truncation, reason = "unpacks the two halves")]
+    (word as u16, Proto::from_ip_proto((word >> 16) & 0xff))
+}
+
+/// Reference for the packet benchmarks: lets every packet through, touches nothing. The
+/// blocker never loads or attaches it.
+#[cgroup_skb(egress)]
+pub fn reference_egress(_ctx: SkBuffContext) -> i32 {
     ALLOW
 }
 
@@ -182,6 +389,10 @@ struct Attempt {
     protocol: u32,
     addr: (u64, u64),
     port: u16,
+    /// The packet, for the packet checks: their events name the socket's owner and cgroup
+    /// (the egress hook may run in another task's context, or in none), and `cgroup_skb`
+    /// programs may not call the current-task helpers before 6.4 (6.1 refuses them).
+    packet: Option<*mut __sk_buff>,
 }
 
 /// The verdict for an IPv4 destination.
@@ -210,8 +421,14 @@ fn try_v4(ctx: &SockAddrContext, hook: u8) -> Result<i32, i32> {
     });
     let proto = Proto::from_ip_proto(sa.protocol);
     let (word, addr) = judge_v4(reached, port, proto);
-    let attempt =
-        Attempt { family: 4, hook, protocol: sa.protocol, addr: (0, u64::from(addr)), port };
+    let attempt = Attempt {
+        family: 4,
+        hook,
+        protocol: sa.protocol,
+        addr: (0, u64::from(addr)),
+        port,
+        packet: None,
+    };
     finish(&attempt, word)
 }
 
@@ -266,7 +483,7 @@ fn try_v6(ctx: &SockAddrContext, hook: u8) -> Result<i32, i32> {
         }
         None => (judge_v6(addr, port, proto), addr),
     };
-    let attempt = Attempt { family: 6, hook, protocol: sa.protocol, addr, port };
+    let attempt = Attempt { family: 6, hook, protocol: sa.protocol, addr, port, packet: None };
     finish(&attempt, word)
 }
 
@@ -328,14 +545,27 @@ fn finish(attempt: &Attempt, word: Option<u32>) -> Result<i32, i32> {
         count(stats::ALLOWED);
         return Ok(ALLOW);
     }
+    Ok(block_or_audit(attempt, rule, audit))
+}
+
+/// Refuses a packet for its shape ([`RULE_REFUSED_SHAPE`]), or only reports it in audit mode.
+#[inline(always)]
+fn refuse(attempt: &Attempt) -> i32 {
+    let audit = CONFIG.get(config::FLAGS).is_some_and(|c| c & CONFIG_AUDIT != 0);
+    block_or_audit(attempt, RULE_REFUSED_SHAPE, audit)
+}
+
+/// Counts and reports a block by `rule`; in audit mode, lets it through.
+#[inline(always)]
+fn block_or_audit(attempt: &Attempt, rule: u32, audit: bool) -> i32 {
     if audit {
         count(stats::AUDITED);
         report(attempt, rule, verdict::AUDIT);
-        return Ok(ALLOW);
+        return ALLOW;
     }
     count(stats::BLOCKED);
     report(attempt, rule, verdict::BLOCKED);
-    Ok(BLOCK)
+    BLOCK
 }
 
 #[inline(always)]
@@ -370,18 +600,29 @@ fn report(attempt: &Attempt, rule: u32, verdict: u8) {
         count(stats::EVENTS_LOST);
         return;
     };
-    let pid_tgid = bpf_get_current_pid_tgid();
+    // Who: the calling task, or for a packet its socket's owner and cgroup (no task).
+    #[expect(clippy::cast_possible_truncation, reason = "the low halves hold pid and uid")]
+    let (cgroup_id, pid_tgid, uid, comm) = match attempt.packet {
+        // SAFETY: the program's own context, as the helpers take it.
+        Some(skb) => unsafe { (bpf_skb_cgroup_id(skb), 0, bpf_get_socket_uid(skb), [0; 16]) },
+        None => (
+            // SAFETY: a plain helper without arguments.
+            unsafe { bpf_get_current_cgroup_id() },
+            bpf_get_current_pid_tgid(),
+            bpf_get_current_uid_gid() as u32,
+            bpf_get_current_comm().unwrap_or_default(),
+        ),
+    };
     #[expect(clippy::cast_possible_truncation, reason = "the protocol numbers we report fit u8")]
     let event = Event {
         // SAFETY: plain helpers without arguments.
         time_ns: unsafe { bpf_ktime_get_boot_ns() },
-        // SAFETY: as above.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        cgroup_id,
         addr_hi: attempt.addr.0,
         addr_lo: attempt.addr.1,
         pid: pid_tgid as u32,
         tgid: (pid_tgid >> 32) as u32,
-        uid: bpf_get_current_uid_gid() as u32,
+        uid,
         rule,
         port: attempt.port,
         family: attempt.family,
@@ -389,7 +630,7 @@ fn report(attempt: &Attempt, rule: u32, verdict: u8) {
         verdict,
         hook: attempt.hook,
         pad: [0; 2],
-        comm: bpf_get_current_comm().unwrap_or_default(),
+        comm,
     };
     entry.write(event);
     entry.submit(0);

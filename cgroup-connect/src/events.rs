@@ -54,10 +54,18 @@ impl EventLine {
         Self {
             time: humantime::format_rfc3339_millis(wall_time(e.time_ns)).to_string(),
             verdict: if e.verdict == verdict::AUDIT { "audit_would_block" } else { "blocked" },
-            hook: if e.hook == hook::SENDMSG { "sendmsg" } else { "connect" },
+            hook: match e.hook {
+                hook::SENDMSG => "sendmsg",
+                hook::PACKET => "packet",
+                _ => "connect",
+            },
             protocol: match e.protocol {
                 6 => "tcp",
                 17 => "udp",
+                1 => "icmp",
+                58 => "icmpv6",
+                132 => "sctp",
+                136 => "udplite",
                 _ => "other",
             },
             family: e.family,

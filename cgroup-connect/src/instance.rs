@@ -16,6 +16,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use cgroup_connect_common::programs;
 
 use crate::{
     cgroup::CgroupDir,
@@ -212,8 +213,9 @@ pub async fn start(
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1)
     };
-    let preparing =
-        (!paths.has_pinned_links()).then(|| tokio::task::spawn_blocking(Prepared::load));
+    let packet_checks = state.packet_checks;
+    let preparing = (!paths.has_pinned_links())
+        .then(|| tokio::task::spawn_blocking(move || Prepared::load(packet_checks)));
     // Everything that can fail on the policy or the programs fails here, before anything is
     // made, locked or attached.
     let compiled = compile(&state, names).await?;
@@ -277,11 +279,20 @@ fn attach(
                     wanted: cgroup.path().to_owned()
                 });
             }
+            let checked = paths.link(programs::EGRESS).exists();
+            if checked && !state.packet_checks {
+                loader::unpin_link(paths, programs::EGRESS)?;
+            }
             let mut instance = Instance::open(paths)?;
             swap(paths, &mut instance, compiled)?;
             instance.set_audit(state.audit)?;
             if !on_cgroup {
                 instance.reattach(paths, cgroup, true)?;
+            }
+            if state.packet_checks && !checked {
+                // Pinned by a version without packet checks, or with --no-packet-checks: they
+                // join its pinned maps now.
+                instance.add_packet_checks(paths, cgroup)?;
             }
             state.since = previous.as_ref().map_or(state.since, |p| p.since);
             (instance, true, !on_cgroup)
@@ -291,7 +302,7 @@ fn attach(
             let prepared = match prepared {
                 Some(prepared) => prepared,
                 // The pins went away while the policy compiled: load now.
-                None => Prepared::load()?,
+                None => Prepared::load(state.packet_checks)?,
             };
             let tables = &compiled.tables;
             let pinned = state.pinned;
@@ -315,7 +326,7 @@ fn attach(
 /// removed and made anew at the same path has another id).
 fn links_on(paths: &InstancePaths, cgroup: &CgroupDir) -> bool {
     let Ok(id) = cgroup.id() else { return false };
-    cgroup_connect_common::programs::ALL
+    cgroup_connect_common::programs::LINKED
         .iter()
         .map(|p| paths.link(p))
         .filter(|link| link.exists())

@@ -1,5 +1,6 @@
 //! The only code that touches aya's program and map types: loads the embedded BPF object,
-//! writes the rule tables, attaches the four programs to a cgroup, pins maps and links, opens
+//! writes the rule tables, attaches the four `sock_addr` programs and the packet checks to a
+//! cgroup, pins maps and links, opens
 //! a running or pinned instance from its pins, swaps tables, reads counters, and detaches.
 //!
 //! Each table is a fresh BPF array sized to fit, written with one copy through `mmap`, then
@@ -15,14 +16,14 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfError, Pod,
+    Ebpf, EbpfError, EbpfLoader, Pod,
     maps::{
         Array, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf,
         of_maps::ArrayOfMaps,
     },
     pin::PinError as AyaPinError,
     programs::{
-        CgroupAttachMode, CgroupSockAddr, ProgramError,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError,
         cgroup_sock_addr::{CgroupSockAddrAttachType, CgroupSockAddrLinkId},
         links::{FdLink, LinkError, PinnedLink},
     },
@@ -255,15 +256,16 @@ pub fn write_verifier_log(
 /// the slow part of a start, which `blocker run` does while it reads and compiles the policy.
 pub struct Prepared {
     ebpf: Ebpf,
+    packet_checks: bool,
 }
 
 impl Prepared {
     /// Probes the kernel for every feature the blocker needs, then creates the maps and loads
-    /// the four programs.
+    /// the four `sock_addr` programs and, with `packet_checks`, the packet checks.
     ///
     /// # Errors
     /// [`LoadError::Unsupported`] naming the first feature the kernel lacks, or a load failure.
-    pub fn load() -> Result<Self, LoadError> {
+    pub fn load(packet_checks: bool) -> Result<Self, LoadError> {
         if let Some(feature) = crate::timings::time("probe", features::first_missing) {
             return Err(LoadError::Unsupported { feature });
         }
@@ -273,8 +275,14 @@ impl Prepared {
         for name in programs::ALL {
             program(&mut ebpf, name)?.load().map_err(|source| LoadError::program(name, source))?;
         }
+        if packet_checks {
+            let name = programs::EGRESS;
+            skb_program(&mut ebpf, programs::EGRESS)?
+                .load()
+                .map_err(|source| LoadError::program(name, source))?;
+        }
         crate::timings::add("verify", started.elapsed());
-        Ok(Self { ebpf })
+        Ok(Self { ebpf, packet_checks })
     }
 }
 
@@ -288,8 +296,8 @@ pub struct Instance {
 impl Instance {
     /// Loads the programs, writes `tables`, sets audit mode, pins the maps under `paths`, then
     /// attaches connect4, connect6, sendmsg4 and sendmsg6 to `cgroup` through BPF links (so
-    /// programs of other tools on the same cgroup keep running), pinning the links too when
-    /// `pin_links` is set.
+    /// programs of other tools on the same cgroup keep running), then the packet checks if
+    /// `prepared` loaded them, pinning the links too when `pin_links` is set.
     ///
     /// The tables are in place before the first attach: the instance enforces its whole policy
     /// from its first decision. On error nothing stays attached or pinned.
@@ -325,16 +333,20 @@ impl Instance {
             }
             for name in programs::ALL {
                 let path = paths.program(name);
-                program(&mut ebpf, name)?.pin(&path).map_err(|source| LoadError::Pin {
-                    what: "a program",
-                    path,
-                    source,
-                })?;
+                program(&mut ebpf, name)?.pin(&path).map_err(pin_error("a program", path))?;
+            }
+            if prepared.packet_checks {
+                let (name, path) = (programs::EGRESS, paths.program(programs::EGRESS));
+                skb_program(&mut ebpf, name)?.pin(&path).map_err(pin_error("a program", path))?;
             }
             let attaching = std::time::Instant::now();
             for name in programs::ALL {
                 let link = attach_link(program(&mut ebpf, name)?, name, cgroup)?;
                 this.links.push(hold(link, pin_links.then(|| paths.link(name)))?);
+            }
+            if prepared.packet_checks {
+                let link = attach_egress(skb_program(&mut ebpf, programs::EGRESS)?, cgroup)?;
+                this.links.push(hold(link, pin_links.then(|| paths.link(programs::EGRESS)))?);
             }
             crate::timings::add("attach", attaching.elapsed());
             Ok(this)
@@ -358,12 +370,22 @@ impl Instance {
         cgroup: &CgroupDir,
         pin_links: bool,
     ) -> Result<(), LoadError> {
-        let mut links = Vec::with_capacity(programs::ALL.len());
-        for name in programs::ALL {
+        let mut links = Vec::with_capacity(programs::LINKED.len());
+        for name in programs::LINKED {
             let path = paths.program(name);
-            let mut program = CgroupSockAddr::from_pin(&path, attach_type(name))
-                .map_err(|source| LoadError::OpenProgram { path, source })?;
-            let link = attach_link(&mut program, name, cgroup)?;
+            let link = if name == programs::EGRESS {
+                // The packet checks, when the instance has them (`--no-packet-checks`: not).
+                if !path.exists() {
+                    continue;
+                }
+                let mut program = CgroupSkb::from_pin(&path, CgroupSkbAttachType::Egress)
+                    .map_err(|source| LoadError::OpenProgram { path, source })?;
+                attach_egress(&mut program, cgroup)?
+            } else {
+                let mut program = CgroupSockAddr::from_pin(&path, attach_type(name))
+                    .map_err(|source| LoadError::OpenProgram { path, source })?;
+                attach_link(&mut program, name, cgroup)?
+            };
             links.push(if pin_links {
                 // Pinned beside the old pin, then renamed over it: the pin is never missing
                 // (bpffs refuses dots in names).
@@ -396,13 +418,42 @@ impl Instance {
                 .map_err(|source| LoadError::OpenMap { path, source })?;
             this.maps.insert(name, map);
         }
-        for name in programs::ALL {
+        for name in programs::LINKED {
             let path = paths.link(name);
             if path.exists() {
                 this.links.push(HeldLink::Pinned(open_link(path)?));
             }
         }
         Ok(this)
+    }
+
+    /// Attaches the packet checks to an instance opened from its pins, on its pinned maps, and
+    /// pins their link: for an instance pinned by a version without them, or run with
+    /// `--no-packet-checks` before.
+    ///
+    /// # Errors
+    /// A [`LoadError`]; nothing new stays attached then.
+    pub fn add_packet_checks(
+        &mut self,
+        paths: &InstancePaths,
+        cgroup: &CgroupDir,
+    ) -> Result<(), LoadError> {
+        let name = programs::EGRESS;
+        let pins: Vec<(&'static str, PathBuf)> =
+            maps::PINNED.iter().map(|&map| (map, paths.map(map))).collect();
+        let mut loader = EbpfLoader::new();
+        for (map, path) in &pins {
+            loader.map_pin_path(map, path.as_path());
+        }
+        features::lift_memlock_limit();
+        let mut ebpf = loader.load(BPF_OBJECT).map_err(LoadError::Object)?;
+        let program = skb_program(&mut ebpf, programs::EGRESS)?;
+        program.load().map_err(|source| LoadError::program(name, source))?;
+        let path = paths.program(name);
+        program.pin(&path).map_err(pin_error("a program", path))?;
+        let link = attach_egress(program, cgroup)?;
+        self.links.push(hold(link, Some(paths.link(name)))?);
+        Ok(())
     }
 
     /// Replaces the tables of both families, each in one atomic step, then the NAT64 prefixes,
@@ -659,6 +710,13 @@ fn program<'a>(
         .ok_or(LoadError::Missing { kind: "program", name })
 }
 
+/// The `cgroup_skb` program `name` of the object.
+fn skb_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSkb, LoadError> {
+    ebpf.program_mut(name)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(LoadError::Missing { kind: "program", name })
+}
+
 /// Attaches the loaded `program` to `cgroup`.
 fn attach(
     program: &mut CgroupSockAddr,
@@ -680,6 +738,21 @@ fn attach_link(
     let id = attach(program, name, cgroup)?;
     let link = program.take_link(id).map_err(attach_error(name, cgroup))?;
     FdLink::try_from(link).map_err(|source| LoadError::Link { program: name, source })
+}
+
+/// Attaches the packet checks' `program` to `cgroup` (egress) and takes its link over.
+fn attach_egress(program: &mut CgroupSkb, cgroup: &CgroupDir) -> Result<FdLink, LoadError> {
+    let name = programs::EGRESS;
+    let id = program
+        .attach(cgroup, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+        .map_err(attach_error(name, cgroup))?;
+    let link = program.take_link(id).map_err(attach_error(name, cgroup))?;
+    FdLink::try_from(link).map_err(|source| LoadError::Link { program: name, source })
+}
+
+/// Reports a failure to pin `what` at `path`.
+fn pin_error(what: &'static str, path: PathBuf) -> impl FnOnce(AyaPinError) -> LoadError {
+    move |source| LoadError::Pin { what, path, source }
 }
 
 /// Holds `link`: pinned at `pin` when given (it then outlives this process), owned otherwise.
@@ -771,14 +844,14 @@ fn open_link(path: PathBuf) -> Result<PinnedLink, LoadError> {
     PinnedLink::from_pin(&path).map_err(|source| LoadError::OpenLink { path, source })
 }
 
-/// The benchmarks' reference program (allows everything) attached to a cgroup; dropping it
+/// A benchmarks' reference program (allows everything) attached to a cgroup; dropping it
 /// detaches it.
 pub struct Reference {
     _ebpf: Ebpf,
 }
 
 impl Reference {
-    /// Loads and attaches it.
+    /// Loads and attaches the connect4 one.
     ///
     /// # Errors
     /// A [`LoadError`].
@@ -788,6 +861,21 @@ impl Reference {
         let program = program(&mut ebpf, name)?;
         program.load().map_err(|source| LoadError::program(name, source))?;
         attach(program, name, cgroup)?;
+        Ok(Self { _ebpf: ebpf })
+    }
+
+    /// Loads and attaches the egress one, which lets every packet through.
+    ///
+    /// # Errors
+    /// A [`LoadError`].
+    pub fn attach_egress(cgroup: &CgroupDir) -> Result<Self, LoadError> {
+        let name = programs::REFERENCE_EGRESS;
+        let mut ebpf = Ebpf::load(BPF_OBJECT).map_err(LoadError::Object)?;
+        let program = skb_program(&mut ebpf, name)?;
+        program.load().map_err(|source| LoadError::program(name, source))?;
+        program
+            .attach(cgroup, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+            .map_err(attach_error(name, cgroup))?;
         Ok(Self { _ebpf: ebpf })
     }
 }
@@ -830,14 +918,11 @@ fn delete_first_elem(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
 /// removed.
 pub fn unpin(paths: &InstancePaths) -> Result<(), LoadError> {
     // With the replacement a re-attach pins beside a link, should it have been interrupted.
-    let replacements = programs::ALL.map(|p| paths.link(&format!("{p}_new")));
-    for path in programs::ALL.iter().map(|p| paths.link(p)).chain(replacements) {
-        if path.exists() {
-            let link = open_link(path.clone())?;
-            drop(link.unpin().map_err(|source| LoadError::Unpin { path, source })?);
-        }
+    for name in programs::LINKED {
+        unpin_link(paths, name)?;
+        unpin_link(paths, &format!("{name}_new"))?;
     }
-    let programs = programs::ALL.iter().map(|p| paths.program(p));
+    let programs = programs::LINKED.iter().map(|p| paths.program(p));
     for path in maps::PINNED.iter().map(|m| paths.map(m)).chain(programs) {
         match std::fs::remove_file(&path) {
             Err(source) if source.kind() != io::ErrorKind::NotFound => {
@@ -845,6 +930,20 @@ pub fn unpin(paths: &InstancePaths) -> Result<(), LoadError> {
             }
             _ => {}
         }
+    }
+    Ok(())
+}
+
+/// Unpins the link of program `name` (which detaches it once no process holds it). A missing
+/// pin is fine.
+///
+/// # Errors
+/// [`LoadError::OpenLink`] or [`LoadError::Unpin`].
+pub fn unpin_link(paths: &InstancePaths, name: &str) -> Result<(), LoadError> {
+    let path = paths.link(name);
+    if path.exists() {
+        let link = open_link(path.clone())?;
+        drop(link.unpin().map_err(|source| LoadError::Unpin { path, source })?);
     }
     Ok(())
 }

@@ -151,7 +151,7 @@ impl InstancePaths {
     /// Whether the instance has pinned links (it enforces without a process).
     #[must_use]
     pub fn has_pinned_links(&self) -> bool {
-        cgroup_connect_common::programs::ALL.iter().any(|p| self.link(p).exists())
+        cgroup_connect_common::programs::LINKED.iter().any(|p| self.link(p).exists())
     }
 
     /// Whether every program of the instance is pinned (instances made by earlier builds pinned

@@ -101,6 +101,10 @@ pub struct State {
     pub pinned: bool,
     /// Audit mode: report, block nothing.
     pub audit: bool,
+    /// Whether the packet checks (`cgroup_skb/egress`) are attached. Absent in the state files
+    /// of versions without them: off.
+    #[serde(default)]
+    pub packet_checks: bool,
     /// When it was first attached, in seconds since the epoch.
     pub since: u64,
     /// The `blocker run` process serving it, if any.
@@ -170,6 +174,7 @@ impl State {
             cgroup_id: None,
             pinned: false,
             audit: false,
+            packet_checks: true,
             since,
             pid: None,
             pid_start: None,
@@ -425,6 +430,16 @@ mod tests {
         state.pid_start = state.pid_start.map(|t| t + 1);
         assert_eq!(state.server(), Server::None, "same pid, another start: not its process");
         assert!(!state.process_alive());
+    }
+
+    #[test]
+    fn packet_checks_are_on_for_new_states_and_off_for_older_ones() {
+        let state = State::new("t", "/x".into(), Sources::default());
+        assert!(state.packet_checks);
+        let mut json: serde_json::Value = serde_json::to_value(&state).unwrap();
+        json.as_object_mut().unwrap().remove("packet_checks");
+        let old: State = serde_json::from_value(json).unwrap();
+        assert!(!old.packet_checks, "an older version attached none");
     }
 
     #[test]

@@ -52,6 +52,10 @@ impl PolicyView {
             cgroup_connect_common::RULE_FAILED_CLOSED => {
                 "no valid table (failed closed)".to_owned()
             }
+            cgroup_connect_common::RULE_REFUSED_SHAPE => {
+                "source route, routing header, mapped address or too many headers (refused)"
+                    .to_owned()
+            }
             id => {
                 self.refresh();
                 self.texts.get(id).map_or_else(|| format!("rule #{id}"), str::to_owned)

@@ -6,7 +6,10 @@ use std::collections::BTreeSet;
 use aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY;
 use aya_obj::{
     EbpfSectionKind, Object, ProgramSection,
-    programs::CgroupSockAddrAttachType::{Connect4, Connect6, UDPSendMsg4, UDPSendMsg6},
+    programs::{
+        CgroupSkbAttachType,
+        CgroupSockAddrAttachType::{Connect4, Connect6, UDPSendMsg4, UDPSendMsg6},
+    },
 };
 use cgroup_connect::loader::bpf_object;
 use cgroup_connect_common::{
@@ -23,10 +26,31 @@ fn object() -> Object {
 fn programs_are_the_named_ones_at_their_hooks() {
     let object = object();
     let found: BTreeSet<&str> = object.programs.keys().map(String::as_str).collect();
-    let named: BTreeSet<&str> =
-        programs::ALL.into_iter().chain([programs::REFERENCE_ALLOW]).collect();
+    let named: BTreeSet<&str> = programs::LINKED
+        .into_iter()
+        .chain([programs::REFERENCE_ALLOW, programs::REFERENCE_EGRESS])
+        .collect();
     assert_eq!(found, named, "programs in the object, and named in cgroup-connect-common");
-    for name in named {
+    let linked: BTreeSet<&str> = programs::LINKED.into_iter().collect();
+    let sock_addr: BTreeSet<&str> = programs::ALL.into_iter().collect();
+    assert_eq!(
+        linked,
+        sock_addr.iter().copied().chain([programs::EGRESS]).collect(),
+        "programs whose links an instance pins: the sock_addr ones and the packet checks"
+    );
+    for name in [programs::EGRESS, programs::REFERENCE_EGRESS] {
+        let section = &object.programs[name].section;
+        assert!(
+            matches!(
+                section,
+                ProgramSection::CgroupSkb { attach_type: Some(CgroupSkbAttachType::Egress) }
+            ),
+            "{name} attaches at {section:?}"
+        );
+    }
+    let sock_addr_programs =
+        named.into_iter().filter(|&n| n != programs::EGRESS && n != programs::REFERENCE_EGRESS);
+    for name in sock_addr_programs {
         let ProgramSection::CgroupSockAddr { attach_type } = object.programs[name].section else {
             panic!("{name} is not a cgroup sock_addr program");
         };

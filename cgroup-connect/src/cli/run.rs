@@ -69,6 +69,11 @@ pub struct RunArgs {
     /// Judge and report everything, block nothing
     #[arg(long)]
     pub audit: bool,
+    /// Do not attach the packet checks (a cgroup skb egress program), which judge what connect
+    /// and sendmsg cannot see: raw, ping, UDP-Lite and SCTP sockets, IPv4 source routes, IPv6
+    /// routing headers. Saves their per-packet cost; those ways around the rules stay open
+    #[arg(long)]
+    pub no_packet_checks: bool,
     /// Write events (blocked attempts, audit would-be blocks) as JSON lines to FILE, or - for
     /// standard output (which then carries only those lines: status lines go to stderr); this
     /// process is then the instance's one events reader
@@ -178,6 +183,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let mut state = State::new(&args.name, cgroup.path().to_owned(), args.sources().absolute());
     state.target = target;
     state.audit = args.audit;
+    state.packet_checks = !args.no_packet_checks;
     state.pinned = args.pin;
     let metrics_addr = args.metrics.as_deref().map(metrics::parse_addr).transpose()?;
     privileges::check()?;
@@ -258,8 +264,9 @@ async fn serve(
         (false, _) => "",
     };
     let (cgroup_path, summary) = (cgroup.path().display(), applied.summary(args.audit));
+    let checks = if args.no_packet_checks { ", packet checks off" } else { "" };
     say.line(&format!(
-        "attached to cgroup {cgroup_path} as instance {}{how}: {summary}",
+        "attached to cgroup {cgroup_path} as instance {}{how}: {summary}{checks}",
         paths.name
     ))
     .context("writing the attached line")?;

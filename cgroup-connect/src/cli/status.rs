@@ -25,6 +25,8 @@ struct Row {
     target: Option<String>,
     pinned: bool,
     mode: &'static str,
+    /// Whether the packet checks are attached (`--no-packet-checks` turns them off).
+    packet_checks: bool,
     /// RFC 3339; None when the state cannot be read.
     since: Option<String>,
     pid: Option<u32>,
@@ -68,13 +70,14 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
             continue;
         }
         println!(
-            "{}: {} on {}{}, {}{}, {} rules ({} IPv4, {} IPv6 prefixes){}, since {}{}",
+            "{}: {} on {}{}, {}{}, packet checks {}, {} rules ({} IPv4, {} IPv6 prefixes){}, since {}{}",
             r.name,
             r.state,
             r.cgroup.as_deref().unwrap_or(UNKNOWN),
             r.target.as_ref().map(|t| format!(" ({t})")).unwrap_or_default(),
             r.mode,
             if r.pinned { ", pinned" } else { "" },
+            if r.packet_checks { "on" } else { "off" },
             r.counts.rules,
             r.counts.ipv4,
             r.counts.ipv6,
@@ -105,6 +108,7 @@ fn row(paths: &InstancePaths) -> Row {
         target: state.as_ref().and_then(|s| s.target.as_ref()).map(ToString::to_string),
         pinned: linked,
         mode: if state.as_ref().is_some_and(|s| s.audit) { "audit" } else { "enforce" },
+        packet_checks: state.as_ref().is_some_and(|s| s.packet_checks),
         since: state.as_ref().map(|s| {
             humantime::format_rfc3339_seconds(
                 std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.since),

@@ -30,7 +30,7 @@ pub struct Blocker {
 
 impl Blocker {
     /// Starts `blocker run ARGS` (with a unique `--name` unless ARGS has one) and waits (up
-    /// to 30 s) for its `attached` line.
+    /// to 90 s) for its `attached` line.
     #[must_use]
     pub fn start(args: &[&str]) -> Self {
         Self::start_in(std::path::Path::new("."), args)
@@ -82,7 +82,9 @@ impl Blocker {
             let out = child.wait_with_output().unwrap_or_else(|e| panic!("collect output: {e}"));
             String::from_utf8_lossy(&out.stderr).into_owned()
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // 90 s: under qemu TCG on 6.1, with other tests starting blockers beside it, the
+        // verifier alone takes 15 s or more for the five programs.
+        let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             match lines.recv_timeout(Duration::from_millis(100)) {
                 Ok(line) if line.starts_with("attached") => {
@@ -184,7 +186,7 @@ pub fn detach_quietly(name: &str) {
         .status();
 }
 
-/// Runs the blocker to completion with `args` (it must exit within 30 s), as user and group
+/// Runs the blocker to completion with `args` (it must exit within 90 s), as user and group
 /// `uid` when given.
 #[must_use]
 pub fn blocker_output(args: &[&str], uid: Option<u32>) -> Output {
@@ -203,8 +205,8 @@ pub fn blocker_output(args: &[&str], uid: Option<u32>) -> Output {
         .spawn()
         .unwrap_or_else(|e| panic!("spawn blocker: {e}"));
     assert!(
-        wait_within(&mut child, Duration::from_secs(30)).is_some(),
-        "blocker {args:?} did not exit within 30 s"
+        wait_within(&mut child, Duration::from_secs(90)).is_some(),
+        "blocker {args:?} did not exit within 90 s"
     );
     child.wait_with_output().unwrap_or_else(|e| panic!("collect output of blocker {args:?}: {e}"))
 }

@@ -2,7 +2,8 @@
 //! what is attached to them ([`cgroup`]), network namespaces ([`netns`]), the real `blocker`
 //! process under a guard ([`blocker`]), children forked into a cgroup ([`child`]), private
 //! mount namespaces ([`mounts`]), the probes they run ([`probe`]), a blocker with its cgroup
-//! and namespace ([`scene`]) and temporary folders ([`tempdir`]). This file holds the privilege gate and re-exports the rest, so a test
+//! and namespace ([`scene`]), temporary folders ([`tempdir`]) and namespaces joined by a veth
+//! pair with a capture on the far side ([`wire`]). This file holds the privilege gate and re-exports the rest, so a test
 //! file names everything as `common::...`.
 //!
 //! Probes connect from a forked child moved into a cgroup, never from the test runner itself:
@@ -17,6 +18,7 @@ mod netns;
 mod probe;
 mod scene;
 mod tempdir;
+mod wire;
 
 pub use blocker::{
     BLOCKER, Blocker, as_user, assert_no_instance, blocker_ok, blocker_output, detach_quietly,
@@ -35,6 +37,7 @@ pub use probe::{
 };
 pub use scene::{Scene, expect_cmsg_sends_judged_by_peer};
 pub use tempdir::TempDir;
+pub use wire::{Capture, Wire, sent_to, sysctl_in};
 
 /// True when the test may use BPF. Prints why not otherwise; under CI=true a missing
 /// privilege fails the test instead, so nothing skips in CI.

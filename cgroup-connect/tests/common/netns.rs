@@ -29,6 +29,12 @@ impl Netns {
         this
     }
 
+    /// Its name, for `ip -n`.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Its path under /run/netns, for `setns`.
     #[must_use]
     pub fn path(&self) -> &Path {
@@ -43,7 +49,7 @@ impl Drop for Netns {
 }
 
 /// Runs `ip ARGS`, expecting success.
-fn ip(args: &[&str]) {
+pub fn ip(args: &[&str]) {
     let out =
         Command::new("ip").args(args).output().unwrap_or_else(|e| panic!("run ip {args:?}: {e}"));
     assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
