@@ -1,6 +1,7 @@
 //! Events: reading blocked (and audit) attempts from an instance's ring buffer, and printing
-//! them as text or JSON lines. Owns the conversion from the programs' `Event` records, and
-//! the events file. A JSON line is described by docs/schemas/event.schema.json.
+//! them as text or JSON lines. Owns the conversion from the programs' `Event` records, the
+//! events file, and the claim of an instance's one events reader. A JSON line is described by
+//! docs/schemas/event.schema.json.
 use std::{
     io::{self, Write},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
