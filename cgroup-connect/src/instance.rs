@@ -206,6 +206,12 @@ pub async fn start(
     names: &mut Names,
     read_events: bool,
 ) -> anyhow::Result<Started> {
+    // Refusals that need neither the policy nor the programs come at once (checked again
+    // under the lock): an unsafe folder, an instance that another process serves.
+    paths.check_dirs()?;
+    if let Some(prev) = State::load(paths)?.filter(State::process_alive) {
+        bail!(BusyError { name: paths.name.clone(), pid: prev.pid.unwrap_or_default() });
+    }
     // One malloc arena for both threads, so what the loader frees can be given back (glibc;
     // musl's allocator, in the static build, has one heap and returns free memory itself).
     // SAFETY: mallopt only tunes the allocator.
