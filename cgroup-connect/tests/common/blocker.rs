@@ -71,13 +71,14 @@ impl Blocker {
             .unwrap_or_else(|e| panic!("spawn {BLOCKER}: {e}"));
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        // With `--events -` the status lines (attached, reloaded, ...) go to stderr, the
+        // events to stdout: both are read, into one stream of lines.
+        let events_on_stdout = args.windows(2).any(|w| w == ["--events", "-"]);
+        if events_on_stdout {
+            let stderr = child.stderr.take().expect("piped stderr");
+            forward_lines(stderr, tx.clone());
+        }
+        forward_lines(stdout, tx);
         let stderr = |child: Child| {
             let out = child.wait_with_output().unwrap_or_else(|e| panic!("collect output: {e}"));
             String::from_utf8_lossy(&out.stderr).into_owned()
@@ -175,6 +176,17 @@ impl Drop for Blocker {
         }
         detach_quietly(&self.name);
     }
+}
+
+/// Sends each line `from` gives to `to`, on a thread of its own.
+fn forward_lines(from: impl std::io::Read + Send + 'static, to: mpsc::Sender<String>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            if to.send(line).is_err() {
+                break;
+            }
+        }
+    });
 }
 
 /// `blocker detach NAME`, ignoring "no instance".
