@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Blocker, blocker_ok, connect_in, listener, temp_cgroup};
+use common::{Blocker, blocker_ok, connect_in, listener, status_row, temp_cgroup};
 
 /// A plain child directory of a test cgroup that the test removes and makes again; removed on
 /// drop if it is still there.
@@ -38,11 +38,7 @@ impl Drop for Recreated {
 
 /// The `state` of instance `name` in `blocker status --json`.
 fn status_of(name: &str) -> String {
-    let text = blocker_ok(&["status", "--json"]);
-    let rows: serde_json::Value = serde_json::from_str(&text).expect("status JSON");
-    let row = rows.as_array().and_then(|r| r.iter().find(|r| r["name"] == name));
-    let row = row.unwrap_or_else(|| panic!("no instance {name} in {text}"));
-    row["state"].as_str().unwrap_or_default().to_owned()
+    status_row(name)["state"].as_str().unwrap_or_default().to_owned()
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::{
 };
 
 use cgroup_connect::target::{Resolver, Target, TargetError};
-use common::{Blocker, blocker_ok, blocker_output, connect_in, listener, temp_cgroup};
+use common::{Blocker, blocker_ok, blocker_output, connect_in, listener, status_row, temp_cgroup};
 
 const ID: &str = "5f1c0a9e3b7d4c2a8e6f1b0d9c3a7e5f2b4d6c8a0e1f3b5d7c9a2e4f6b8d0c1a";
 const POD: &str = "0c0a3f0e-1111-2222-3333-444455556666";
@@ -191,12 +191,7 @@ fn run_by_pid_blocks_in_that_process_cgroup_and_status_names_both() {
     assert!(blocker.attached_line.contains(cg_path), "{}", blocker.attached_line);
     assert_eq!(connect_in(cg.path(), dst), Err(libc::EPERM));
 
-    let status = blocker_ok(&["status", "--json"]);
-    let rows: serde_json::Value = serde_json::from_str(&status).expect("status JSON");
-    let row = rows
-        .as_array()
-        .and_then(|r| r.iter().find(|r| r["name"] == blocker.name.as_str()))
-        .unwrap_or_else(|| panic!("instance in {status}"));
+    let row = status_row(&blocker.name);
     assert_eq!(row["target"], format!("pid {pid}"), "{row}");
     assert_eq!(row["cgroup"], cg_path, "{row}");
     let text = blocker_ok(&["status"]);

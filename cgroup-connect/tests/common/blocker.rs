@@ -79,8 +79,11 @@ impl Blocker {
             forward_lines(stderr, tx.clone());
         }
         forward_lines(stdout, tx);
-        let stderr = |child: Child| {
+        // A start that fails leaves no guard to detach: whatever it pinned is removed here.
+        let leftover = name.clone();
+        let stderr = move |child: Child| {
             let out = child.wait_with_output().unwrap_or_else(|e| panic!("collect output: {e}"));
+            detach_quietly(&leftover);
             String::from_utf8_lossy(&out.stderr).into_owned()
         };
         // 90 s: under qemu TCG on 6.1, with other tests starting blockers beside it, the
@@ -268,6 +271,15 @@ fn reachable_copy() -> (tempfile::TempDir, PathBuf) {
             .unwrap_or_else(|e| panic!("chmod {}: {e}", p.display()));
     }
     (dir, path)
+}
+
+/// The object of instance `name` in `blocker status --json`.
+#[must_use]
+pub fn status_row(name: &str) -> serde_json::Value {
+    let text = blocker_ok(&["status", "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(&text).expect("status JSON");
+    let row = rows.as_array().and_then(|r| r.iter().find(|r| r["name"] == name)).cloned();
+    row.unwrap_or_else(|| panic!("no instance {name} in {text}"))
 }
 
 /// Runs `blocker ARGS`, expecting success, and returns its standard output.
