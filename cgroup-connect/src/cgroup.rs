@@ -5,7 +5,7 @@ use std::{
     fs::File,
     io,
     os::fd::{AsFd, BorrowedFd},
-    path::{Path, PathBuf},
+    path::{Component, Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
 };
 
@@ -22,10 +22,14 @@ pub enum CgroupError {
     NoCgroup2Mount,
     /// The directory does not exist.
     #[error(
-        "cgroup directory {} does not exist: create it (mkdir) or pass an existing cgroup v2 directory",
+        "cgroup directory {} does not exist: create it (mkdir), pass an existing cgroup v2 \
+         directory, or add --wait-for-cgroup to attach as soon as it is made",
         ShortPath(path)
     )]
     NotFound { path: PathBuf },
+    /// A cgroup that does not exist yet and cannot be waited for.
+    #[error("cannot wait for cgroup {}: {why}", ShortPath(path))]
+    CannotWait { path: PathBuf, why: &'static str },
     /// The directory does not exist and would not be on the cgroup v2 tree: on a hybrid host
     /// that tree is mounted below /sys/fs/cgroup, at /sys/fs/cgroup/unified.
     #[error(
@@ -134,6 +138,45 @@ fn unescape_mountinfo(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Checks a cgroup directory that does not exist yet, for `blocker run` to wait for: returns
+/// its absolute path, which is on the cgroup v2 tree and not its root, has no `.` or `..`, and
+/// whose part that exists now has no symbolic link (so the path names one place, for good).
+///
+/// # Errors
+/// [`CgroupError::OffTree`] off the cgroup v2 tree, [`CgroupError::CannotWait`] for the root
+/// or a path through `..` or a symbolic link, [`CgroupError::NotADirectory`] when a part of it
+/// is a file.
+pub fn awaited(path: &Path) -> Result<PathBuf, CgroupError> {
+    let cannot = |why| CgroupError::CannotWait { path: path.to_owned(), why };
+    let absolute = std::path::absolute(path)
+        .map_err(|source| CgroupError::Io { path: path.to_owned(), source })?;
+    if absolute.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
+        return Err(cannot("it goes through `..` or `.`: give the path without them"));
+    }
+    let root = cgroup2_root()?;
+    if !absolute.starts_with(&root) {
+        return Err(not_found(path.to_owned()));
+    }
+    if absolute == root {
+        return Err(cannot("it is the root of the cgroup v2 tree, which judges the whole machine"));
+    }
+    let Some((existing, meta)) =
+        absolute.ancestors().find_map(|a| std::fs::symlink_metadata(a).ok().map(|m| (a, m)))
+    else {
+        return Err(cannot("no part of it can be read"));
+    };
+    if !meta.is_dir() {
+        let hint = root.clone();
+        return Err(CgroupError::NotADirectory { path: existing.to_owned(), hint });
+    }
+    let real = std::fs::canonicalize(existing)
+        .map_err(|source| CgroupError::Io { path: existing.to_owned(), source })?;
+    if real != existing {
+        return Err(cannot("a part of it is a symbolic link: give the real path"));
+    }
+    Ok(absolute)
+}
+
 /// An open directory that is known to be on the cgroup v2 hierarchy.
 #[derive(Debug)]
 pub struct CgroupDir {
@@ -175,6 +218,26 @@ impl CgroupDir {
             }),
             Err(source) => Err(CgroupError::Io { path, source }),
         }
+    }
+
+    /// Opens the directory awaited at `path` (checked by [`awaited`]) now that it is there:
+    /// refused when `path` or a part of it is a symbolic link.
+    ///
+    /// # Errors
+    /// As [`CgroupDir::open`], and [`CgroupError::CannotWait`] for a symbolic link.
+    pub fn open_awaited(path: &Path) -> Result<Self, CgroupError> {
+        let link = || CgroupError::CannotWait {
+            path: path.to_owned(),
+            why: "it was made as a symbolic link, which is never followed",
+        };
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(link());
+        }
+        let dir = Self::open(path)?;
+        if dir.path() != path {
+            return Err(link());
+        }
+        Ok(dir)
     }
 
     /// Its canonical path: absolute, with no `.`, `..` or symbolic link.

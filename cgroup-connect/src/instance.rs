@@ -194,6 +194,10 @@ fn swap(paths: &InstancePaths, instance: &mut Instance, compiled: &Compiled) -> 
 /// With `read_events`, the start claims the instance's events ([`ReaderClaim`]) before
 /// anything attaches.
 ///
+/// With no `cgroup` (the directory `state.cgroup` names is not made yet) everything is done
+/// but the attach: [`follow`] attaches once the directory is there, and until then the state
+/// records the cgroup id [`state::NOT_ATTACHED`], so `status` says the instance waits.
+///
 /// # Errors
 /// A bad source, an unresolvable hostname or a capacity limit, [`BusyError`],
 /// [`ElsewhereError`], an events reader already there, or a load or attach failure: then
@@ -201,7 +205,7 @@ fn swap(paths: &InstancePaths, instance: &mut Instance, compiled: &Compiled) -> 
 /// keeps enforcing as it did).
 pub async fn start(
     paths: &InstancePaths,
-    cgroup: &CgroupDir,
+    cgroup: Option<&CgroupDir>,
     mut state: State,
     names: &mut Names,
     read_events: bool,
@@ -251,7 +255,7 @@ pub async fn start(
 /// (pins, state, folders), so no `stale` instance is left.
 fn attach(
     paths: &InstancePaths,
-    cgroup: &CgroupDir,
+    cgroup: Option<&CgroupDir>,
     compiled: &Compiled,
     state: &mut State,
     prepared: Option<Prepared>,
@@ -272,17 +276,17 @@ fn attach(
         // Links whose cgroup was removed enforce nothing: with the programs pinned they are
         // attached to the cgroup there now; pins of a build that did not pin programs are
         // replaced by a new instance.
-        let on_cgroup = links_on(paths, cgroup);
+        let on_cgroup = cgroup.is_some_and(|cgroup| links_on(paths, cgroup));
         let found = if paths.has_pinned_links() && (on_cgroup || paths.has_pinned_programs()) {
             // A state written before paths were stored canonical may name the cgroup otherwise.
             if let Some(prev) = &previous
                 && std::fs::canonicalize(&prev.cgroup).unwrap_or_else(|_| prev.cgroup.clone())
-                    != cgroup.path()
+                    != state.cgroup
             {
                 bail!(ElsewhereError {
                     name: paths.name.clone(),
                     attached: prev.cgroup.clone(),
-                    wanted: cgroup.path().to_owned()
+                    wanted: state.cgroup.clone()
                 });
             }
             let checked = paths.link(programs::EGRESS).exists();
@@ -292,7 +296,7 @@ fn attach(
             let mut instance = Instance::open(paths)?;
             swap(paths, &mut instance, compiled)?;
             instance.set_audit(state.audit)?;
-            if !on_cgroup {
+            if let Some(cgroup) = cgroup.filter(|_| !on_cgroup) {
                 instance.reattach(paths, cgroup, true)?;
             }
             if state.packet_checks && !checked {
@@ -315,7 +319,10 @@ fn attach(
             (Instance::create(paths, cgroup, tables, state.audit, pinned, prepared)?, false, false)
         };
         pending.commit()?;
-        state.cgroup_id = Some(cgroup.id().context("reading the cgroup's id")?);
+        state.cgroup_id = Some(match cgroup {
+            Some(cgroup) => cgroup.id().context("reading the cgroup's id")?,
+            None => state::NOT_ATTACHED,
+        });
         state.served_by_me();
         state.save(paths)?;
         Ok((found.0, found.1, found.2, reader))

@@ -300,13 +300,15 @@ impl Instance {
     /// `prepared` loaded them, pinning the links too when `pin_links` is set.
     ///
     /// The tables are in place before the first attach: the instance enforces its whole policy
-    /// from its first decision. On error nothing stays attached or pinned.
+    /// from its first decision. On error nothing stays attached or pinned. With no `cgroup`
+    /// (one that is not made yet) nothing is attached: [`Instance::reattach`] attaches the
+    /// pinned programs once it is there.
     ///
     /// # Errors
     /// A [`LoadError`] saying which step failed.
     pub fn create(
         paths: &InstancePaths,
-        cgroup: &CgroupDir,
+        cgroup: Option<&CgroupDir>,
         tables: &Tables,
         audit: bool,
         pin_links: bool,
@@ -339,6 +341,7 @@ impl Instance {
                 let (name, path) = (programs::EGRESS, paths.program(programs::EGRESS));
                 skb_program(&mut ebpf, name)?.pin(&path).map_err(pin_error("a program", path))?;
             }
+            let Some(cgroup) = cgroup else { return Ok(this) };
             let attaching = std::time::Instant::now();
             for name in programs::ALL {
                 let link = attach_link(program(&mut ebpf, name)?, name, cgroup)?;
@@ -429,14 +432,15 @@ impl Instance {
 
     /// Attaches the packet checks to an instance opened from its pins, on its pinned maps, and
     /// pins their link: for an instance pinned by a version without them, or run with
-    /// `--no-packet-checks` before.
+    /// `--no-packet-checks` before. With no `cgroup` (not made yet) the program is only
+    /// pinned, for [`Instance::reattach`].
     ///
     /// # Errors
     /// A [`LoadError`]; nothing new stays attached then.
     pub fn add_packet_checks(
         &mut self,
         paths: &InstancePaths,
-        cgroup: &CgroupDir,
+        cgroup: Option<&CgroupDir>,
     ) -> Result<(), LoadError> {
         let name = programs::EGRESS;
         let pins: Vec<(&'static str, PathBuf)> =
@@ -451,6 +455,7 @@ impl Instance {
         program.load().map_err(|source| LoadError::program(name, source))?;
         let path = paths.program(name);
         program.pin(&path).map_err(pin_error("a program", path))?;
+        let Some(cgroup) = cgroup else { return Ok(()) };
         let link = attach_egress(program, cgroup)?;
         self.links.push(hold(link, Some(paths.link(name)))?);
         Ok(())

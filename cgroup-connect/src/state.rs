@@ -84,6 +84,10 @@ impl LiveRule {
     }
 }
 
+/// The `cgroup_id` of an instance whose cgroup is not made yet (`blocker run` waits for it):
+/// no cgroup has inode 0, so `status` sees that the links are on no directory there.
+pub const NOT_ATTACHED: u64 = 0;
+
 /// Everything known about an instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
@@ -94,7 +98,8 @@ pub struct State {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<Target>,
     /// The id of the cgroup the links are attached to (the directory's inode when it was
-    /// attached): a directory at the same path with another id was made anew.
+    /// attached): a directory at the same path with another id was made anew;
+    /// [`NOT_ATTACHED`] while `blocker run` waits for the cgroup to be made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup_id: Option<u64>,
     /// Whether its links are pinned (it outlives its process).

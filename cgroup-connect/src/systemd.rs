@@ -11,6 +11,11 @@ pub fn ready(status: &str) {
     send("ready", &[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
+/// What the instance does while it is not ready (waiting for its cgroup): `STATUS=` only.
+pub fn status(status: &str) {
+    send("status", &[NotifyState::Status(status)]);
+}
+
 /// A reload starts (SIGHUP): `RELOADING=1` with the monotonic time, as systemd 253 and later
 /// want it; [`ready`] ends it.
 pub fn reloading() {

@@ -15,7 +15,7 @@
 //!   class.
 use std::{
     fmt, io,
-    path::{Path, PathBuf},
+    path::{Component, Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -157,6 +157,36 @@ impl Resolver {
             Target::Pid(pid) => self.pid(target, *pid),
             Target::Pod(uid) => self.pod(target, uid),
         }
+    }
+
+    /// Where the cgroup of `target`, which has none now, will be made: for a unit that is not
+    /// running, the directory systemd makes when it starts (in the slice systemd names for it,
+    /// `system.slice` when systemd does not say); for a stopped Docker or Podman container, the
+    /// directory its runtime makes when it starts (from its full ID, cgroup parent and the
+    /// runtime's cgroup driver). None for a unit that systemd, as the init system, does not
+    /// know (a typo), a container no runtime knows, and for processes and pods, whose
+    /// directory cannot be known before it is made.
+    #[must_use]
+    pub fn awaited(&self, target: &Target) -> Option<PathBuf> {
+        if let Target::Container(name) = target {
+            let relative = self.ask_tools.then(|| RUNTIMES.iter().find_map(|r| r.awaited(name)));
+            return relative.flatten().map(|r| self.root.join(r));
+        }
+        let Target::Unit(name) = target else { return None };
+        if self.ask_tools && systemd_property(name, "LoadState").as_deref() == Some("not-found") {
+            return None;
+        }
+        if let Some(stem) = name.strip_suffix(".slice") {
+            return Some(self.root.join(slice_path(stem)));
+        }
+        let slice = self
+            .ask_tools
+            .then(|| systemd_property(name, "Slice"))
+            .flatten()
+            .unwrap_or_else(|| "system.slice".to_owned());
+        let stem =
+            slice.strip_suffix(".slice").filter(|s| !s.is_empty() && unit_name(&slice).is_ok())?;
+        Some(self.root.join(slice_path(stem)).join(name))
     }
 
     fn unit(&self, target: &Target, name: &str) -> Result<PathBuf, TargetError> {
@@ -405,13 +435,20 @@ fn slice_path(stem: &str) -> PathBuf {
 /// The unit's `ControlGroup` as systemd reports it, when systemd is the init system and the
 /// unit has one.
 fn systemd_control_group(unit: &str) -> Option<String> {
+    systemd_property(unit, "ControlGroup")
+}
+
+/// A property of a unit, as `systemctl show` gives it; None when systemd is not the init
+/// system or the value is empty.
+fn systemd_property(unit: &str, property: &str) -> Option<String> {
     // sd_booted(): systemd is PID 1.
     if !Path::new("/run/systemd/system").is_dir() {
         return None;
     }
-    let out = run_tool("systemctl", &["show", "--property=ControlGroup", "--value", "--", unit])?;
-    let path = out.trim();
-    (!path.is_empty()).then(|| path.to_owned())
+    let flag = format!("--property={property}");
+    let out = run_tool("systemctl", &["show", &flag, "--value", "--", unit])?;
+    let value = out.trim();
+    (!value.is_empty()).then(|| value.to_owned())
 }
 
 /// A container runtime's command, and how to ask it for a container's init process.
@@ -436,6 +473,47 @@ const RUNTIMES: [Runtime; 3] = [
 ];
 
 impl Runtime {
+    /// Where a stopped container's cgroup will be made, relative to the cgroup root: None when
+    /// this runtime is absent, does not know the container, or is not Docker or Podman.
+    fn awaited(&self, name: &str) -> Option<PathBuf> {
+        let (info, prefix, scope_parent, dir_parent) = match self.tool {
+            "docker" => (["info", "--format", "{{.CgroupDriver}}"], "docker-", "system", "docker"),
+            "podman" => (
+                ["info", "--format", "{{.Host.CgroupManager}}"],
+                "libpod-",
+                "machine",
+                "libpod_parent",
+            ),
+            _ => return None,
+        };
+        let format = "{{.Id}} {{.HostConfig.CgroupParent}}";
+        let out = run_tool(
+            self.tool,
+            &["inspect", "--type", "container", "--format", format, "--", name],
+        )?;
+        let mut words = out.split_whitespace();
+        let id = words.next().filter(|id| container_id(id) == Some(id))?;
+        let parent = words.next().unwrap_or_default().trim_matches('/');
+        let safe = |p: &str| Path::new(p).components().all(|c| matches!(c, Component::Normal(_)));
+        if !safe(parent) {
+            return None;
+        }
+        match run_tool(self.tool, &info)?.trim() {
+            "systemd" => {
+                let slice = if parent.is_empty() { scope_parent } else { parent };
+                let stem = slice.strip_suffix(".slice").unwrap_or(slice);
+                Some(slice_path(stem).join(format!("{prefix}{id}.scope")))
+            }
+            "cgroupfs" => {
+                let dir = if parent.is_empty() { dir_parent } else { parent };
+                let name =
+                    if self.tool == "docker" { id.to_owned() } else { format!("{prefix}{id}") };
+                Some(Path::new(dir).join(name))
+            }
+            _ => None,
+        }
+    }
+
     /// The container's init pid (0 when it is stopped), or None when this runtime is absent or
     /// does not know the container.
     fn init_pid(&self, name: &str) -> Option<u32> {

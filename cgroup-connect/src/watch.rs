@@ -1,5 +1,5 @@
-//! Watching the filesystem with inotify: a cgroup's directory removed and made anew (a
-//! service restart), and, for `run --watch`, rule files changed on disk however they were
+//! Watching the filesystem with inotify: a cgroup's directory made (`blocker run` waiting for
+//! it), removed and made anew (a service restart), and, for `run --watch`, rule files changed on disk however they were
 //! changed: written in place, replaced by a rename (editors), or swapped the way a Kubernetes
 //! `ConfigMap` volume is (a new `..data` symlink renamed over the old one, so no event names the
 //! file itself). Both watch the parent folder, which sees every one of these.
@@ -66,58 +66,101 @@ impl Watcher {
     }
 }
 
-/// Tells when a cgroup's directory may have been removed or made anew: its parent sees every
-/// `mkdir` and `rmdir` of its children.
+/// Tells when a cgroup's directory may have been made or removed: the nearest directory on its
+/// path that exists sees every `mkdir` and `rmdir` of the next part of the path. When that part
+/// is made, the watch moves down to it, one part at a time, until it watches the cgroup's
+/// parent; when a watched directory is removed, it moves up. Symbolic links are never followed.
 pub struct CgroupWatch {
-    watcher: Watcher,
-    name: OsString,
-    /// False once the parent went away (the kernel drops the watch then).
-    alive: bool,
+    path: PathBuf,
+    /// The watcher of `watched`, None until armed (and after its directory went away).
+    watcher: Option<Watcher>,
+    watched: PathBuf,
+    /// The name, in `watched`, of the next part of `path`.
+    next: OsString,
 }
 
 impl CgroupWatch {
-    /// Watches the parent of `path`.
+    /// Watches the nearest existing directory on the way to `path`.
     ///
     /// # Errors
     /// When `path` has no parent (the root of the tree, never removed) or inotify fails.
     pub fn new(path: &Path) -> io::Result<Self> {
-        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        if path.parent().is_none() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "the root cgroup has no parent",
             ));
+        }
+        let mut this = Self {
+            path: path.to_owned(),
+            watcher: None,
+            watched: PathBuf::new(),
+            next: OsString::new(),
         };
-        let mask = WatchMask::CREATE
-            | WatchMask::DELETE
-            | WatchMask::MOVED_FROM
-            | WatchMask::MOVED_TO
-            | WatchMask::DELETE_SELF;
-        Ok(Self { watcher: Watcher::new([parent], mask)?, name: name.to_owned(), alive: true })
+        this.arm()?;
+        Ok(this)
     }
 
-    /// Whether the watch still works (its parent was not removed).
-    #[must_use]
-    pub fn alive(&self) -> bool {
-        self.alive
+    /// Watches the deepest directory above `path` that exists now (its parent, once the
+    /// parent exists). A part made between the look and the watch is seen by the look after
+    /// it, so no part is missed; bounded by the number of parts. True when it watches another
+    /// directory than before (events until then went to the old watch: the caller looks).
+    fn arm(&mut self) -> io::Result<bool> {
+        for _ in 0..=self.path.components().count() {
+            let Some(dir) =
+                self.path.ancestors().skip(1).find(|dir| std::fs::symlink_metadata(dir).is_ok())
+            else {
+                return Err(io::Error::new(io::ErrorKind::NotFound, "no part of the path exists"));
+            };
+            let next = self
+                .path
+                .strip_prefix(dir)
+                .ok()
+                .and_then(|rest| rest.iter().next())
+                .unwrap_or_default()
+                .to_owned();
+            if self.watcher.is_some() && dir == self.watched {
+                return Ok(false);
+            }
+            let mask = WatchMask::CREATE
+                | WatchMask::DELETE
+                | WatchMask::MOVED_FROM
+                | WatchMask::MOVED_TO
+                | WatchMask::DELETE_SELF
+                | WatchMask::DONT_FOLLOW;
+            let watcher = Watcher::new([dir], mask)?;
+            let below = dir.join(&next);
+            (self.watcher, self.watched, self.next) = (Some(watcher), dir.to_owned(), next);
+            if below == self.path || std::fs::symlink_metadata(&below).is_err() {
+                return Ok(true);
+            }
+        }
+        Ok(true)
     }
 
-    /// Waits until an event names the cgroup's directory, or the parent goes away; never
-    /// returns once the watch is dead.
+    /// Waits until an event names the next part of the path (the cgroup's directory itself,
+    /// once its parent exists), or the watched directory goes away; returns at once when the
+    /// watch moved to another directory (down a part made, up from a part removed), so the
+    /// caller looks at the path again.
     ///
     /// # Errors
-    /// When reading the events fails.
+    /// When reading the events fails, or no directory on the path can be watched.
     pub async fn changed(&mut self) -> io::Result<()> {
+        if self.arm()? {
+            return Ok(());
+        }
         loop {
-            if !self.alive {
+            let Some(watcher) = self.watcher.as_mut() else {
                 return std::future::pending().await;
-            }
+            };
             let mut hit = false;
-            for (mask, name) in self.watcher.next().await? {
+            for (mask, name) in watcher.next().await? {
                 if mask.intersects(EventMask::IGNORED | EventMask::DELETE_SELF) {
-                    self.alive = false;
+                    // The kernel dropped the watch: the next call watches a directory above.
+                    self.watcher = None;
                     hit = true;
                 }
-                hit |= name.as_deref() == Some(self.name.as_os_str());
+                hit |= name.as_deref() == Some(self.next.as_os_str());
             }
             if hit {
                 return Ok(());

@@ -28,7 +28,9 @@ fn podman(args: &[&str]) -> Output {
 impl Container {
     /// Runs `sleep` in a busybox root folder, on the host's network.
     fn start(rootfs: &Path) -> Self {
-        let name = format!("cgroup-connect-test-{}", std::process::id());
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("cgroup-connect-test-{}-{n}", std::process::id());
         let parent = common::cgroup_root().join("libpod_parent");
         let made_parent = (!parent.exists()).then_some(parent);
         let root = rootfs.to_str().expect("utf-8 path");
@@ -112,4 +114,54 @@ fn a_podman_container_is_found_by_name_and_by_id_and_blocked() {
         assert!(status.success());
     }
     assert_eq!(container.connect(denied), Ok(()), "after the blocker");
+}
+
+/// Whether a directory named after container `id` is in the cgroup tree, two levels down
+/// (where Podman's and Docker's layouts put it).
+fn has_cgroup(id: &str) -> bool {
+    let root = common::cgroup_root();
+    let entries = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+    };
+    entries(&root)
+        .iter()
+        .filter(|p| p.is_dir())
+        .flat_map(|p| entries(p).into_iter().chain(std::iter::once(p.clone())))
+        .any(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains(id)))
+}
+
+#[test]
+fn a_stopped_podman_container_is_waited_for_and_judged_once_it_starts() {
+    require_privileges!();
+    let dir = TempDir::new("rootfs");
+    let container = Container::start(&busybox_root(&dir));
+    let (_a, denied) = listener("127.0.0.73");
+    let (_b, allowed) = listener("127.0.0.74");
+    let out = podman(&["stop", "-t", "0", &container.name]);
+    assert!(out.status.success(), "podman stop: {}", String::from_utf8_lossy(&out.stderr));
+    // Podman removes the container's cgroup soon after it stops.
+    for _ in 0..100 {
+        if !has_cgroup(&container.id) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(!has_cgroup(&container.id), "the stopped container's cgroup stays");
+
+    let mut blocker =
+        Blocker::start_waiting(&["--container", &container.name, "--block", "127.0.0.73"]);
+    let line = &blocker.attached_line;
+    let stopped = format!("container {} is not running", container.name);
+    assert!(line.contains(&container.id) && line.contains(&stopped), "{line}");
+    assert_eq!(common::status_row(&blocker.name)["state"], "waiting");
+
+    let out = podman(&["start", &container.name]);
+    assert!(out.status.success(), "podman start: {}", String::from_utf8_lossy(&out.stderr));
+    let line = blocker.wait_for_line("attached to cgroup", std::time::Duration::from_secs(10));
+    assert!(line.as_deref().is_some_and(|l| l.contains(&container.id)), "{line:?}");
+    let refused = container.connect(denied);
+    assert!(refused.as_ref().is_err_and(|e| e.contains("not permitted")), "{refused:?}");
+    assert_eq!(container.connect(allowed), Ok(()));
+    let (status, _) = blocker.stop(libc::SIGTERM);
+    assert!(status.success());
 }

@@ -310,7 +310,7 @@ fn cgroup_bpf(verifier_log: Option<&Path>) -> Check {
     }
     // Created and dropped at once: dropping detaches, then the pins go.
     let result = Prepared::load(true)
-        .and_then(|p| Instance::create(&paths, temp.dir(), &tables, false, false, p))
+        .and_then(|p| Instance::create(&paths, Some(temp.dir()), &tables, false, false, p))
         .map(drop);
     let _ = crate::loader::unpin(&paths);
     let _ = crate::pins::remove_dirs(&paths);

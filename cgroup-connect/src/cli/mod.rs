@@ -43,9 +43,10 @@ Exit codes:
   0  success (run: stopped by SIGINT or SIGTERM, and detached unless --pin)
   1  runtime failure: the kernel refused a load or attach; a doctor check failed
   2  usage error: a bad flag, rule, list line or policy file; a cgroup that is not a cgroup v2
-     directory; a hostname that does not resolve; more rules than fit; no such instance, or
-     one that is busy, attached elsewhere or no longer enforced; a rule to remove that is not
-     there; an --events file that is a symbolic link
+     directory (or does not exist, without --wait-for-cgroup); a hostname that does not
+     resolve; more rules than fit; no such instance, or one that is busy, attached elsewhere or
+     no longer enforced; a rule to remove that is not there; an --events file that is a
+     symbolic link
   3  this machine cannot run the blocker (safely): not uid 0 with CAP_BPF, CAP_NET_ADMIN and
      CAP_PERFMON; a kernel without cgroup BPF; a pin or state folder that is a symbolic link
      or not root's
@@ -86,7 +87,8 @@ pub enum Command {
         "sudo blocker run --cgroup /sys/fs/cgroup/web.slice --name web --pin \\"
         "    --default deny --allow 10.0.0.0/8 --allow udp://192.0.2.53:53 --block-list drop.txt"
         "sudo blocker run --name web --policy /etc/cgroup-connect/web.toml --watch --events -"
-        "sudo blocker run --name web --unit nginx.service --block-list drop.txt"
+        "sudo blocker run --name web --unit nginx.service --block-list drop.txt   # waits if stopped"
+        "sudo blocker run --name job --cgroup /sys/fs/cgroup/jobs.slice/job-7.scope --wait-for-cgroup"
         "sudo blocker run --name db --container postgres --default deny --allow 10.0.0.0/8"
         "sudo blocker run --name try --audit --block example.com:443   # report, block nothing"
     ))]

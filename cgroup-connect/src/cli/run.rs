@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    cgroup::{self, CgroupDir},
+    cgroup::{self, CgroupDir, CgroupError},
     cli::runtime::{Request, Signals, block_on},
     events::{self, EventReader},
     instance,
@@ -22,7 +22,7 @@ use crate::{
     rules::{Action, Destination, Nat64Prefix},
     state::{Counts, State},
     systemd,
-    target::{self, Resolver, Target},
+    target::{self, Resolver, Target, TargetError},
     timings,
     view::PolicyView,
     watch::{CgroupWatch, FileWatch},
@@ -53,6 +53,11 @@ pub struct RunArgs {
     /// Protect the cgroup of a container (Docker, Podman, containerd, CRI-O), by ID or name
     #[arg(long, value_name = "ID|NAME", group = "target", value_parser = target::container_name)]
     pub container: Option<String>,
+    /// When the --cgroup directory does not exist yet, load and check everything, then wait and
+    /// attach as soon as it is made (`status` says "waiting"). A --unit that is not running, or
+    /// a stopped Docker or Podman --container, is waited for without it
+    #[arg(long)]
+    pub wait_for_cgroup: bool,
     /// Protect the cgroup that process PID is in now
     #[arg(long, value_name = "PID", group = "target")]
     pub pid: Option<u32>,
@@ -173,14 +178,8 @@ impl RunArgs {
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let paths = InstancePaths::new(&args.name)?;
     let target = args.target();
-    let cgroup = match (&args.cgroup, &target) {
-        (Some(dir), _) => CgroupDir::open(dir)?,
-        (None, Some(target)) => {
-            CgroupDir::open(Resolver::host(cgroup::cgroup2_root()?).resolve(target)?)?
-        }
-        (None, None) => CgroupDir::open(cgroup::cgroup2_root()?)?,
-    };
-    let mut state = State::new(&args.name, cgroup.path().to_owned(), args.sources().absolute());
+    let cgroup = place(args, target.as_ref())?;
+    let mut state = State::new(&args.name, cgroup.path.clone(), args.sources().absolute());
     state.target = target;
     state.audit = args.audit;
     state.packet_checks = !args.no_packet_checks;
@@ -197,6 +196,55 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         tracing::warn!("{e:#}");
     }
     result
+}
+
+/// The cgroup to attach to: open, or not made yet (with why it is waited for).
+struct Place {
+    dir: Option<CgroupDir>,
+    path: PathBuf,
+    waiting: Option<String>,
+}
+
+impl Place {
+    fn open(dir: CgroupDir) -> Self {
+        Self { path: dir.path().to_owned(), dir: Some(dir), waiting: None }
+    }
+
+    /// `path`, checked by [`cgroup::awaited`].
+    fn awaited(path: &std::path::Path, why: String) -> Result<Self, CgroupError> {
+        Ok(Self { path: cgroup::awaited(path)?, dir: None, waiting: Some(why) })
+    }
+}
+
+/// The cgroup `--cgroup`, the target or the root names. One that does not exist is waited
+/// for with `--wait-for-cgroup`, and for a unit that is not running.
+fn place(args: &RunArgs, target: Option<&Target>) -> anyhow::Result<Place> {
+    let Some(target) = target else {
+        let dir = args.cgroup.clone().map_or_else(cgroup::cgroup2_root, Ok)?;
+        return match CgroupDir::open(&dir) {
+            Err(CgroupError::NotFound { .. } | CgroupError::OffTree { .. })
+                if args.wait_for_cgroup =>
+            {
+                Ok(Place::awaited(&dir, "it does not exist yet".to_owned())?)
+            }
+            opened => Ok(Place::open(opened?)),
+        };
+    };
+    let resolver = Resolver::host(cgroup::cgroup2_root()?);
+    match resolver.resolve(target) {
+        Ok(path) => Ok(Place::open(CgroupDir::open(path)?)),
+        Err(e @ (TargetError::NotFound { .. } | TargetError::NotRunning { .. })) => {
+            match resolver.awaited(target) {
+                Some(path) => Ok(Place::awaited(&path, format!("{target} is not running"))?),
+                None if args.wait_for_cgroup => Err(anyhow::Error::from(e).context(format!(
+                    "--wait-for-cgroup: where the cgroup of {target} will be made cannot be \
+                     known before it is; give --cgroup DIR --wait-for-cgroup with its path"
+                ))),
+                None => Err(e.into()),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Where the status lines (attached, serving metrics, reloaded, detached) go: standard
@@ -225,7 +273,7 @@ type Events = (EventReader, Box<dyn std::io::Write + Send>);
 async fn serve(
     args: &RunArgs,
     paths: &InstancePaths,
-    cgroup: &CgroupDir,
+    cgroup: &Place,
     state: State,
     metrics_addr: Option<std::net::SocketAddr>,
     sink: Option<Box<dyn std::io::Write + Send>>,
@@ -242,7 +290,7 @@ async fn serve(
         }
         None => None,
     };
-    let starting = instance::start(paths, cgroup, state, &mut names, sink.is_some());
+    let starting = instance::start(paths, cgroup.dir.as_ref(), state, &mut names, sink.is_some());
     let Some(started) = unless_stopped(&mut signals, starting).await? else {
         let _ = say.line("stopped before attaching: nothing was attached");
         return Ok(());
@@ -258,19 +306,7 @@ async fn serve(
             return Err(e);
         }
     };
-    let how = match (adopted, reattached) {
-        (true, false) => " (adopted from its pins)",
-        (true, true) => " (adopted from its pins; re-attached: the cgroup was made anew)",
-        (false, _) => "",
-    };
-    let (cgroup_path, summary) = (cgroup.path().display(), applied.summary(args.audit));
-    let checks = if args.no_packet_checks { ", packet checks off" } else { "" };
-    say.line(&format!(
-        "attached to cgroup {cgroup_path} as instance {}{how}: {summary}{checks}",
-        paths.name
-    ))
-    .context("writing the attached line")?;
-    systemd::ready(&status_line(&applied.counts, args.audit));
+    let mut follower = announce_start(args, paths, cgroup, (adopted, reattached), &applied, say)?;
     let report = timings::take_report();
     if args.timings {
         eprintln!("{report}");
@@ -282,7 +318,10 @@ async fn serve(
     instance::release_free_memory();
     let _reader = reader; // held while this process reads the events
     let metrics_task = metrics.map(|metrics| announce(metrics, say));
-    let mut follower = Follower::new(cgroup);
+    if follower.pending.is_some() {
+        // Made while the start ran, before the watch: attached now.
+        follower.follow(Ok(()), paths, &mut instance, args.pin, say);
+    }
     loop {
         let refresh = names.next_refresh().map(tokio::time::Instant::from_std);
         tokio::select! {
@@ -320,15 +359,57 @@ async fn serve(
     if let Some(task) = metrics_task {
         task.abort();
     }
-    systemd::stopping(if args.pin { "stopping; the pinned instance stays" } else { "detaching" });
-    instance::stop(paths, instance, args.pin)?;
-    let (name, cgroup) = (&paths.name, cgroup.path().display());
-    let _ = say.line(&if args.pin {
+    // An instance that never attached leaves nothing, pinned or not.
+    let pin = args.pin && (adopted || follower.pending.is_none());
+    systemd::stopping(if pin { "stopping; the pinned instance stays" } else { "detaching" });
+    instance::stop(paths, instance, pin)?;
+    let (name, cgroup) = (&paths.name, cgroup.path.display());
+    let _ = say.line(&if follower.pending.is_some() {
+        format!("stopped while waiting for cgroup {cgroup}: nothing was attached")
+    } else if pin {
         format!("exiting; instance {name} stays attached to {cgroup} (pinned)")
     } else {
         format!("detached from cgroup {cgroup}")
     });
     Ok(())
+}
+
+/// Prints the `attached` line and tells systemd it is ready, or, for a cgroup not made yet,
+/// prints the `waiting` line and keeps both for the attach; returns the follower of the cgroup.
+fn announce_start(
+    args: &RunArgs,
+    paths: &InstancePaths,
+    cgroup: &Place,
+    (adopted, reattached): (bool, bool),
+    applied: &instance::Applied,
+    say: Say,
+) -> anyhow::Result<Follower> {
+    let how = match (adopted, reattached) {
+        (true, false) => " (adopted from its pins)",
+        (true, true) => " (adopted from its pins; re-attached: the cgroup was made anew)",
+        (false, _) => "",
+    };
+    let (cgroup_path, summary) = (cgroup.path.display(), applied.summary(args.audit));
+    let checks = if args.no_packet_checks { ", packet checks off" } else { "" };
+    let attached_line = format!(
+        "attached to cgroup {cgroup_path} as instance {}{how}: {summary}{checks}",
+        paths.name
+    );
+    let status = status_line(&applied.counts, args.audit);
+    let mut follower = Follower::new(&cgroup.path, cgroup.dir.as_ref());
+    if let Some(why) = &cgroup.waiting {
+        say.line(&format!(
+            "waiting for cgroup {cgroup_path} ({why}): nothing is judged until it is made; \
+             attaching as soon as it is"
+        ))
+        .context("writing the waiting line")?;
+        systemd::status(&format!("waiting for cgroup {cgroup_path}"));
+        follower.pending = Some((attached_line, status));
+    } else {
+        say.line(&attached_line).context("writing the attached line")?;
+        systemd::ready(&status);
+    }
+    Ok(follower)
 }
 
 /// Runs `work` to its end, or drops it (None) at SIGINT or SIGTERM; a reload request meanwhile
@@ -400,21 +481,26 @@ async fn next_change(files: Option<&mut FileWatch>) -> std::io::Result<()> {
     }
 }
 
-/// Follows the instance's cgroup through removal and re-creation at the same path (a service
-/// restart): says when it is gone, and attaches to the new directory as soon as it appears,
-/// told by inotify on the parent, and by a check every second when the parent itself went.
+/// Follows the instance's cgroup: attaches when a cgroup that was not made yet is made, and
+/// through removal and re-creation at the same path (a service restart) says when it is gone
+/// and attaches to the new directory as soon as it appears; told by inotify on the nearest
+/// directory of the path that exists, and by a check every second as well.
 struct Follower {
     path: PathBuf,
     attached: u64,
     watch: Option<CgroupWatch>,
     waiting: bool,
+    /// Until the first attach (a cgroup not made yet): the `attached` line to print then, and
+    /// the status for systemd's `READY=1`.
+    pending: Option<(String, String)>,
 }
 
 impl Follower {
-    /// Never fails: without inotify it checks every second.
-    fn new(cgroup: &CgroupDir) -> Self {
-        let path = cgroup.path().to_owned();
-        let watch = match cgroup.path().parent().map(|_| CgroupWatch::new(&path)) {
+    /// Follows `path`, open as `cgroup` or not made yet. Never fails: without inotify it
+    /// checks every second.
+    fn new(path: &std::path::Path, cgroup: Option<&CgroupDir>) -> Self {
+        let path = path.to_owned();
+        let watch = match path.parent().map(|_| CgroupWatch::new(&path)) {
             Some(Ok(watch)) => Some(watch),
             Some(Err(e)) => {
                 tracing::warn!(
@@ -428,14 +514,14 @@ impl Follower {
         };
         // Unreadable (never, for a directory this process holds open): the first check
         // attaches again, which is harmless.
-        let attached = cgroup.id().unwrap_or(0);
-        Self { path, attached, watch, waiting: false }
+        let attached = cgroup.map_or(crate::state::NOT_ATTACHED, |c| c.id().unwrap_or(0));
+        Self { path, attached, watch, waiting: cgroup.is_none(), pending: None }
     }
 
     /// An inotify event about the directory, or a second gone by.
     async fn changed(&mut self) -> std::io::Result<()> {
         let tick = tokio::time::sleep(std::time::Duration::from_secs(1));
-        if let Some(watch) = self.watch.as_mut().filter(|w| w.alive()) {
+        if let Some(watch) = self.watch.as_mut() {
             tokio::select! {
                 changed = watch.changed() => changed,
                 () = tick => Ok(()),
@@ -462,9 +548,6 @@ impl Follower {
             );
             self.watch = None;
         }
-        if self.watch.as_ref().is_some_and(|w| !w.alive()) {
-            self.watch = CgroupWatch::new(&self.path).ok();
-        }
         let Ok(meta) = std::fs::metadata(&self.path) else {
             if !self.waiting {
                 let _ = say
@@ -477,20 +560,25 @@ impl Follower {
         if id == self.attached {
             return;
         }
-        let done = CgroupDir::open(&self.path)
+        let done = CgroupDir::open_awaited(&self.path)
             .map_err(anyhow::Error::from)
             .and_then(|dir| instance::follow(paths, instance, &dir, pinned).map(|()| dir));
         match done {
             Ok(dir) => {
                 self.attached = dir.id().unwrap_or(id);
                 self.waiting = false;
-                let _ = say.line(&format!(
-                    "re-attached to cgroup {}: it was made anew",
-                    self.path.display()
-                ));
+                if let Some((line, status)) = self.pending.take() {
+                    let _ = say.line(&line);
+                    systemd::ready(&status);
+                } else {
+                    let _ = say.line(&format!(
+                        "re-attached to cgroup {}: it was made anew",
+                        self.path.display()
+                    ));
+                }
             }
             Err(e) => tracing::error!(
-                "cgroup {} was made anew, attaching to it failed (will retry): {e:#}",
+                "cgroup {} was made, attaching to it failed (will retry): {e:#}",
                 self.path.display()
             ),
         }

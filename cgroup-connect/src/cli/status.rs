@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::{
     pins::{self, InstancePaths},
-    state::{Counts, State},
+    state::{Counts, NOT_ATTACHED, State},
 };
 
 /// Arguments of `blocker status`.
@@ -31,12 +31,15 @@ struct Row {
     since: Option<String>,
     pid: Option<u32>,
     /// "running", "pinned" (no process, still enforcing), "waiting" (a process serves it, its
-    /// cgroup was removed: it attaches to the next one made at that path) or "stale" (pins
+    /// cgroup is not made yet or was removed: it attaches to the next one made at that path) or "stale" (pins
     /// left, not enforcing; also a pinned instance whose cgroup was removed).
     state: &'static str,
     counts: Counts,
     /// NAT64 prefixes besides the well-known `64:ff9b::/96`.
     nat64: Vec<String>,
+    /// Waiting for a cgroup that was never attached (not made yet, rather than removed).
+    #[serde(skip)]
+    never_attached: bool,
 }
 
 /// How the text form shows a value that is not known (JSON: null).
@@ -62,10 +65,15 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
     for r in rows {
         if r.state == "waiting" {
             println!(
-                "{}: waiting for cgroup {}{}: it was removed; attaches when it is made again",
+                "{}: waiting for cgroup {}{}: {}",
                 r.name,
                 r.cgroup.as_deref().unwrap_or(UNKNOWN),
                 r.target.as_ref().map(|t| format!(" ({t})")).unwrap_or_default(),
+                if r.never_attached {
+                    "not made yet; attaches as soon as it is made, judges nothing until then"
+                } else {
+                    "it was removed; attaches when it is made again"
+                },
             );
             continue;
         }
@@ -126,6 +134,7 @@ fn row(paths: &InstancePaths) -> Row {
             .as_ref()
             .map(|s| s.nat64.iter().map(ToString::to_string).collect())
             .unwrap_or_default(),
+        never_attached: state.as_ref().is_some_and(|s| s.cgroup_id == Some(NOT_ATTACHED)),
         counts: state.map(|s| s.counts).unwrap_or_default(),
     }
 }

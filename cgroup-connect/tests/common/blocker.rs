@@ -49,7 +49,18 @@ impl Blocker {
         Self::spawn(std::path::Path::new("."), wrapper, args)
     }
 
+    /// Like [`Blocker::start`] for a cgroup that is not made yet: waits for the line that
+    /// begins with "waiting for cgroup" instead (kept as `attached_line`).
+    #[must_use]
+    pub fn start_waiting(args: &[&str]) -> Self {
+        Self::spawn_until(std::path::Path::new("."), &[], args, "waiting for cgroup")
+    }
+
     fn spawn(cwd: &std::path::Path, wrapper: &[&str], args: &[&str]) -> Self {
+        Self::spawn_until(cwd, wrapper, args, "attached")
+    }
+
+    fn spawn_until(cwd: &std::path::Path, wrapper: &[&str], args: &[&str], first: &str) -> Self {
         let name = match args.iter().position(|a| *a == "--name") {
             Some(i) => args[i + 1].to_owned(),
             None => instance_name(),
@@ -91,7 +102,7 @@ impl Blocker {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             match lines.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) if line.starts_with("attached") => {
+                Ok(line) if line.starts_with(first) => {
                     return Self { child, name, attached_line: line, lines };
                 }
                 Ok(_) => {}

@@ -29,7 +29,7 @@ pub use cgroup::{
     temp_cgroup,
 };
 pub use child::in_child;
-pub use mounts::{BpfMount, as_nobody, in_private_mounts};
+pub use mounts::{BpfMount, as_nobody, in_private_cgroup_root, in_private_mounts};
 pub use netns::Netns;
 pub use probe::{
     Outcome, Place, Probe, ProbeReport, Prober, Setup, connect_in, flood, listener, lo, outcome,

@@ -39,6 +39,36 @@ pub fn in_private_mounts<T: Send>(bpf: BpfMount, work: impl FnOnce() -> T + Send
     })
 }
 
+/// Runs `work` as [`in_private_mounts`] does (the blocker mounts bpffs itself), with the test
+/// cgroup `cgroup` as the only cgroup v2 mount, at /run/cgroup-root: the blocker takes it for
+/// the root of the tree, so a layout that names fixed places under the root (systemd's
+/// `system.slice/NAME.service`) is built in a test cgroup, never in the real tree.
+pub fn in_private_cgroup_root<T: Send>(
+    cgroup: &std::path::Path,
+    work: impl FnOnce(&std::path::Path) -> T + Send,
+) -> T {
+    in_private_mounts(BpfMount::NotBpffs, || {
+        let root = std::path::Path::new("/run/cgroup-root");
+        std::fs::create_dir(root).unwrap_or_else(|e| panic!("mkdir {}: {e}", root.display()));
+        let from = cgroup.to_str().expect("utf-8 path");
+        mount(Some(from), "/run/cgroup-root", None, libc::MS_BIND, None);
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let others: Vec<&str> = mountinfo
+            .lines()
+            .filter(|l| l.split_once(" - ").is_some_and(|(_, r)| r.starts_with("cgroup2 ")))
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| *m != "/run/cgroup-root")
+            .collect();
+        for point in others {
+            let target = CString::new(point).expect("no NUL");
+            // SAFETY: a valid C string; this mount namespace is the thread's own.
+            let rc = unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+            assert_eq!(rc, 0, "umount {point}: {}", std::io::Error::last_os_error());
+        }
+        work(root)
+    })
+}
+
 fn mount(source: Option<&str>, target: &str, fstype: Option<&str>, flags: u64, data: Option<&str>) {
     let c = |s: &str| CString::new(s).expect("no NUL");
     let (source, target, fstype, data) = (source.map(c), c(target), fstype.map(c), data.map(c));
