@@ -4,6 +4,10 @@
 #   sudo ./scripts/bench.sh --quick   under three minutes; figures to bench/results-quick.json
 #   sudo ./scripts/bench.sh --packets only the packet checks' cost, full size; its section
 #                                     replaces the one in bench/results.json, the rest stays
+#   sudo ./scripts/bench.sh --starts  only the start on a 1M-rule policy file against the
+#                                     same rules as a list; likewise its own section
+#   sudo ./scripts/bench.sh --events  only an events reader's cost per blocked decision and
+#                                     a lone event's wait; likewise its own section
 # Installs what it needs (nftables, iptables, ipset, bpftool through setup.sh), builds the
 # release binaries, and runs target/release/cgroup-connect-bench. It makes its own cgroups,
 # network namespaces (where nftables, ipset and iptables rules live) and instances, and
@@ -20,7 +24,9 @@ case "${1:-}" in
     --quick) mode=(--quick); out=bench/results-quick.json ;;
     --smoke) mode=(--smoke); out=bench/results-smoke.json ;;
     --packets) mode=(--packets-only) ;;
+    --starts) mode=(--starts-only) ;;
+    --events) mode=(--events-only) ;;
     "") ;;
-    *) echo "usage: $0 [--quick|--smoke|--packets]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--quick|--smoke|--packets|--starts|--events]" >&2; exit 2 ;;
 esac
 exec target/release/cgroup-connect-bench "${mode[@]}" --out "$out"

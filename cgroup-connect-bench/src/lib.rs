@@ -18,6 +18,8 @@ pub mod env;
 pub mod packets;
 pub mod probe;
 pub mod rulesets;
+pub mod starts;
+pub mod wakeups;
 
 use std::{
     fmt::Write as _,
@@ -194,6 +196,10 @@ pub struct Report {
     pub blocker_rss_kib: u64,
     /// The cost of the packet checks ([`packets`]).
     pub packets: packets::PacketReport,
+    /// A policy file's start against a list's ([`starts`]).
+    pub starts: starts::StartReport,
+    /// The cost of an events reader ([`wakeups`]).
+    pub events: wakeups::EventsReport,
 }
 
 /// One per-connect variant: its cgroup, namespace and filter.
@@ -226,7 +232,15 @@ impl Variant {
     }
 }
 
-fn write(work: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf> {
+/// Runs `f` with `cfg.work` made, and removes the folder after, also on failure.
+pub(crate) fn in_work<T>(cfg: &Config, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    std::fs::create_dir_all(&cfg.work)?;
+    let result = f();
+    let _ = std::fs::remove_dir_all(&cfg.work);
+    result
+}
+
+pub(crate) fn write(work: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf> {
     let path = work.join(name);
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
@@ -255,6 +269,8 @@ fn run_in(cfg: &Config, log: &mut dyn FnMut(&str)) -> anyhow::Result<Report> {
     let (connect, decision) = measure_rounds(cfg, &mut variants, log)?;
     let reload = measure_reload(cfg, &big_hosts, &big_list)?;
     drop(variants);
+    let start_report = starts::run_in(cfg, log)?;
+    let events = wakeups::run_in(cfg, log)?;
     // The packet rounds are timed without bpf_stats (it turns it on for its own pass).
     drop(stats);
     let packets = packets::run(cfg, log)?;
@@ -277,6 +293,8 @@ fn run_in(cfg: &Config, log: &mut dyn FnMut(&str)) -> anyhow::Result<Report> {
         reload,
         blocker_rss_kib,
         packets,
+        starts: start_report,
+        events,
     })
 }
 
@@ -596,7 +614,70 @@ pub fn render(r: &Report) -> String {
         human(r.load.first().map_or(0, |l| l.rules)),
         r.blocker_rss_kib as f64 / 1024.0
     );
-    s + &render_packets(&r.packets)
+    s + &render_packets(&r.packets) + &render_starts(&r.starts) + &render_events(&r.events)
+}
+
+/// The events section as text.
+#[must_use]
+pub fn render_events(r: &wakeups::EventsReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\nevents reader: {} rounds of {} blocked connects, alternating; load {} before, {} after",
+        r.rounds, r.attempts, r.loadavg_before, r.loadavg_after
+    );
+    for row in &r.rows {
+        let _ = writeln!(
+            s,
+            "{:<12} {:>8.0} / {:>8.0} ns per blocked decision (min / median)",
+            if row.reader { "reader" } else { "no reader" },
+            row.ns_per_decision.min,
+            row.ns_per_decision.median
+        );
+    }
+    let _ = writeln!(
+        s,
+        "with / without a reader: {:.2}x; a lone event waits {:.1} / {:.1} ms (min / median), \
+         at most {:.1} ms",
+        r.ratio, r.lone_event_ms.min, r.lone_event_ms.median, r.lone_event_max_ms
+    );
+    s
+}
+
+/// The starts section as a table of text.
+#[must_use]
+pub fn render_starts(r: &starts::StartReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\nstarts: {} rules, {} rounds, alternating; load {} before, {} after",
+        human(r.rules),
+        r.rounds,
+        r.loadavg_before,
+        r.loadavg_after
+    );
+    let _ = writeln!(
+        s,
+        "{:<8} {:>6} {:>18} {:>18} {:>18} {:>18}",
+        "source", "MB", "parse s (min/med)", "parse CPU s", "read s (min/med)", "start s (min/med)"
+    );
+    for row in &r.rows {
+        let _ = writeln!(
+            s,
+            "{:<8} {:>6.1} {:>8.3} / {:>7.3} {:>8.3} / {:>7.3} {:>8.3} / {:>7.3} {:>8.3} / {:>7.3}",
+            row.source,
+            row.bytes as f64 / 1e6,
+            row.parse_seconds.min,
+            row.parse_seconds.median,
+            row.parse_cpu_seconds.min,
+            row.parse_cpu_seconds.median,
+            row.read_seconds.min,
+            row.read_seconds.median,
+            row.start_seconds.min,
+            row.start_seconds.median
+        );
+    }
+    s
 }
 
 /// The packet-checks section as a table of text.

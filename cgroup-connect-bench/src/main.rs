@@ -1,14 +1,17 @@
-//! `cgroup-connect-bench [--quick|--smoke] [--packets-only] [--out FILE]`: runs the
+//! `cgroup-connect-bench [--quick|--smoke] [--packets-only|--starts-only|--events-only] [--out FILE]`: runs the
 //! benchmarks, prints the table, writes the figures as JSON. Needs root; `scripts/bench.sh`
 //! installs what it uses.
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use cgroup_connect_bench::{Config, packets, render, render_packets, run};
+use cgroup_connect_bench::{
+    Config, packets, render, render_events, render_packets, render_starts, run, starts, wakeups,
+};
 use clap::Parser;
 
 /// Benchmarks of the blocker against no filter, nftables, ipset and iptables.
 #[derive(Parser)]
+#[expect(clippy::struct_excessive_bools, reason = "command-line switches")]
 struct Args {
     /// Under three minutes: fewer rounds, smaller sets
     #[arg(long, conflicts_with = "smoke")]
@@ -18,8 +21,15 @@ struct Args {
     smoke: bool,
     /// Only the cost of the packet checks; with --out, its section replaces the one in FILE
     /// and every other figure there stays
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["starts_only", "events_only"])]
     packets_only: bool,
+    /// Only the start on a policy file against a list; with --out, its section replaces the
+    /// one in FILE and every other figure there stays
+    #[arg(long, conflicts_with = "events_only")]
+    starts_only: bool,
+    /// Only the cost of an events reader; likewise its own section of FILE
+    #[arg(long)]
+    events_only: bool,
     /// Write the figures as JSON here
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
@@ -41,9 +51,20 @@ fn main() -> anyhow::Result<()> {
     } else {
         Config::full(blocker)
     };
-    let json = if args.packets_only {
-        let report = packets::run(&cfg, &mut |line| eprintln!("bench: {line}"))?;
-        print!("{}", render_packets(&report));
+    let json = if args.packets_only || args.starts_only || args.events_only {
+        let (name, section) = if args.packets_only {
+            let report = packets::run(&cfg, &mut |line| eprintln!("bench: {line}"))?;
+            print!("{}", render_packets(&report));
+            ("packets", serde_json::to_value(&report)?)
+        } else if args.starts_only {
+            let report = starts::run(&cfg, &mut |line| eprintln!("bench: {line}"))?;
+            print!("{}", render_starts(&report));
+            ("starts", serde_json::to_value(&report)?)
+        } else {
+            let report = wakeups::run(&cfg, &mut |line| eprintln!("bench: {line}"))?;
+            print!("{}", render_events(&report));
+            ("events", serde_json::to_value(&report)?)
+        };
         let mut all = match &args.out {
             Some(out) if out.exists() => serde_json::from_str(
                 &std::fs::read_to_string(out)
@@ -52,8 +73,8 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("parsing {}", out.display()))?,
             _ => serde_json::json!({}),
         };
-        let section = all.as_object_mut().context("the figures file holds no JSON object")?;
-        section.insert("packets".to_owned(), serde_json::to_value(&report)?);
+        let sections = all.as_object_mut().context("the figures file holds no JSON object")?;
+        sections.insert(name.to_owned(), section);
         all
     } else {
         let report = run(&cfg, &mut |line| eprintln!("bench: {line}"))?;

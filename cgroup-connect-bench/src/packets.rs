@@ -229,7 +229,7 @@ fn setup(cfg: &Config, log: &mut dyn FnMut(&str)) -> anyhow::Result<Vec<Place>> 
     Ok(places)
 }
 
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_owned()
 }
 

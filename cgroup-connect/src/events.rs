@@ -126,6 +126,21 @@ fn wall_time(boot_ns: u64) -> SystemTime {
     SystemTime::now() - age
 }
 
+/// How often a reader looks for events the programs did not wake it for.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Every event waiting in `ring`.
+fn drain(ring: &mut RingBuf<MapData>) -> Vec<Event> {
+    let mut batch = Vec::new();
+    while let Some(item) = ring.next() {
+        if item.len() >= size_of::<Event>() {
+            // SAFETY: the programs write whole Events; read_unaligned copes with any alignment.
+            batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+        }
+    }
+    batch
+}
+
 /// Reads an instance's events ring buffer as it fills.
 pub struct EventReader {
     ring: AsyncFd<RingBuf<MapData>>,
@@ -143,22 +158,27 @@ impl EventReader {
         Ok(Self { ring })
     }
 
-    /// Waits for events, then returns every one waiting.
+    /// Waits for events, then returns every one waiting, in the order written. The programs
+    /// wake the reader only when the ring fills past an eighth, so this also looks every
+    /// [`POLL_INTERVAL`]: an event waits at most that long.
     ///
     /// # Errors
     /// When waiting fails.
     pub async fn next_batch(&mut self) -> io::Result<Vec<Event>> {
-        let mut guard = self.ring.readable_mut().await?;
-        let ring = guard.get_inner_mut();
-        let mut batch = Vec::new();
-        while let Some(item) = ring.next() {
-            if item.len() >= size_of::<Event>() {
-                // SAFETY: the programs write whole Events; read_unaligned copes with any alignment.
-                batch.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) });
+        loop {
+            let batch = match tokio::time::timeout(POLL_INTERVAL, self.ring.readable_mut()).await {
+                Ok(guard) => {
+                    let mut guard = guard?;
+                    let batch = drain(guard.get_inner_mut());
+                    guard.clear_ready();
+                    batch
+                }
+                Err(_elapsed) => drain(self.ring.get_mut()),
+            };
+            if !batch.is_empty() {
+                return Ok(batch);
             }
         }
-        guard.clear_ready();
-        Ok(batch)
     }
 }
 

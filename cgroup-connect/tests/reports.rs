@@ -11,7 +11,7 @@ use std::{
 };
 
 use common::{
-    BLOCKER, Blocker, Outcome::Blocked, TempDir, blocker_ok, blocker_output, connect_in, lo,
+    BLOCKER, Blocker, Outcome::Blocked, TempDir, blocker_ok, blocker_output, connect_in, flood, lo,
     outcome, temp_cgroup,
 };
 
@@ -231,4 +231,40 @@ fn one_events_reader_at_a_time() {
         err.contains(&format!("by process {} (blocker run --events)", with_sink.pid())),
         "{err}"
     );
+}
+
+/// The programs wake the events reader only when the ring holds more than an eighth of its
+/// size; the reader also looks every 50 ms. A lone event still arrives (the bound here is
+/// generous: without the reader's own look it would never come), and a burst well past the
+/// wake-up threshold arrives whole and in order, with no loss counted.
+#[test]
+fn events_arrive_alone_and_in_bursts() {
+    const BURST: u32 = 6_000;
+    require_privileges!();
+    let cg = temp_cgroup();
+    let dir = TempDir::new("wake");
+    let file = dir.path().join("events.jsonl");
+    let b = Blocker::start(&[
+        "--cgroup",
+        cg.path().to_str().unwrap(),
+        "--block",
+        "127.0.0.2",
+        "--events",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(outcome(connect_in(cg.path(), lo("127.0.0.2"))), Blocked);
+    let sent = Instant::now();
+    while std::fs::read_to_string(&file).map_or(0, |t| t.lines().count()) == 0 {
+        assert!(sent.elapsed() < Duration::from_secs(2), "a lone event did not arrive in 2 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    assert_eq!(flood(cg.path(), lo("127.0.0.2"), BURST), BURST, "every attempt blocked");
+    let seen = events(&file, 1 + BURST as usize);
+    let times: Vec<&str> = seen.iter().map(|e| e["time"].as_str().unwrap()).collect();
+    assert!(times.is_sorted(), "events out of order");
+    let stats: serde_json::Value =
+        serde_json::from_str(&blocker_ok(&["stats", &b.name, "--json"])).unwrap();
+    assert_eq!(stats["blocked"], u64::from(BURST) + 1);
+    assert_eq!(stats["events_lost"], 0);
 }
