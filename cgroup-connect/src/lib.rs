@@ -13,6 +13,7 @@ mod btf;
 pub mod cgroup;
 pub mod cli;
 pub mod events;
+pub mod explain;
 pub mod features;
 pub mod instance;
 pub mod loader;

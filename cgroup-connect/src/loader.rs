@@ -639,6 +639,56 @@ impl Instance {
         Ok((chunks(config::V4_CLASS)?, chunks(config::V6_CLASS)?))
     }
 
+    /// The tables in force as the programs read them, mapped read-only from the kernel: the
+    /// table each family's size-class word selects, the NAT64 prefixes of the config words,
+    /// and audit mode. The caller holds the instance's lock, so no swap runs meanwhile.
+    ///
+    /// # Errors
+    /// [`LoadError::Map`] or [`LoadError::Mmap`]; [`LoadError::Missing`] for a selected class
+    /// without a table (a damaged instance).
+    pub fn tables_in_force(&self) -> Result<TablesInForce, LoadError> {
+        let nat64_count = self.config_word(config::NAT64_COUNT)?.min(MAX_NAT64_PREFIXES);
+        let mut nat64 = Vec::new();
+        for slot in 0..nat64_count {
+            let word = |k| self.config_word(config::NAT64 + 3 * slot + k);
+            nat64.push(((u64::from(word(0)?) << 32) | u64::from(word(1)?), word(2)?));
+        }
+        Ok(TablesInForce {
+            v4: self.map_table(&maps::RULES_V4, config::V4_CLASS, maps::TABLE_V4)?,
+            v6: self.map_table(&maps::RULES_V6, config::V6_CLASS, maps::TABLE_V6)?,
+            nat64,
+            audit: self.config_word(config::FLAGS)? & CONFIG_AUDIT != 0,
+        })
+    }
+
+    /// The table of the size class word `selector` selects, mapped read-only.
+    fn map_table(
+        &self,
+        outers: &[&'static str; TABLE_CLASSES.len()],
+        selector: u32,
+        name: &'static str,
+    ) -> Result<memmap2::Mmap, LoadError> {
+        let class = self.config_word(selector)? as usize;
+        let outer_name = *outers.get(class).ok_or(LoadError::Missing { kind: "class", name })?;
+        let outer: ArrayOfMaps<&MapData, MapData> = self.map(outer_name)?;
+        let table = outer.get(&0, 0).map_err(|source| LoadError::Map {
+            map: outer_name,
+            what: "reading the table of",
+            source,
+        })?;
+        let info = table.info().map_err(|source| LoadError::Map {
+            map: name,
+            what: "reading the size of",
+            source,
+        })?;
+        let bytes = info.max_entries() as usize * info.value_size() as usize;
+        // SAFETY: a read-only shared mapping of an mmapable array's values, `bytes` long; the
+        // kernel never shrinks or frees it while mapped, and userspace writes a table only
+        // before installing it.
+        unsafe { memmap2::MmapOptions::new().len(bytes).map(&table.fd().as_fd()) }
+            .map_err(|source| LoadError::Mmap { map: name, bytes, source })
+    }
+
     /// Decisions per rule id (the default is not counted), summed over CPUs.
     ///
     /// # Errors
@@ -694,6 +744,41 @@ impl Instance {
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
         typed(maps::EVENTS, self.maps.remove(maps::EVENTS))
     }
+}
+
+/// An instance's tables in force, mapped from the kernel: see [`Instance::tables_in_force`].
+pub struct TablesInForce {
+    v4: memmap2::Mmap,
+    v6: memmap2::Mmap,
+    /// NAT64 prefixes besides the well-known one, as the config words hold them.
+    pub nat64: Vec<(u64, u32)>,
+    /// Audit mode: a block is reported, not enforced.
+    pub audit: bool,
+}
+
+impl TablesInForce {
+    /// The tables, to search as the programs do.
+    #[must_use]
+    pub fn view(&self) -> crate::table::TableView<'_> {
+        crate::table::TableView {
+            v4: chunks(&self.v4),
+            v6: chunks(&self.v6),
+            nat64: self.nat64.clone(),
+        }
+    }
+}
+
+/// The whole chunks of a mapped table.
+fn chunks<R: Pod>(mem: &[u8]) -> &[cgroup_connect_common::Chunk<R>] {
+    let size = size_of::<cgroup_connect_common::Chunk<R>>();
+    let ptr = mem.as_ptr();
+    assert!(
+        ptr.cast::<cgroup_connect_common::Chunk<R>>().is_aligned(),
+        "mappings are page-aligned"
+    );
+    // SAFETY: `mem` is page-aligned (checked), its whole chunks are in bounds, and a chunk of
+    // Pod records is plain data for which every bit pattern is valid.
+    unsafe { std::slice::from_raw_parts(ptr.cast(), mem.len() / size) }
 }
 
 /// `map`, the map `name` if the instance has it, as the aya type `T`.

@@ -166,11 +166,7 @@ impl Policy {
 
     /// The IPv4 prefix `net` stands for when it is under one of the NAT64 prefixes, else `net`.
     fn ipv4_of(&self, net: IpNet) -> IpNet {
-        let IpNet::V6(v6) = net else { return net };
-        std::iter::once(&Nat64Prefix::WELL_KNOWN)
-            .chain(&self.nat64)
-            .find_map(|p| p.ip4(v6))
-            .map_or(net, IpNet::V4)
+        nat64_ipv4_of(&self.nat64, net)
     }
 
     /// The hostnames its rules name.
@@ -211,6 +207,17 @@ impl Policy {
             })
         })
     }
+}
+
+/// The IPv4 prefix `net` stands for when it is under the well-known NAT64 prefix or one of
+/// `nat64`, else `net`: how a rule's prefix goes into the tables.
+#[must_use]
+pub fn nat64_ipv4_of(nat64: &[Nat64Prefix], net: IpNet) -> IpNet {
+    let IpNet::V6(v6) = net else { return net };
+    std::iter::once(&Nat64Prefix::WELL_KNOWN)
+        .chain(nat64)
+        .find_map(|p| p.ip4(v6))
+        .map_or(net, IpNet::V4)
 }
 
 fn read_text(path: &Path) -> Result<String, PolicyError> {

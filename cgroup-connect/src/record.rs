@@ -115,6 +115,15 @@ impl Record {
         Self { text }
     }
 
+    /// What it records, as [`read`] gives it back once saved.
+    ///
+    /// # Panics
+    /// Never: [`Record::of`] writes only lines a record holds.
+    #[must_use]
+    pub fn recorded(&self) -> Recorded {
+        parse(&self.text).expect("a record parses")
+    }
+
     /// The rule texts it holds, by id.
     #[must_use]
     pub fn texts(&self) -> RuleTexts {
@@ -251,19 +260,26 @@ impl FileId {
 /// A [`RecordError`].
 pub fn read(paths: &InstancePaths) -> Result<Recorded, RecordError> {
     let (text, _) = read_text(paths)?;
-    let damaged =
-        |line| RecordError::Damaged { name: paths.name.clone(), path: paths.rules_file(), line };
+    parse(&text).map_err(|line| RecordError::Damaged {
+        name: paths.name.clone(),
+        path: paths.rules_file(),
+        line,
+    })
+}
+
+/// The whole record in `text`; `Err(line)` for the first line that is not a record's.
+fn parse(text: &str) -> Result<Recorded, usize> {
     let mut lines = text.lines().enumerate().map(|(n, l)| (n + 1, l));
     let (mut default, mut sources, mut rules) = (None, HashMap::new(), Vec::new());
     for (n, line) in &mut lines {
-        match Item::parse(line).ok_or_else(|| damaged(n))? {
+        match Item::parse(line).ok_or(n)? {
             Item::Header => {}
             Item::Default(action) => default = Some(action),
             Item::Source(k, origin) => {
                 sources.insert(k, origin);
             }
             Item::Rule { action, dest, source, line, addrs } => {
-                let origin = sources.get(source).ok_or_else(|| damaged(n))?;
+                let origin = sources.get(source).ok_or(n)?;
                 rules.push(RecordedRule {
                     id: rules.len() + 1,
                     action,
@@ -277,7 +293,7 @@ pub fn read(paths: &InstancePaths) -> Result<Recorded, RecordError> {
             }
         }
     }
-    Ok(Recorded { default: default.ok_or_else(|| damaged(1))?, rules })
+    Ok(Recorded { default: default.ok_or(1_usize)?, rules })
 }
 
 /// The rules of the record in force with the given ids (for carrying their hit counts over

@@ -397,19 +397,75 @@ fn zeroed_chunks<R: aya::Pod>(n: usize) -> Vec<Chunk<R>> {
 /// programs judge `0.0.0.0` and `::` by where the kernel sends them first).
 #[must_use]
 pub fn lookup(tables: &Tables, addr: IpAddr, port: u16, proto: Proto) -> Option<u32> {
-    use cgroup_connect_common::{decide, decide_v4, mapped_ip4, nat64_ip4};
-    match addr {
-        IpAddr::V4(a) => decide_v4(|i| tables.v4.get(i as usize), u32::from(a), port, proto),
-        IpAddr::V6(a) => {
-            let halves = halves(u128::from(a));
-            let prefix = |i: u32| {
-                let [hi, mid, lo] = tables.nat64.get(i as usize)?.words();
-                Some(((u64::from(hi) << 32) | u64::from(mid), lo))
-            };
-            match mapped_ip4(halves).or_else(|| nat64_ip4(halves, prefix)) {
-                Some(v4) => decide_v4(|i| tables.v4.get(i as usize), v4, port, proto),
-                None => decide(|i| tables.v6.get(i as usize), halves, port, proto),
+    tables.view().lookup(addr, port, proto)
+}
+
+impl Tables {
+    /// The tables as the programs search them.
+    #[must_use]
+    pub fn view(&self) -> TableView<'_> {
+        TableView { v4: &self.v4, v6: &self.v6, nat64: nat64_words(&self.nat64) }
+    }
+}
+
+/// The NAT64 prefixes as the config words hold them, for [`TableView::nat64`].
+#[must_use]
+pub fn nat64_words(prefixes: &[Nat64Prefix]) -> Vec<(u64, u32)> {
+    prefixes
+        .iter()
+        .map(|p| {
+            let [hi, mid, lo] = p.words();
+            ((u64::from(hi) << 32) | u64::from(mid), lo)
+        })
+        .collect()
+}
+
+/// Both families' tables wherever they are (compiled here, or read from an instance's maps),
+/// and the NAT64 prefixes besides the well-known one, as (high half, next word).
+pub struct TableView<'a> {
+    pub v4: &'a [Chunk<V4Record>],
+    pub v6: &'a [Chunk<V6Record>],
+    pub nat64: Vec<(u64, u32)>,
+}
+
+impl TableView<'_> {
+    /// The address whose verdict the tables give for a call to `addr` that goes there (see
+    /// [`reached`]): an IPv4-mapped or NAT64 address as the IPv4 address it holds.
+    #[must_use]
+    pub fn judged(&self, addr: IpAddr) -> IpAddr {
+        use cgroup_connect_common::{mapped_ip4, nat64_ip4};
+        let IpAddr::V6(a) = addr else { return addr };
+        let prefix = |i: u32| self.nat64.get(i as usize).copied();
+        let halves = halves(u128::from(a));
+        mapped_ip4(halves)
+            .or_else(|| nat64_ip4(halves, prefix))
+            .map_or(addr, |v4| IpAddr::V4(v4.into()))
+    }
+
+    /// The verdict word for a call that goes to `addr`, as the programs find it: `None` for a
+    /// malformed table (the programs fail closed).
+    #[must_use]
+    pub fn lookup(&self, addr: IpAddr, port: u16, proto: Proto) -> Option<u32> {
+        use cgroup_connect_common::{decide, decide_v4};
+        match self.judged(addr) {
+            IpAddr::V4(a) => decide_v4(|i| self.v4.get(i as usize), u32::from(a), port, proto),
+            IpAddr::V6(a) => {
+                decide(|i| self.v6.get(i as usize), halves(u128::from(a)), port, proto)
             }
+        }
+    }
+}
+
+/// Where a `connect()` or send to `addr` from an unbound socket goes, as the programs judge
+/// it: `0.0.0.0` to 127.0.0.1, `::` to `::1` (`reached_v4`, `reached_v6`).
+#[must_use]
+pub fn reached(addr: IpAddr) -> IpAddr {
+    use cgroup_connect_common::{Source, reached_v4, reached_v6};
+    match addr {
+        IpAddr::V4(a) => IpAddr::V4(reached_v4(u32::from(a), || Source::Bound(0)).0.into()),
+        IpAddr::V6(a) => {
+            let (hi, lo) = reached_v6(halves(u128::from(a)), || false);
+            IpAddr::V6(((u128::from(hi) << 64) | u128::from(lo)).into())
         }
     }
 }

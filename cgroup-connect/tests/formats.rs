@@ -1,5 +1,5 @@
 //! The outputs scripts and scrapers parse, checked with the tools they use, on the real kernel:
-//! the JSON of `status`, `list`, `stats` and events against the JSON Schemas in docs/schemas
+//! the JSON of `status`, `list`, `stats`, `explain` and events against the JSON Schemas in docs/schemas
 //! (Python's jsonschema), `--events -` leaving standard output to event lines, and `/metrics`
 //! in both text formats through Python's `prometheus_client` parsers.
 //!
@@ -153,6 +153,27 @@ impl Drop for EventsOnStdout {
     }
 }
 
+/// `explain --json` of instance `name` (which blocks 127.0.0.2 by `rule`, default deny) and of
+/// rule flags matches its schema and names rules as `list` does.
+fn explain_matches_its_schema(dir: &TempDir, name: &str, rule: &Value) {
+    let explained = blocker_ok(&["explain", name, "127.0.0.2:9", "--json"]);
+    validate(dir, "explain", &explained, false);
+    let explained = json(&explained);
+    assert_eq!(
+        (&explained["verdict"], &explained["decided_by"]["rule"], &explained["default"]),
+        (&"block".into(), rule, &"deny".into()),
+        "the vocabulary of list: {explained}"
+    );
+    for args in [
+        &["explain", name, "127.0.0.3"][..],
+        &["explain", name, "[::ffff:127.0.0.1]:80", "--proto", "udp"],
+        &["explain", "--block", "tcp://localhost:80", "--allow", "127.0.0.0/8", "127.0.0.1:80"],
+    ] {
+        let explained = blocker_ok(&[args, &["--json"]].concat());
+        validate(dir, "explain", &explained, false);
+    }
+}
+
 /// An instance folder under the pins root with nothing in it and no state, as a crash between
 /// the two could leave; removed on drop.
 struct PinsOnly(String);
@@ -190,7 +211,7 @@ fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
-/// `status`, `list`, `stats` and events (enforcing and audit) match their schemas and speak one
+/// `status`, `list`, `stats`, `explain` and events (enforcing and audit) match their schemas and speak one
 /// vocabulary; with `--events -` standard output holds only event lines, from the first line
 /// to the last.
 #[test]
@@ -267,6 +288,7 @@ fn json_outputs_match_their_schemas() {
     assert!(origin.ends_with("block.txt:2"), "{listed}");
     let text = blocker_ok(&["list", &b.name]);
     assert!(text.lines().next().unwrap().ends_with(": default deny"), "{text}");
+    explain_matches_its_schema(&dir, &b.name, &rule("127.0.0.2")["rule"]);
     let counters = blocker_ok(&["stats", &b.name, "--json"]);
     validate(&dir, "stats", &counters, false);
     let counters = json(&counters);

@@ -27,6 +27,7 @@ pub mod detach;
 pub mod doctor;
 pub mod edit;
 pub mod events;
+pub mod explain;
 pub mod extras;
 pub mod list;
 pub mod reload;
@@ -111,6 +112,17 @@ pub enum Command {
         "sudo blocker list web --json"
     ))]
     List(list::ListArgs),
+    /// Why a destination gets its verdict: the rule that decides and where it came from, the
+    /// other rules for the address and why they lost; from an instance's tables as the kernel
+    /// holds them, or from rule flags or a policy file before it is deployed. Exits 1 when the
+    /// tables in force and the record of the rules disagree.
+    #[command(after_long_help = help!(
+        "sudo blocker explain web 192.0.2.7:443"
+        "sudo blocker explain web '[2001:db8::1]:53' --proto udp --json"
+        "blocker explain --policy /etc/cgroup-connect/web.toml 10.1.2.3:22   # no instance, no root"
+        "blocker explain --default deny --allow 10.0.0.0/8 --block 10.1.0.0/16 10.1.2.3"
+    ))]
+    Explain(explain::ExplainArgs),
     /// Re-read an instance's policy files and swap its rules at once.
     #[command(after_long_help = help!(
         "sudo blocker reload web"
@@ -166,10 +178,15 @@ pub enum Command {
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     // Every verb but these two reads the pins and maps, which need the privileges: without
     // them, say so (exit 3) rather than "no instance" or a bare EACCES. `run` checks once
-    // its arguments are read (a bad flag is a usage error on any machine); `doctor` reports.
+    // its arguments are read (a bad flag is a usage error on any machine); `doctor` reports;
+    // `explain` checks only for an instance (a policy file needs no privileges).
     if !matches!(
         cli.command,
-        Command::Run(_) | Command::Doctor(_) | Command::Completions(_) | Command::Manpages(_)
+        Command::Run(_)
+            | Command::Doctor(_)
+            | Command::Explain(_)
+            | Command::Completions(_)
+            | Command::Manpages(_)
     ) {
         crate::privileges::check()?;
     }
@@ -178,6 +195,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Add(args) => edit::add(&args),
         Command::Remove(args) => edit::remove(&args),
         Command::List(args) => list::list(&args),
+        Command::Explain(args) => explain::explain(&args),
         Command::Reload(args) => reload::reload(&args),
         Command::Detach(args) => detach::detach(&args),
         Command::Status(args) => status::status(&args),
@@ -209,6 +227,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 Some(PinError::Name { .. } | PinError::NoInstance { .. })
             )
             || cause.is::<edit::NotFoundError>()
+            || cause.is::<explain::UsageError>()
             || cause.is::<BusyError>()
             || cause.is::<ElsewhereError>()
             || cause.is::<NotEnforcedError>()

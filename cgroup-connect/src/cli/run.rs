@@ -38,6 +38,55 @@ pub enum DefaultVerdict {
     Deny,
 }
 
+/// The flags that make a policy, shared by `blocker run` and `blocker explain`.
+#[derive(Debug, Default, clap::Args)]
+pub struct RuleArgs {
+    /// Block RULE: [tcp://|udp://]HOST[/LEN][:PORT[-PORT]]; repeatable. With no rule source at
+    /// all, `run` blocks 93.184.216.34.
+    #[arg(long = "block", visible_alias = "block-ip", value_name = "RULE")]
+    pub block: Vec<Destination>,
+    /// Allow RULE (same form as --block); repeatable
+    #[arg(long, value_name = "RULE")]
+    pub allow: Vec<Destination>,
+    /// Verdict for destinations no rule matches [default: the policy file's, else allow]
+    #[arg(long, value_enum, value_name = "VERDICT")]
+    pub default: Option<DefaultVerdict>,
+    /// File of rules to block, one a line (# and ; comments, blank lines and a count after the
+    /// rule allowed, as public blocklists ship them); repeatable
+    #[arg(long = "block-list", value_name = "FILE")]
+    pub block_list: Vec<PathBuf>,
+    /// File of rules to allow, one a line; repeatable
+    #[arg(long = "allow-list", value_name = "FILE")]
+    pub allow_list: Vec<PathBuf>,
+    /// TOML policy file (default, nat64, [[rule]] and [[list]] entries); SIGHUP to `run`
+    /// re-reads it
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// NAT64 prefix (an IPv6 /96) whose addresses are judged by the IPv4 rules, as the
+    /// well-known `64:ff9b::/96` always is; repeatable, up to 4
+    #[arg(long, value_name = "PREFIX")]
+    pub nat64: Vec<Nat64Prefix>,
+}
+
+impl RuleArgs {
+    /// The rule sources as given (none at all: an empty policy).
+    #[must_use]
+    pub fn sources(&self) -> Sources {
+        Sources {
+            block: self.block.clone(),
+            allow: self.allow.clone(),
+            block_lists: self.block_list.clone(),
+            allow_lists: self.allow_list.clone(),
+            policy: self.policy.clone(),
+            default: self.default.map(|d| match d {
+                DefaultVerdict::Allow => Action::Allow,
+                DefaultVerdict::Deny => Action::Block,
+            }),
+            nat64: self.nat64.clone(),
+        }
+    }
+}
+
 /// Arguments of `blocker run`.
 #[derive(Debug, clap::Args)]
 #[expect(clippy::struct_excessive_bools, reason = "on/off flags of the command line")]
@@ -95,26 +144,8 @@ pub struct RunArgs {
                 text 0.0.4, or OpenMetrics when the scraper's Accept header asks for it"
     )]
     pub metrics: Option<String>,
-    /// Block RULE: [tcp://|udp://]HOST[/LEN][:PORT[-PORT]]; repeatable. With no rule source at
-    /// all, 93.184.216.34 is blocked.
-    #[arg(long = "block", visible_alias = "block-ip", value_name = "RULE")]
-    pub block: Vec<Destination>,
-    /// Allow RULE (same form as --block); repeatable
-    #[arg(long, value_name = "RULE")]
-    pub allow: Vec<Destination>,
-    /// Verdict for destinations no rule matches [default: the policy file's, else allow]
-    #[arg(long, value_enum, value_name = "VERDICT")]
-    pub default: Option<DefaultVerdict>,
-    /// File of rules to block, one a line (# and ; comments, blank lines and a count after the
-    /// rule allowed, as public blocklists ship them); repeatable
-    #[arg(long = "block-list", value_name = "FILE")]
-    pub block_list: Vec<PathBuf>,
-    /// File of rules to allow, one a line; repeatable
-    #[arg(long = "allow-list", value_name = "FILE")]
-    pub allow_list: Vec<PathBuf>,
-    /// TOML policy file (default, nat64, [[rule]] and [[list]] entries); SIGHUP re-reads it
-    #[arg(long, value_name = "FILE")]
-    pub policy: Option<PathBuf>,
+    #[command(flatten)]
+    pub rules: RuleArgs,
     /// Reload when the policy or list files change on disk: written in place, replaced by a
     /// rename, or swapped the way Kubernetes updates a mounted config map. A bad new file keeps
     /// the old policy.
@@ -124,10 +155,6 @@ pub struct RunArgs {
     /// standard output); the error line shows only the verifier's reason
     #[arg(long, value_name = "FILE")]
     pub verifier_log: Option<PathBuf>,
-    /// NAT64 prefix (an IPv6 /96) whose addresses are judged by the IPv4 rules, as the
-    /// well-known `64:ff9b::/96` always is; repeatable, up to 4
-    #[arg(long, value_name = "PREFIX")]
-    pub nat64: Vec<Nat64Prefix>,
 }
 
 impl RunArgs {
@@ -148,18 +175,7 @@ impl RunArgs {
     /// Never: the seed's rule is valid.
     #[must_use]
     pub fn sources(&self) -> Sources {
-        let mut sources = Sources {
-            block: self.block.clone(),
-            allow: self.allow.clone(),
-            block_lists: self.block_list.clone(),
-            allow_lists: self.allow_list.clone(),
-            policy: self.policy.clone(),
-            default: self.default.map(|d| match d {
-                DefaultVerdict::Allow => Action::Allow,
-                DefaultVerdict::Deny => Action::Block,
-            }),
-            nat64: self.nat64.clone(),
-        };
+        let mut sources = self.rules.sources();
         if sources.is_empty() {
             sources.block.push(DEFAULT_BLOCK.parse().expect("valid default rule"));
         }
@@ -726,9 +742,9 @@ mod tests {
             "udp://[::1]:53",
         ])
         .unwrap();
-        let texts: Vec<String> = args.block.iter().map(ToString::to_string).collect();
+        let texts: Vec<String> = args.rules.block.iter().map(ToString::to_string).collect();
         assert_eq!(texts, ["10.0.0.1", "127.0.0.2:80"]);
-        assert_eq!(args.allow[0].to_string(), "udp://[::1]:53");
+        assert_eq!(args.rules.allow[0].to_string(), "udp://[::1]:53");
         assert_eq!(args.cgroup, None);
         assert_eq!(args.name, "default");
         assert!(!args.pin && !args.audit);
