@@ -225,11 +225,19 @@ pub fn blocker_output(args: &[&str], uid: Option<u32>) -> Output {
     if let Some(uid) = uid {
         as_user(&mut cmd, uid);
     }
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn blocker: {e}"));
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    // A child another thread forks while the copy is written holds its write end until it
+    // exits: exec then fails with ETXTBSY for a moment (at most 5 s of retries).
+    let mut tries = 0;
+    let mut child = loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 250 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            spawned => break spawned.unwrap_or_else(|e| panic!("spawn blocker: {e}")),
+        }
+    };
     assert!(
         wait_within(&mut child, Duration::from_secs(90)).is_some(),
         "blocker {args:?} did not exit within 90 s"
