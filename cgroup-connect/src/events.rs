@@ -7,6 +7,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
+    sync::{Mutex, PoisonError},
     time::{Duration, SystemTime},
 };
 
@@ -113,17 +114,37 @@ impl EventLine {
     }
 }
 
-/// The wall-clock time of a `CLOCK_BOOTTIME` timestamp.
+/// The wall-clock time of a `CLOCK_BOOTTIME` timestamp. The offset between the two clocks is
+/// read at each call, but kept from the call before while it moves by less than
+/// [`CLOCK_JITTER`] (two clock reads apart, a reader preempted between them): so the times of
+/// events in ring order never go backwards, while a step of the wall clock (settimeofday, NTP)
+/// is followed.
 fn wall_time(boot_ns: u64) -> SystemTime {
+    static KEPT: Mutex<Option<Duration>> = Mutex::new(None);
+    let now = clock_offset();
+    let mut kept = KEPT.lock().unwrap_or_else(PoisonError::into_inner);
+    let offset = match *kept {
+        Some(k) if k.abs_diff(now) < CLOCK_JITTER => k,
+        _ => *kept.insert(now),
+    };
+    SystemTime::UNIX_EPOCH + offset + Duration::from_nanos(boot_ns)
+}
+
+/// How far the wall clock may seem to move against `CLOCK_BOOTTIME` before [`wall_time`]
+/// takes it as a step of the clock rather than the jitter of reading two clocks.
+const CLOCK_JITTER: Duration = Duration::from_millis(20);
+
+/// The wall-clock time at which `CLOCK_BOOTTIME` was zero.
+fn clock_offset() -> Duration {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes a valid timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &raw mut ts) };
-    let now_boot = Duration::new(
+    let boot = Duration::new(
         u64::try_from(ts.tv_sec).unwrap_or(0),
         u32::try_from(ts.tv_nsec).unwrap_or(0),
     );
-    let age = now_boot.saturating_sub(Duration::from_nanos(boot_ns));
-    SystemTime::now() - age
+    let wall = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    wall.saturating_sub(boot)
 }
 
 /// How often a reader looks for events the programs did not wake it for.
@@ -295,6 +316,18 @@ pub fn write_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Events in ring order carry times that never go backwards, although each conversion
+    /// reads the two clocks again.
+    #[test]
+    fn wall_times_follow_the_boot_clock() {
+        let mut last = SystemTime::UNIX_EPOCH;
+        for ns in (0..20_000u64).map(|i| 1_000_000_000 + i * 1_000) {
+            let t = wall_time(ns);
+            assert!(t >= last, "{t:?} before {last:?}");
+            last = t;
+        }
+    }
 
     fn line(comm: &str) -> EventLine {
         EventLine {
