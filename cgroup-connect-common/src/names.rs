@@ -22,8 +22,23 @@ pub mod programs {
     /// (raw, ping, UDP-Lite and SCTP sockets, IPv4 options, IPv6 extension headers). Attached
     /// after the others unless `blocker run --no-packet-checks`.
     pub const EGRESS: &str = "check_egress";
+    /// `cgroup/sock_create`: refuses (EPERM at `socket()`) the IPv4 and IPv6 sockets whose
+    /// packets the `sock_addr` hooks do not judge (raw, ping, UDP-Lite, SCTP, others), unless
+    /// `--allow-sockets` names their kind (see `crate::packet::socket_kind`).
+    pub const SOCKET: &str = "check_socket";
+    /// `cgroup/setsockopt`: refuses an IPv6 routing header and an IPv4 source route set as a
+    /// socket option; passes every other option through.
+    pub const SETSOCKOPT: &str = "check_setsockopt";
+    /// `lsm_cgroup/socket_sendmsg` (BPF LSM, 6.0+): refuses a `sendmsg()` whose control
+    /// messages hold an IPv6 routing header or an IPv4 source route.
+    pub const SENDMSG_OPTIONS: &str = "check_sendmsg_options";
+    /// The packet checks, in the order they are attached: the socket and option checks always,
+    /// the LSM one where the kernel runs BPF LSM programs, the egress one where it does not or
+    /// when some socket kind is allowed.
+    pub const PACKET_CHECKS: [&str; 4] = [SOCKET, SETSOCKOPT, SENDMSG_OPTIONS, EGRESS];
     /// Every program whose link an instance may pin.
-    pub const LINKED: [&str; 5] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6, EGRESS];
+    pub const LINKED: [&str; 8] =
+        [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6, SOCKET, SETSOCKOPT, SENDMSG_OPTIONS, EGRESS];
     /// `cgroup/connect4` that allows everything: the benchmarks' reference, never attached by
     /// the blocker.
     pub const REFERENCE_ALLOW: &str = "reference_allow";
@@ -75,7 +90,8 @@ pub mod maps {
 
 /// Indices of the [`maps::CONFIG`] words.
 pub mod config {
-    /// Flags: [`crate::CONFIG_AUDIT`].
+    /// Flags: [`crate::CONFIG_AUDIT`], and the socket kinds allowed
+    /// ([`crate::packet::socket_kind`] bits).
     pub const FLAGS: u32 = 0;
     /// The size class that holds the IPv4 table.
     pub const V4_CLASS: u32 = 1;

@@ -127,6 +127,130 @@ pub const fn later_fragment(frag_off: u16) -> bool {
     frag_off & 0x1fff != 0
 }
 
+/// `SOCK_RAW`.
+pub const SOCK_RAW: u32 = 3;
+/// `AF_INET` and `AF_INET6`.
+pub const AF_INET: u32 = 2;
+pub const AF_INET6: u32 = 10;
+pub const IPPROTO_ICMP: u32 = 1;
+pub const IPPROTO_ICMPV6: u32 = 58;
+/// `IPPROTO_MPTCP`: its packets leave through TCP subflows, judged at their connect.
+pub const IPPROTO_MPTCP: u32 = 262;
+
+/// The kinds of IPv4 and IPv6 sockets whose packets the `sock_addr` hooks do not judge: the
+/// socket-creation check refuses them (EPERM at `socket()`) unless `--allow-sockets` names
+/// them, and the packet checks then judge their packets. Each is a bit of the
+/// [`crate::config::FLAGS`] word.
+pub mod socket_kind {
+    /// `SOCK_RAW`, whatever its protocol (needs `CAP_NET_RAW`).
+    pub const RAW: u32 = 1 << 1;
+    /// ICMP and `ICMPv6` datagram sockets (ping sockets, open to the groups of
+    /// `net.ipv4.ping_group_range`).
+    pub const PING: u32 = 1 << 2;
+    /// UDP-Lite.
+    pub const UDPLITE: u32 = 1 << 3;
+    /// SCTP.
+    pub const SCTP: u32 = 1 << 4;
+    /// Any other protocol but TCP, UDP and MPTCP (L2TP over IP, SMC, ...).
+    pub const OTHER: u32 = 1 << 5;
+    /// Every kind, with the names `--allow-sockets` takes.
+    pub const ALL: [(u32, &str); 5] =
+        [(RAW, "raw"), (PING, "ping"), (UDPLITE, "udplite"), (SCTP, "sctp"), (OTHER, "other")];
+    /// The bits of every kind.
+    pub const MASK: u32 = RAW | PING | UDPLITE | SCTP | OTHER;
+}
+
+/// The kind of an IPv4 or IPv6 socket (`bpf_sock.type` and `bpf_sock.protocol` at
+/// `socket()`): 0 for a TCP stream, a UDP datagram or an MPTCP socket (judged at connect and
+/// send), else its [`socket_kind`] bit.
+#[must_use]
+#[inline(always)]
+pub const fn socket_kind(sock_type: u32, sock_protocol: u32) -> u32 {
+    if sock_type == SOCK_RAW {
+        return socket_kind::RAW;
+    }
+    if judged_at_socket(sock_type, sock_protocol)
+        || (sock_type == SOCK_STREAM && sock_protocol == IPPROTO_MPTCP)
+    {
+        return 0;
+    }
+    match sock_protocol {
+        IPPROTO_ICMP | IPPROTO_ICMPV6 if sock_type == SOCK_DGRAM => socket_kind::PING,
+        p if p == IPPROTO_UDPLITE as u32 => socket_kind::UDPLITE,
+        p if p == IPPROTO_SCTP as u32 => socket_kind::SCTP,
+        _ => socket_kind::OTHER,
+    }
+}
+
+/// `SOL_IP` and `SOL_IPV6`, the levels of the options and control messages below.
+pub const SOL_IP: i32 = 0;
+pub const SOL_IPV6: i32 = 41;
+/// `IP_OPTIONS` (setsockopt) and `IP_RETOPTS` (control message): IPv4 options.
+pub const IP_OPTIONS: i32 = 4;
+pub const IP_RETOPTS: i32 = 7;
+/// `IPV6_2292PKTOPTIONS`: a buffer of control messages, set as sticky options.
+pub const IPV6_2292PKTOPTIONS: i32 = 6;
+/// `IPV6_RTHDR`: a routing header (socket option and control message); `IPV6_2292RTHDR`: one
+/// as a control message (as a socket option, a flag asking to receive them).
+pub const IPV6_2292RTHDR: i32 = 5;
+pub const IPV6_RTHDR: i32 = 57;
+/// Longest IPv4 option list.
+pub const MAX_IP_OPTIONS_LEN: u32 = 40;
+/// Most control messages walked in one buffer; past them, refused.
+pub const MAX_CMSGS: u32 = 8;
+/// Size of a `struct cmsghdr` on 64-bit kernels (`cmsg_len`, `cmsg_level`, `cmsg_type`).
+pub const CMSG_HEADER: u32 = 16;
+
+/// What a socket option or control message is, for the option checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptionKind {
+    /// A routing header (IPv6): refused unless empty.
+    RoutingHeader,
+    /// IPv4 options: refused when they hold a source route.
+    IpOptions,
+    /// Control messages (`IPV6_2292PKTOPTIONS`): each is checked.
+    ControlMessages,
+    /// Anything else: passed through untouched.
+    Other,
+}
+
+/// The kind of socket option `optname` at `level` (setsockopt).
+#[must_use]
+#[inline(always)]
+pub const fn sockopt_kind(level: i32, optname: i32) -> OptionKind {
+    match (level, optname) {
+        // As a socket option, IPV6_2292RTHDR only asks to receive routing headers.
+        (SOL_IPV6, IPV6_RTHDR) => OptionKind::RoutingHeader,
+        (SOL_IPV6, IPV6_2292PKTOPTIONS) => OptionKind::ControlMessages,
+        (SOL_IP, IP_OPTIONS) => OptionKind::IpOptions,
+        _ => OptionKind::Other,
+    }
+}
+
+/// The kind of a control message of `level` and `cmsg_type` (sendmsg ancillary data, or the
+/// buffer of `IPV6_2292PKTOPTIONS`).
+#[must_use]
+#[inline(always)]
+pub const fn cmsg_kind(level: i32, cmsg_type: i32) -> OptionKind {
+    match (level, cmsg_type) {
+        (SOL_IPV6, IPV6_RTHDR | IPV6_2292RTHDR) => OptionKind::RoutingHeader,
+        (SOL_IP, IP_RETOPTS) => OptionKind::IpOptions,
+        _ => OptionKind::Other,
+    }
+}
+
+/// Where the control message after one of `cmsg_len` bytes starts, `CMSG_ALIGN`ed (8 bytes on
+/// 64-bit kernels), from the start of this one; `None` for a length the kernel refuses.
+#[must_use]
+#[inline(always)]
+pub const fn cmsg_step(cmsg_len: u64) -> Option<u32> {
+    if cmsg_len < CMSG_HEADER as u64 || cmsg_len > 0xffff {
+        return None;
+    }
+    #[expect(clippy::cast_possible_truncation, reason = "at most 0xffff, checked above")]
+    Some(((cmsg_len as u32) + 7) & !7)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,5 +302,41 @@ mod tests {
         assert_eq!(option_step(0x44, 12), OptionStep::Skip(12));
         assert_eq!(option_step(0x44, 1), OptionStep::Malformed);
         assert!(later_fragment(1) && !later_fragment(0x4000) && !later_fragment(0x2000));
+    }
+    #[test]
+    fn socket_kinds() {
+        assert_eq!(socket_kind(SOCK_STREAM, 6), 0);
+        assert_eq!(socket_kind(SOCK_DGRAM, 17), 0);
+        assert_eq!(socket_kind(SOCK_STREAM, IPPROTO_MPTCP), 0);
+        assert_eq!(socket_kind(SOCK_RAW, 6), socket_kind::RAW);
+        assert_eq!(socket_kind(SOCK_RAW, 255), socket_kind::RAW);
+        assert_eq!(socket_kind(SOCK_DGRAM, 1), socket_kind::PING);
+        assert_eq!(socket_kind(SOCK_DGRAM, 58), socket_kind::PING);
+        assert_eq!(socket_kind(SOCK_DGRAM, 136), socket_kind::UDPLITE);
+        assert_eq!(socket_kind(SOCK_STREAM, 132), socket_kind::SCTP);
+        assert_eq!(socket_kind(5, 132), socket_kind::SCTP);
+        assert_eq!(socket_kind(SOCK_DGRAM, 115), socket_kind::OTHER);
+        assert_eq!(socket_kind(SOCK_STREAM, 17), socket_kind::OTHER);
+        assert_eq!(socket_kind::ALL.iter().fold(0, |m, k| m | k.0), socket_kind::MASK);
+    }
+
+    #[test]
+    fn options_and_control_messages_checked() {
+        assert_eq!(sockopt_kind(41, 57), OptionKind::RoutingHeader);
+        assert_eq!(sockopt_kind(41, 5), OptionKind::Other);
+        assert_eq!(cmsg_kind(41, 5), OptionKind::RoutingHeader);
+        assert_eq!(sockopt_kind(41, 6), OptionKind::ControlMessages);
+        assert_eq!(sockopt_kind(0, 4), OptionKind::IpOptions);
+        assert_eq!(sockopt_kind(0, 1), OptionKind::Other);
+        assert_eq!(sockopt_kind(41, 67), OptionKind::Other);
+        assert_eq!(sockopt_kind(6, 57), OptionKind::Other);
+        assert_eq!(cmsg_kind(41, 57), OptionKind::RoutingHeader);
+        assert_eq!(cmsg_kind(0, 7), OptionKind::IpOptions);
+        assert_eq!(cmsg_kind(0, 4), OptionKind::Other);
+        assert_eq!(cmsg_kind(1, 1), OptionKind::Other);
+        assert_eq!(cmsg_step(16), Some(16));
+        assert_eq!(cmsg_step(20), Some(24));
+        assert_eq!(cmsg_step(15), None);
+        assert_eq!(cmsg_step(1 << 40), None);
     }
 }

@@ -37,13 +37,14 @@ use aya_ebpf::{
     btf_maps::{Array, ArrayOfMaps, LruPerCpuHashMap, PerCpuArray, RingBuf},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_probe_read_kernel,
         generated::{
             bpf_get_current_cgroup_id, bpf_get_socket_uid, bpf_ktime_get_boot_ns, bpf_sk_fullsock,
             bpf_skb_cgroup_id,
         },
     },
-    macros::{btf_map, cgroup_skb, cgroup_sock_addr},
-    programs::{SkBuffContext, SockAddrContext},
+    macros::{btf_map, cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, lsm_cgroup},
+    programs::{LsmContext, SkBuffContext, SockAddrContext, SockContext, SockoptContext},
 };
 use cgroup_connect_common::{
     ALLOW, BLOCK, CONFIG_AUDIT, Chunk, EVENTS_BYTES, Event, Proto, RULE_FAILED_CLOSED,
@@ -51,8 +52,8 @@ use cgroup_connect_common::{
     V4_LOOPBACK_RECORD, V4Record, V6Record, config, decide, decide_v4, hook, ip4_from_user,
     ip6_from_user, judge_reached, mapped_ip4, nat64_ip4, or_peer,
     packet::{
-        self, ETH_P_IP_BE, ETH_P_IPV6_BE, IPV4_HEADER, IPV6_HEADER, MAX_EXT_HEADERS,
-        MAX_IP_OPTIONS, Next, OptionStep,
+        self, CMSG_HEADER, ETH_P_IP_BE, ETH_P_IPV6_BE, IPV4_HEADER, IPV6_HEADER, MAX_CMSGS,
+        MAX_EXT_HEADERS, MAX_IP_OPTIONS, MAX_IP_OPTIONS_LEN, Next, OptionKind, OptionStep,
     },
     port_from_user, reached_v4, reached_v6, stats, verdict, word,
 };
@@ -189,6 +190,269 @@ pub fn check_sendmsg6(ctx: SockAddrContext) -> i32 {
 #[expect(clippy::needless_pass_by_value, reason = "the macro passes the context by value")]
 pub fn check_egress(ctx: SkBuffContext) -> i32 {
     try_egress(&ctx).unwrap_or_else(|fail_closed| fail_closed)
+}
+
+/// The socket check: refuses (EPERM at `socket()`) an IPv4 or IPv6 socket whose packets the
+/// `sock_addr` hooks do not judge (`packet::socket_kind`), unless its kind is allowed (a bit of
+/// the flags word). The kernel runs it for sockets a task makes, not for the kernel's own.
+#[cgroup_sock(sock_create)]
+#[expect(clippy::needless_pass_by_value, reason = "the macro passes the context by value")]
+pub fn check_socket(ctx: SockContext) -> i32 {
+    zero_or_one(try_socket(&ctx).unwrap_or_else(|fail_closed| fail_closed))
+}
+
+#[inline(always)]
+fn try_socket(ctx: &SockContext) -> Result<i32, i32> {
+    // SAFETY: the kernel hands every sock_create program a valid bpf_sock; type and protocol
+    // are readable there from 4.10, one u32 each.
+    let kind = unsafe { packet::socket_kind((*ctx.sock).type_, (*ctx.sock).protocol) };
+    if kind == 0 {
+        return Ok(ALLOW);
+    }
+    // A missing flags word fails closed, as a missing table does.
+    let flags = *CONFIG.get(config::FLAGS).ok_or_else(failed_closed)?;
+    if flags & kind != 0 {
+        return Ok(ALLOW);
+    }
+    Ok(refuse_call(flags))
+}
+
+/// The option check: refuses (EPERM) a non-empty IPv6 routing header, IPv4 options holding a
+/// source route, and `IPV6_2292PKTOPTIONS` control messages holding a routing header. Every
+/// other option passes untouched: the kernel then reads it from the caller's buffer.
+#[cgroup_sockopt(setsockopt)]
+#[expect(clippy::needless_pass_by_value, reason = "the macro passes the context by value")]
+pub fn check_setsockopt(ctx: SockoptContext) -> i32 {
+    zero_or_one(try_setsockopt(&ctx).unwrap_or_else(|fail_closed| fail_closed))
+}
+
+#[inline(always)]
+fn try_setsockopt(ctx: &SockoptContext) -> Result<i32, i32> {
+    let so = ctx.sockopt;
+    // SAFETY: the kernel hands every sockopt program a valid bpf_sockopt; level, optname and
+    // optlen are readable, optval and optval_end bound the copy of the value it made (at most
+    // a page).
+    let (level, optname, optlen, start, end) = unsafe {
+        (
+            (*so).level,
+            (*so).optname,
+            (*so).optlen,
+            (*so).__bindgen_anon_2.optval as usize,
+            (*so).__bindgen_anon_3.optval_end as usize,
+        )
+    };
+    let kind = packet::sockopt_kind(level, optname);
+    #[expect(clippy::cast_sign_loss, reason = "a negative length is refused by the kernel")]
+    let len = optlen.max(0) as usize;
+    if kind == OptionKind::Other {
+        if len > end - start {
+            // A value longer than the copy (over a page): optlen 0 tells the kernel to read
+            // the caller's buffer; left as it is, 6.1 would fail the call with EFAULT.
+            // SAFETY: optlen of a setsockopt context is writable.
+            unsafe { (*so).optlen = 0 };
+        }
+        return Ok(ALLOW);
+    }
+    if len == 0 {
+        // An empty value removes the header or options.
+        return Ok(ALLOW);
+    }
+    let flags = *CONFIG.get(config::FLAGS).ok_or_else(failed_closed)?;
+    if len > end - start {
+        // Fails closed: a value longer than the copy the program sees is not judged.
+        return Ok(refuse_call(flags));
+    }
+    let byte = |at: usize| -> Option<u8> {
+        // The copy is at most a page: a bound the verifier can see on the offset.
+        if at >= 4096 {
+            return None;
+        }
+        let p = start + at;
+        if p + 1 > end {
+            return None;
+        }
+        // SAFETY: within [optval, optval_end), checked just above as the verifier wants.
+        Some(unsafe { *(p as *const u8) })
+    };
+    let routes = match kind {
+        OptionKind::IpOptions => ip_options_route(len, byte),
+        OptionKind::ControlMessages => pktoptions_route(len, byte),
+        _ => true,
+    };
+    Ok(if routes { refuse_call(flags) } else { ALLOW })
+}
+
+/// Whether IPv4 options of `len` bytes, read by `byte`, hold a source route (or cannot be
+/// walked in `MAX_IP_OPTIONS` steps, which fails closed).
+#[inline(always)]
+fn ip_options_route(len: usize, byte: impl Fn(usize) -> Option<u8>) -> bool {
+    let mut offset = 0;
+    for _ in 0..MAX_IP_OPTIONS {
+        if offset >= len {
+            return false;
+        }
+        let Some(kind) = byte(offset) else { return true };
+        let length = if kind > 1 {
+            let Some(length) = byte(offset + 1) else { return true };
+            length
+        } else {
+            0
+        };
+        match packet::option_step(kind, length) {
+            OptionStep::End => return false,
+            OptionStep::Skip(n) => offset += n as usize,
+            OptionStep::SourceRoute | OptionStep::Malformed => return true,
+        }
+    }
+    offset < len
+}
+
+/// Whether the control messages of an `IPV6_2292PKTOPTIONS` value hold a routing header (or
+/// more messages than walked, which fails closed).
+#[inline(always)]
+fn pktoptions_route(len: usize, byte: impl Fn(usize) -> Option<u8>) -> bool {
+    let word = |at: usize| -> Option<u32> {
+        Some(u32::from_le_bytes([byte(at)?, byte(at + 1)?, byte(at + 2)?, byte(at + 3)?]))
+    };
+    let mut offset = 0;
+    for _ in 0..MAX_CMSGS {
+        if offset + CMSG_HEADER as usize > len {
+            return false;
+        }
+        let (Some(low), Some(high), Some(level), Some(kind)) =
+            (word(offset), word(offset + 4), word(offset + 8), word(offset + 12))
+        else {
+            return true;
+        };
+        #[expect(clippy::cast_possible_wrap, reason = "level and type are C ints")]
+        if packet::cmsg_kind(level as i32, kind as i32) != OptionKind::Other {
+            return true;
+        }
+        let Some(step) = packet::cmsg_step(u64::from(high) << 32 | u64::from(low)) else {
+            return true;
+        };
+        offset += step as usize;
+    }
+    offset + CMSG_HEADER as usize <= len
+}
+
+/// Offsets of `msg_control` and `msg_controllen` in the running kernel's `struct msghdr`, from
+/// its BTF: userspace sets them when it loads the programs (read-only data, constants to the
+/// verifier).
+#[unsafe(no_mangle)]
+static MSGHDR_CONTROL: u32 = 0;
+#[unsafe(no_mangle)]
+static MSGHDR_CONTROLLEN: u32 = 0;
+
+/// The control-message check (BPF LSM, per cgroup): refuses a `sendmsg()` whose control
+/// messages hold an IPv6 routing header or IPv4 options with a source route. The kernel runs
+/// it for sockets of the cgroup, on every send; a send without control messages costs two
+/// loads.
+#[lsm_cgroup(hook = "socket_sendmsg")]
+#[expect(clippy::needless_pass_by_value, reason = "the macro passes the context by value")]
+pub fn check_sendmsg_options(ctx: LsmContext) -> i32 {
+    zero_or_one(try_sendmsg_options(&ctx).unwrap_or_else(|fail_closed| fail_closed))
+}
+
+#[inline(always)]
+fn try_sendmsg_options(ctx: &LsmContext) -> Result<i32, i32> {
+    let msg: *const u8 = ctx.arg(1);
+    // SAFETY: read-only globals the loader set; volatile keeps the compiler from folding them.
+    let (control_at, len_at) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const MSGHDR_CONTROL),
+            core::ptr::read_volatile(&raw const MSGHDR_CONTROLLEN),
+        )
+    };
+    // SAFETY: probe reads of the kernel's msghdr: a failed read fails closed.
+    let len: u64 = unsafe { bpf_probe_read_kernel(msg.add(len_at as usize).cast()) }
+        .map_err(|_| failed_closed())?;
+    if len == 0 {
+        return Ok(ALLOW);
+    }
+    // SAFETY: as above; the control messages are in kernel memory by now (the syscall
+    // copied them), so the caller cannot change them after this check.
+    let control: u64 = unsafe { bpf_probe_read_kernel(msg.add(control_at as usize).cast()) }
+        .map_err(|_| failed_closed())?;
+    let mut offset = 0u64;
+    for _ in 0..MAX_CMSGS {
+        if offset + u64::from(CMSG_HEADER) > len {
+            return Ok(ALLOW);
+        }
+        let at = (control + offset) as *const [u32; 4];
+        // SAFETY: as above.
+        let header = unsafe { bpf_probe_read_kernel(at) }.map_err(|_| failed_closed())?;
+        #[expect(clippy::cast_possible_wrap, reason = "level and type are C ints")]
+        let kind = packet::cmsg_kind(header[2] as i32, header[3] as i32);
+        let cmsg_len = u64::from(header[1]) << 32 | u64::from(header[0]);
+        let routes = match kind {
+            OptionKind::RoutingHeader => true,
+            OptionKind::IpOptions => {
+                let data = control + offset + u64::from(CMSG_HEADER);
+                #[expect(clippy::cast_possible_truncation, reason = "at most 40")]
+                let data_len = cmsg_len
+                    .saturating_sub(u64::from(CMSG_HEADER))
+                    .min(u64::from(MAX_IP_OPTIONS_LEN)) as usize;
+                // One probe read a byte, not a buffer on the stack read at a variable offset:
+                // 6.1's verifier refuses that ("invalid variable-offset read from stack")
+                // before 6.3 lets privileged programs read stack it cannot prove written.
+                // A failed read (None) fails closed, as a byte past 40 does.
+                ip_options_route(data_len, |i| {
+                    if i >= MAX_IP_OPTIONS_LEN as usize {
+                        return None;
+                    }
+                    // SAFETY: as above; bytes past the message may be read, never judged.
+                    unsafe { bpf_probe_read_kernel((data + i as u64) as *const u8) }.ok()
+                })
+            }
+            _ => false,
+        };
+        if routes {
+            return Ok(refuse_call(config_flags()));
+        }
+        let Some(step) = packet::cmsg_step(cmsg_len) else {
+            // The kernel refuses such a message itself (EINVAL).
+            return Ok(ALLOW);
+        };
+        offset += u64::from(step);
+    }
+    // Fails closed: more control messages than walked.
+    Ok(if offset + u64::from(CMSG_HEADER) > len { ALLOW } else { refuse_call(config_flags()) })
+}
+
+/// `verdict` (ALLOW or BLOCK) masked to one bit after a volatile read: these hooks must return
+/// exactly 0 or 1, and the verifier loses track of a verdict that the compiler spilled to the
+/// stack across the counting.
+#[inline(always)]
+fn zero_or_one(verdict: i32) -> i32 {
+    // SAFETY: a read of a local.
+    unsafe { core::ptr::read_volatile(&raw const verdict) & 1 }
+}
+
+/// The flags word; missing (a bug), as if no flag were set: refusals stay refusals.
+#[inline(always)]
+fn config_flags() -> u32 {
+    CONFIG.get(config::FLAGS).copied().unwrap_or(0)
+}
+
+/// Counts a failure to read what a check needs: the call is refused (fails closed).
+#[inline(always)]
+fn failed_closed() -> i32 {
+    count(stats::FAILED_CLOSED);
+    BLOCK
+}
+
+/// Refuses a call (`socket()`, `setsockopt()`, `sendmsg()`): counted as blocked, or in audit
+/// mode (`flags`) counted and let through. Not reported as an event: these hooks may not call
+/// the current-task helpers on every kernel the blocker supports.
+#[inline(always)]
+fn refuse_call(flags: u32) -> i32 {
+    if flags & CONFIG_AUDIT != 0 {
+        count(stats::AUDITED);
+        return ALLOW;
+    }
+    count(stats::BLOCKED);
+    BLOCK
 }
 
 /// Reference for the benchmarks: allows everything, touches nothing. The blocker never loads
@@ -666,3 +930,9 @@ fn report(attempt: &Attempt, rule: u32, verdict: u8) {
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
+
+/// The programs' license, as the kernel reads it: GPL-compatible, which BPF LSM programs and
+/// the kernel's GPL-only helpers need (the eBPF code is MIT or GPL-2.0, as aya's template).
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

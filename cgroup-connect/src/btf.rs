@@ -107,6 +107,84 @@ fn encode(value_sizes: &[u32]) -> Vec<u8> {
     blob
 }
 
+/// Offsets of `msg_control` and `msg_controllen` in the running kernel's `struct msghdr`, from
+/// /sys/kernel/btf/vmlinux: the control-message check reads them (its layout changes between
+/// releases, and aya relocates no field of a Rust program). `None` without kernel BTF.
+#[must_use]
+pub fn msghdr_control() -> Option<(u32, u32)> {
+    let blob = std::fs::read("/sys/kernel/btf/vmlinux").ok()?;
+    struct_member_offsets(&blob, "msghdr", "msg_control", "msg_controllen")
+}
+
+/// The byte offsets of members `first` and `second` of struct `name` in the raw BTF `blob`; a
+/// member may be in an anonymous union or struct member (`msg_control` is).
+fn struct_member_offsets(blob: &[u8], name: &str, first: &str, second: &str) -> Option<(u32, u32)> {
+    const KIND_UNION: u32 = 5;
+    let word = |at: usize| Some(u32::from_ne_bytes(blob.get(at..at + 4)?.try_into().ok()?));
+    if blob.get(..2)? != 0xeb9f_u16.to_ne_bytes() {
+        return None;
+    }
+    let hdr_len = word(4)? as usize;
+    let (type_start, type_len) = (hdr_len + word(8)? as usize, word(12)? as usize);
+    let str_start = hdr_len + word(16)? as usize;
+    let name_at = |off: u32| -> Option<&[u8]> {
+        let rest = blob.get(str_start + off as usize..)?;
+        Some(&rest[..rest.iter().position(|&b| b == 0)?])
+    };
+    // Where each type starts, by id (id 0 is void).
+    let mut starts = vec![0usize];
+    let mut at = type_start;
+    while at < type_start + type_len {
+        starts.push(at);
+        let info = word(at + 4)?;
+        let vlen = (info & 0xffff) as usize;
+        let extra = match (info >> 24) & 0x1f {
+            1 | 14 | 17 => 4,
+            3 => 12,
+            4 | 5 | 15 | 19 => 12 * vlen,
+            6 | 13 => 8 * vlen,
+            _ => 0,
+        };
+        at += 12 + extra;
+    }
+    // A member's byte offset: the low 24 bits when the kind flag says it holds bitfield sizes.
+    let members = |id: usize| -> Option<Vec<(u32, u32, u32)>> {
+        let at = *starts.get(id)?;
+        let info = word(at + 4)?;
+        let bits = |o: u32| if info >> 31 == 1 { o & 0xff_ffff } else { o };
+        (0..(info & 0xffff) as usize)
+            .map(|m| {
+                let base = at + 12 + 12 * m;
+                Some((word(base)?, word(base + 4)?, bits(word(base + 8)?) / 8))
+            })
+            .collect()
+    };
+    let target = (1..starts.len()).find(|&id| {
+        word(starts[id] + 4).is_some_and(|info| (info >> 24) & 0x1f == KIND_STRUCT)
+            && word(starts[id]).and_then(name_at) == Some(name.as_bytes())
+    })?;
+    let find = |wanted: &str| -> Option<u32> {
+        let list = members(target)?;
+        for &(member, _, offset) in &list {
+            if name_at(member)? == wanted.as_bytes() {
+                return Some(offset);
+            }
+        }
+        for &(member, ty, offset) in &list {
+            let kind = word(*starts.get(ty as usize)? + 4).map(|i| (i >> 24) & 0x1f);
+            if member == 0 && matches!(kind, Some(KIND_STRUCT | KIND_UNION)) {
+                for (inner, _, inner_offset) in members(ty as usize)? {
+                    if name_at(inner)? == wanted.as_bytes() {
+                        return Some(offset + inner_offset);
+                    }
+                }
+            }
+        }
+        None
+    };
+    Some((find(first)?, find(second)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +200,18 @@ mod tests {
         assert_eq!(blob.len(), 24 + (type_len + str_len) as usize);
         assert_eq!(word(24 + 16 + 12 + 8), 16, "the second struct's size");
         assert_eq!(TableBtf::value_type(1), 3);
+    }
+
+    #[test]
+    fn msghdr_offsets_come_from_the_kernel_btf() {
+        if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+            eprintln!("skipped: this kernel has no BTF at /sys/kernel/btf/vmlinux");
+            return;
+        }
+        let (control, len) = msghdr_control().expect("struct msghdr in the kernel BTF");
+        // msg_name, msg_namelen and msg_iter come first; msg_controllen after msg_control.
+        assert!(control >= 16 && len > control, "{control} {len}");
+        assert_eq!(control % 8, 0);
+        assert_eq!(len % 8, 0);
     }
 }

@@ -312,7 +312,7 @@ mod tests {
                 }
             })
             .collect();
-        Policy { default, rules, nat64: vec![] }
+        Policy { default, rules, nat64: vec![], allow_sockets: vec![] }
     }
 
     fn run(p: &Policy, addr: &str, port: Option<u16>, proto: Proto) -> Explanation {

@@ -264,14 +264,7 @@ fn mmapable_array() -> Support {
 /// or without links for that attach type, answers `EINVAL`. Linux 5.7 added the command with
 /// cgroup links as its first kind. The real attach in `blocker doctor` proves the rest.
 fn cgroup_links() -> Support {
-    /// The `link_create` part of `union bpf_attr`.
-    #[repr(C)]
-    struct LinkCreateAttr {
-        prog_fd: u32,
-        target_fd: u32,
-        attach_type: u32,
-        flags: u32,
-    }
+    use crate::loader::LinkCreateAttr;
     let attr = LinkCreateAttr {
         prog_fd: u32::MAX,
         target_fd: u32::MAX,
@@ -343,6 +336,43 @@ pub fn lift_memlock_limit() {
     let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: setrlimit reads a valid rlimit; failure only leaves the old limit.
     let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) };
+}
+
+/// Whether the kernel runs BPF LSM programs: "bpf" in its active LSM list, which
+/// /sys/kernel/security/lsm shows (securityfs), else the `lsm=` boot parameter, else the
+/// build's `CONFIG_LSM` (/proc/config.gz or /boot/config-RELEASE) with `CONFIG_BPF_LSM=y`.
+/// `None` when none of them can be read: the blocker then judges control messages per packet.
+/// A program attached to an LSM hook on a kernel that does not run BPF LSM would never run,
+/// so this decides, not the attach.
+#[must_use]
+pub fn bpf_lsm() -> Option<bool> {
+    let has_bpf = |list: &str| list.trim().trim_matches('"').split(',').any(|m| m == "bpf");
+    if let Ok(list) = std::fs::read_to_string("/sys/kernel/security/lsm") {
+        return Some(has_bpf(&list));
+    }
+    let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;
+    // Parameters after `--` go to init, not the kernel.
+    let kernel = cmdline.split(" -- ").next().unwrap_or_default();
+    if let Some(list) = kernel.split_whitespace().rev().find_map(|p| p.strip_prefix("lsm=")) {
+        return Some(has_bpf(list));
+    }
+    let config = kernel_config()?;
+    let value = |key: &str| {
+        config.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+    };
+    Some(value("CONFIG_BPF_LSM") == Some("y") && value("CONFIG_LSM").is_some_and(has_bpf))
+}
+
+/// The running kernel's build configuration, if it shows it.
+fn kernel_config() -> Option<String> {
+    use std::io::Read as _;
+    if let Ok(file) = std::fs::File::open("/proc/config.gz") {
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(file).read_to_string(&mut text).ok()?;
+        return Some(text);
+    }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    std::fs::read_to_string(format!("/boot/config-{}", release.trim())).ok()
 }
 
 #[cfg(test)]

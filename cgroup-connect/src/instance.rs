@@ -105,6 +105,8 @@ impl Applied {
 /// An instance this process serves, from [`start`] to [`stop`].
 pub struct Started {
     pub instance: Instance,
+    /// The packet-check programs in force (`programs::PACKET_CHECKS` names).
+    pub packet_programs: Vec<String>,
     /// Whether a pinned instance was adopted (its programs kept enforcing throughout).
     pub adopted: bool,
     /// Whether the adopted instance's links had lost their cgroup (removed and made anew at
@@ -223,16 +225,28 @@ pub async fn start(
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1)
     };
-    let packet_checks = state.packet_checks;
+    let checks = state.packet_checks();
     let preparing = (!paths.has_pinned_links())
-        .then(|| tokio::task::spawn_blocking(move || Prepared::load(packet_checks)));
+        .then(|| tokio::task::spawn_blocking(move || Prepared::load(checks)));
     // Everything that can fail on the policy or the programs fails here, before anything is
     // made, locked or attached.
     let compiled = compile(&state, names).await?;
+    // The policy file's socket kinds join the flag's.
+    for kind in &compiled.policy.allow_sockets {
+        if !state.allow_sockets.contains(kind) {
+            state.allow_sockets.push(kind.clone());
+        }
+    }
     let prepared = match preparing {
-        Some(thread) => Some(
-            thread.await.map_err(|_| anyhow::anyhow!("loading the BPF programs panicked"))??,
-        ),
+        Some(thread) => {
+            let mut prepared = thread
+                .await
+                .map_err(|_| anyhow::anyhow!("loading the BPF programs panicked"))??;
+            if let Some(checks) = state.packet_checks() {
+                prepared.allow_sockets(checks.allowed_sockets)?;
+            }
+            Some(prepared)
+        }
         None => None,
     };
     state.counts = compiled.counts;
@@ -247,6 +261,7 @@ pub async fn start(
         adopted,
         reattached,
         applied: Applied { policy, counts, record },
+        packet_programs: state.packet_programs(),
         reader,
     })
 }
@@ -289,21 +304,16 @@ fn attach(
                     wanted: state.cgroup.clone()
                 });
             }
-            let checked = paths.link(programs::EGRESS).exists();
-            if checked && !state.packet_checks {
-                loader::unpin_link(paths, programs::EGRESS)?;
-            }
+            let checks = state.packet_checks();
             let mut instance = Instance::open(paths)?;
             swap(paths, &mut instance, compiled)?;
-            instance.set_audit(state.audit)?;
+            instance.set_flags(state.audit, checks.map_or(0, |c| c.allowed_sockets))?;
             if let Some(cgroup) = cgroup.filter(|_| !on_cgroup) {
                 instance.reattach(paths, cgroup, true)?;
             }
-            if state.packet_checks && !checked {
-                // Pinned by a version without packet checks, or with --no-packet-checks: they
-                // join its pinned maps now.
-                instance.add_packet_checks(paths, cgroup)?;
-            }
+            // Pinned by a version with other packet checks, or with other flags: the checks
+            // asked for now join its pinned maps, the others go.
+            instance.set_packet_checks(paths, cgroup, checks)?;
             state.since = previous.as_ref().map_or(state.since, |p| p.since);
             (instance, true, !on_cgroup)
         } else {
@@ -312,13 +322,22 @@ fn attach(
             let prepared = match prepared {
                 Some(prepared) => prepared,
                 // The pins went away while the policy compiled: load now.
-                None => Prepared::load(state.packet_checks)?,
+                None => Prepared::load(state.packet_checks())?,
             };
             let tables = &compiled.tables;
             let pinned = state.pinned;
             (Instance::create(paths, cgroup, tables, state.audit, pinned, prepared)?, false, false)
         };
         pending.commit()?;
+        // The checks in force are those whose programs are pinned now (every instance pins
+        // its programs).
+        state.packet_programs = Some(
+            programs::PACKET_CHECKS
+                .iter()
+                .filter(|name| paths.program(name).exists())
+                .map(|name| (*name).to_owned())
+                .collect(),
+        );
         state.cgroup_id = Some(match cgroup {
             Some(cgroup) => cgroup.id().context("reading the cgroup's id")?,
             None => state::NOT_ATTACHED,
@@ -388,6 +407,16 @@ pub async fn apply(
     }
     edit(&mut state)?;
     let compiled = compile(&state, names).await?;
+    let new: Vec<&String> =
+        compiled.policy.allow_sockets.iter().filter(|k| !state.allow_sockets.contains(k)).collect();
+    if !new.is_empty() {
+        // The socket checks are set at start: refusing the reload would keep the old rules too.
+        tracing::warn!(
+            "allow_sockets {new:?} takes effect at the next start of instance {} (the socket \
+             kinds allowed now stay)",
+            paths.name
+        );
+    }
     let pending = compiled.record.prepare(paths)?;
     swap(paths, &mut Instance::open(paths)?, &compiled)?;
     pending.commit()?;

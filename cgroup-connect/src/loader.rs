@@ -23,13 +23,17 @@ use aya::{
     },
     pin::PinError as AyaPinError,
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
+        CgroupSockopt, LsmCgroup, Program, ProgramError,
+        cgroup_sock::CgroupSockAttachType,
         cgroup_sock_addr::{CgroupSockAddrAttachType, CgroupSockAddrLinkId},
+        cgroup_sockopt::CgroupSockoptAttachType,
         links::{FdLink, LinkError, PinnedLink},
     },
 };
 use cgroup_connect_common::{
-    CONFIG_AUDIT, MAX_NAT64_PREFIXES, TABLE_CLASSES, config, maps, programs, stats,
+    CONFIG_AUDIT, MAX_NAT64_PREFIXES, TABLE_CLASSES, config, maps, packet::socket_kind, programs,
+    stats,
 };
 
 use crate::{
@@ -252,37 +256,212 @@ pub fn write_verifier_log(
         .with_context(|| format!("writing the verifier log to {}", path.display()))
 }
 
+/// Which packet checks an instance runs (see `programs::PACKET_CHECKS`): the socket and option
+/// checks always; the control-message check where the kernel runs BPF LSM programs; the
+/// per-packet egress check where it does not (it then judges control messages too), or when
+/// some socket kind is allowed (it judges their packets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketChecks {
+    /// The socket kinds allowed (`packet::socket_kind` bits).
+    pub allowed_sockets: u32,
+    /// The offsets of `msg_control` and `msg_controllen` in `struct msghdr` for the
+    /// control-message check; `None` where the kernel cannot run it.
+    pub lsm: Option<(u32, u32)>,
+}
+
+impl PacketChecks {
+    /// The checks this kernel can run for an instance that allows `allowed_sockets`.
+    #[must_use]
+    pub fn for_kernel(allowed_sockets: u32) -> Self {
+        let lsm = if features::bpf_lsm() == Some(true) { btf::msghdr_control() } else { None };
+        Self { allowed_sockets: allowed_sockets & socket_kind::MASK, lsm }
+    }
+
+    /// The programs, in the order they are attached.
+    #[must_use]
+    pub fn programs(&self) -> Vec<&'static str> {
+        let mut out = vec![programs::SOCKET, programs::SETSOCKOPT];
+        if self.lsm.is_some() {
+            out.push(programs::SENDMSG_OPTIONS);
+        }
+        if self.lsm.is_none() || self.allowed_sockets != 0 {
+            out.push(programs::EGRESS);
+        }
+        out
+    }
+}
+
 /// The BPF object with its maps created and its programs loaded (verified) but not attached:
 /// the slow part of a start, which `blocker run` does while it reads and compiles the policy.
 pub struct Prepared {
     ebpf: Ebpf,
-    packet_checks: bool,
+    checks: Option<PacketChecks>,
+    /// Why the kernel refused the control-message check, where it did (`doctor` says it).
+    lsm_refused: Option<String>,
 }
 
 impl Prepared {
     /// Probes the kernel for every feature the blocker needs, then creates the maps and loads
-    /// the four `sock_addr` programs and, with `packet_checks`, the packet checks.
+    /// the four `sock_addr` programs and the packet checks (`None`: `--no-packet-checks`).
     ///
     /// # Errors
     /// [`LoadError::Unsupported`] naming the first feature the kernel lacks, or a load failure.
-    pub fn load(packet_checks: bool) -> Result<Self, LoadError> {
+    pub fn load(checks: Option<PacketChecks>) -> Result<Self, LoadError> {
         if let Some(feature) = crate::timings::time("probe", features::first_missing) {
             return Err(LoadError::Unsupported { feature });
         }
         features::lift_memlock_limit();
         let started = std::time::Instant::now();
-        let mut ebpf = Ebpf::load(BPF_OBJECT).map_err(LoadError::Object)?;
+        let mut ebpf = load_object(checks.as_ref(), None)?;
         for name in programs::ALL {
             program(&mut ebpf, name)?.load().map_err(|source| LoadError::program(name, source))?;
         }
-        if packet_checks {
-            let name = programs::EGRESS;
-            skb_program(&mut ebpf, programs::EGRESS)?
-                .load()
-                .map_err(|source| LoadError::program(name, source))?;
+        let mut checks = checks;
+        let mut lsm_refused = None;
+        if let Some(checks) = checks.as_mut() {
+            lsm_refused = load_checks(&mut ebpf, checks)?;
         }
         crate::timings::add("verify", started.elapsed());
-        Ok(Self { ebpf, packet_checks })
+        Ok(Self { ebpf, checks, lsm_refused })
+    }
+
+    /// Lets the cgroup make sockets of the kinds `allowed` too (the policy file's
+    /// `allow_sockets`, read after the load began): loads the egress check if they need it.
+    ///
+    /// # Errors
+    /// A load failure.
+    pub fn allow_sockets(&mut self, allowed: u32) -> Result<(), LoadError> {
+        let Some(checks) = self.checks.as_mut() else { return Ok(()) };
+        let before = checks.programs();
+        checks.allowed_sockets |= allowed & socket_kind::MASK;
+        for name in checks.programs() {
+            if !before.contains(&name) {
+                load_check(&mut self.ebpf, name)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The packet-check programs loaded, in attach order (`programs::PACKET_CHECKS` names).
+    #[must_use]
+    pub fn packet_programs(&self) -> Vec<String> {
+        let programs = self.checks.as_ref().map(PacketChecks::programs).unwrap_or_default();
+        programs.into_iter().map(str::to_owned).collect()
+    }
+
+    /// Why the kernel refused the control-message check, if it did (then the egress program
+    /// judges control messages).
+    #[must_use]
+    pub fn lsm_refused(&self) -> Option<&str> {
+        self.lsm_refused.as_deref()
+    }
+}
+
+/// Parses the object and creates its maps (reusing those pinned under `pins`), with the
+/// `msghdr` offsets of `checks` in its read-only data.
+fn load_object(
+    checks: Option<&PacketChecks>,
+    pins: Option<&InstancePaths>,
+) -> Result<Ebpf, LoadError> {
+    let (control, len) = checks.and_then(|c| c.lsm).unwrap_or_default();
+    let paths: Vec<(&'static str, PathBuf)> = pins
+        .map(|p| maps::PINNED.iter().map(|&map| (map, p.map(map))).collect())
+        .unwrap_or_default();
+    let mut loader = EbpfLoader::new();
+    loader.override_global("MSGHDR_CONTROL", &control, true).override_global(
+        "MSGHDR_CONTROLLEN",
+        &len,
+        true,
+    );
+    for (map, path) in &paths {
+        loader.map_pin_path(map, path.as_path());
+    }
+    loader.load(BPF_OBJECT).map_err(LoadError::Object)
+}
+
+/// Loads the programs of `checks`. Where the kernel refuses the control-message check (BPF LSM
+/// not active, or a kernel that lets no LSM program load), the egress check takes its place:
+/// `checks` then says so, never a check that is not in force.
+fn load_checks(ebpf: &mut Ebpf, checks: &mut PacketChecks) -> Result<Option<String>, LoadError> {
+    let mut refused = None;
+    if checks.lsm.is_some()
+        && let Err(e) = load_check(ebpf, programs::SENDMSG_OPTIONS)
+    {
+        // Not a warning: on such kernels it would be printed at every start. The attached
+        // line, `status` and `doctor` say which check is in force; `doctor` says why.
+        let e = format!("{:#}", anyhow::Error::from(e));
+        tracing::debug!("{e}: control messages are judged per packet instead (egress)");
+        checks.lsm = None;
+        refused = Some(e);
+    }
+    for name in checks.programs() {
+        if name != programs::SENDMSG_OPTIONS {
+            load_check(ebpf, name)?;
+        }
+    }
+    Ok(refused)
+}
+
+/// Loads (verifies) the packet-check program `name`.
+fn load_check(ebpf: &mut Ebpf, name: &'static str) -> Result<(), LoadError> {
+    let loaded = match ebpf.program_mut(name) {
+        Some(Program::CgroupSock(p)) => p.load(),
+        Some(Program::CgroupSockopt(p)) => p.load(),
+        Some(Program::CgroupSkb(p)) => p.load(),
+        Some(Program::LsmCgroup(p)) => aya::Btf::from_sys_fs()
+            .map_err(ProgramError::Btf)
+            .and_then(|btf| p.load("socket_sendmsg", &btf)),
+        _ => return Err(LoadError::Missing { kind: "program", name }),
+    };
+    loaded.map_err(|source| LoadError::program(name, source))
+}
+
+/// The packet-check program `name` pinned at `path`.
+fn pinned_check(name: &'static str, path: &Path) -> Result<Program, ProgramError> {
+    Ok(match name {
+        programs::SOCKET => {
+            Program::CgroupSock(CgroupSock::from_pin(path, CgroupSockAttachType::SockCreate)?)
+        }
+        programs::SETSOCKOPT => {
+            Program::CgroupSockopt(CgroupSockopt::from_pin(path, CgroupSockoptAttachType::Set)?)
+        }
+        programs::SENDMSG_OPTIONS => Program::LsmCgroup(LsmCgroup::from_pin(path)?),
+        _ => Program::CgroupSkb(CgroupSkb::from_pin(path, CgroupSkbAttachType::Egress)?),
+    })
+}
+
+/// Attaches the packet-check `program` (`name`) to `cgroup` and takes its link over (`paths`:
+/// where a setsockopt link is pinned for a moment, see [`sockopt_link`]).
+fn attach_check(
+    program: &mut Program,
+    name: &'static str,
+    cgroup: &CgroupDir,
+    paths: &InstancePaths,
+) -> Result<FdLink, LoadError> {
+    let single = CgroupAttachMode::Single;
+    let failed = attach_error(name, cgroup);
+    let link = |e: LinkError| LoadError::Link { program: name, source: e };
+    match program {
+        Program::CgroupSock(p) => {
+            let id = p.attach(cgroup, single).map_err(&failed)?;
+            FdLink::try_from(p.take_link(id).map_err(&failed)?).map_err(link)
+        }
+        Program::CgroupSockopt(p) => {
+            let prog = p.fd().map_err(&failed)?.as_fd();
+            sockopt_link(prog, cgroup, &paths.link(&format!("{name}_new"))).map_err(|source| {
+                LoadError::Attach {
+                    program: name,
+                    cgroup: cgroup.path().display().to_string(),
+                    source: ProgramError::IOError(source),
+                }
+            })
+        }
+        Program::LsmCgroup(p) => {
+            let id = p.attach(cgroup).map_err(&failed)?;
+            Ok(p.take_link(id).map_err(&failed)?.into())
+        }
+        Program::CgroupSkb(p) => attach_egress(p, cgroup),
+        _ => Err(LoadError::Missing { kind: "program", name }),
     }
 }
 
@@ -324,7 +503,7 @@ impl Instance {
                 this.maps.insert(name, map);
             }
             this.swap(tables)?;
-            this.set_audit(audit)?;
+            this.set_flags(audit, prepared.checks.map_or(0, |c| c.allowed_sockets))?;
             for name in maps::PINNED {
                 let path = paths.map(name);
                 this.maps[name].pin(&path).map_err(|source| LoadError::Pin {
@@ -337,9 +516,10 @@ impl Instance {
                 let path = paths.program(name);
                 program(&mut ebpf, name)?.pin(&path).map_err(pin_error("a program", path))?;
             }
-            if prepared.packet_checks {
-                let (name, path) = (programs::EGRESS, paths.program(programs::EGRESS));
-                skb_program(&mut ebpf, name)?.pin(&path).map_err(pin_error("a program", path))?;
+            let checks = prepared.checks.as_ref().map(PacketChecks::programs).unwrap_or_default();
+            for &name in &checks {
+                let path = paths.program(name);
+                check_program(&mut ebpf, name)?.pin(&path).map_err(pin_error("a program", path))?;
             }
             let Some(cgroup) = cgroup else { return Ok(this) };
             let attaching = std::time::Instant::now();
@@ -347,9 +527,9 @@ impl Instance {
                 let link = attach_link(program(&mut ebpf, name)?, name, cgroup)?;
                 this.links.push(hold(link, pin_links.then(|| paths.link(name)))?);
             }
-            if prepared.packet_checks {
-                let link = attach_egress(skb_program(&mut ebpf, programs::EGRESS)?, cgroup)?;
-                this.links.push(hold(link, pin_links.then(|| paths.link(programs::EGRESS)))?);
+            for name in checks {
+                let link = attach_check(check_program(&mut ebpf, name)?, name, cgroup, paths)?;
+                this.links.push(hold(link, pin_links.then(|| paths.link(name)))?);
             }
             crate::timings::add("attach", attaching.elapsed());
             Ok(this)
@@ -376,14 +556,14 @@ impl Instance {
         let mut links = Vec::with_capacity(programs::LINKED.len());
         for name in programs::LINKED {
             let path = paths.program(name);
-            let link = if name == programs::EGRESS {
-                // The packet checks, when the instance has them (`--no-packet-checks`: not).
+            let link = if programs::PACKET_CHECKS.contains(&name) {
+                // The packet checks the instance has (`--no-packet-checks`: none).
                 if !path.exists() {
                     continue;
                 }
-                let mut program = CgroupSkb::from_pin(&path, CgroupSkbAttachType::Egress)
+                let mut program = pinned_check(name, &path)
                     .map_err(|source| LoadError::OpenProgram { path, source })?;
-                attach_egress(&mut program, cgroup)?
+                attach_check(&mut program, name, cgroup, paths)?
             } else {
                 let mut program = CgroupSockAddr::from_pin(&path, attach_type(name))
                     .map_err(|source| LoadError::OpenProgram { path, source })?;
@@ -430,34 +610,61 @@ impl Instance {
         Ok(this)
     }
 
-    /// Attaches the packet checks to an instance opened from its pins, on its pinned maps, and
-    /// pins their link: for an instance pinned by a version without them, or run with
-    /// `--no-packet-checks` before. With no `cgroup` (not made yet) the program is only
-    /// pinned, for [`Instance::reattach`].
+    /// Makes an instance opened from its pins run the packet checks `checks` (`None`: none):
+    /// attaches, on its pinned maps, those it lacks and pins their links, then detaches those
+    /// it has and should not (a new check is in force before an old one goes). For an instance
+    /// pinned by a version with other checks, or run with other flags before. With no `cgroup`
+    /// (not made yet) the programs are only pinned, for [`Instance::reattach`].
     ///
     /// # Errors
-    /// A [`LoadError`]; nothing new stays attached then.
-    pub fn add_packet_checks(
+    /// A [`LoadError`]; checks added before the failure stay.
+    pub fn set_packet_checks(
         &mut self,
         paths: &InstancePaths,
         cgroup: Option<&CgroupDir>,
+        checks: Option<PacketChecks>,
     ) -> Result<(), LoadError> {
-        let name = programs::EGRESS;
-        let pins: Vec<(&'static str, PathBuf)> =
-            maps::PINNED.iter().map(|&map| (map, paths.map(map))).collect();
-        let mut loader = EbpfLoader::new();
-        for (map, path) in &pins {
-            loader.map_pin_path(map, path.as_path());
+        let mut checks = checks;
+        let mut ebpf = None;
+        if let Some(checks) = checks.as_mut()
+            && checks.programs().iter().any(|name| !paths.link(name).exists())
+        {
+            features::lift_memlock_limit();
+            let mut object = load_object(Some(checks), Some(paths))?;
+            load_checks(&mut object, checks)?;
+            ebpf = Some(object);
         }
-        features::lift_memlock_limit();
-        let mut ebpf = loader.load(BPF_OBJECT).map_err(LoadError::Object)?;
-        let program = skb_program(&mut ebpf, programs::EGRESS)?;
-        program.load().map_err(|source| LoadError::program(name, source))?;
-        let path = paths.program(name);
-        program.pin(&path).map_err(pin_error("a program", path))?;
-        let Some(cgroup) = cgroup else { return Ok(()) };
-        let link = attach_egress(program, cgroup)?;
-        self.links.push(hold(link, Some(paths.link(name)))?);
+        let wanted = checks.as_ref().map(PacketChecks::programs).unwrap_or_default();
+        if let Some(mut ebpf) = ebpf {
+            for name in wanted.iter().copied().filter(|name| !paths.link(name).exists()) {
+                let program = check_program(&mut ebpf, name)?;
+                let path = paths.program(name);
+                let _ = std::fs::remove_file(&path);
+                program.pin(&path).map_err(pin_error("a program", path))?;
+                let Some(cgroup) = cgroup else { continue };
+                let link = attach_check(program, name, cgroup, paths)?;
+                self.links.push(hold(link, Some(paths.link(name)))?);
+            }
+        }
+        for name in programs::PACKET_CHECKS {
+            if !wanted.contains(&name) {
+                // Detached at once, though this process holds the link too (opened with the
+                // instance), then unpinned.
+                let path = paths.link(name);
+                if path.exists() {
+                    detach_pinned_link(&path)
+                        .map_err(|source| LoadError::Unpin { path: path.clone(), source })?;
+                }
+                unpin_link(paths, name)?;
+                let path = paths.program(name);
+                match std::fs::remove_file(&path) {
+                    Err(source) if source.kind() != io::ErrorKind::NotFound => {
+                        return Err(LoadError::Unpin { path, source });
+                    }
+                    _ => {}
+                }
+            }
+        }
         Ok(())
     }
 
@@ -602,12 +809,22 @@ impl Instance {
         })
     }
 
-    /// Turns audit mode on or off.
+    /// Turns audit mode on or off, keeping the socket kinds allowed.
     ///
     /// # Errors
     /// [`LoadError::Map`].
     pub fn set_audit(&mut self, audit: bool) -> Result<(), LoadError> {
-        self.set_config_word(config::FLAGS, if audit { CONFIG_AUDIT } else { 0 })
+        let allowed = self.config_word(config::FLAGS)? & socket_kind::MASK;
+        self.set_flags(audit, allowed)
+    }
+
+    /// Sets audit mode and the socket kinds allowed (`packet::socket_kind` bits).
+    ///
+    /// # Errors
+    /// [`LoadError::Map`].
+    pub fn set_flags(&mut self, audit: bool, allowed_sockets: u32) -> Result<(), LoadError> {
+        let audit = if audit { CONFIG_AUDIT } else { 0 };
+        self.set_config_word(config::FLAGS, audit | (allowed_sockets & socket_kind::MASK))
     }
 
     /// The decision totals, summed over CPUs.
@@ -800,6 +1017,11 @@ fn program<'a>(
         .ok_or(LoadError::Missing { kind: "program", name })
 }
 
+/// The packet-check program `name` of the object.
+fn check_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Program, LoadError> {
+    ebpf.program_mut(name).ok_or(LoadError::Missing { kind: "program", name })
+}
+
 /// The `cgroup_skb` program `name` of the object.
 fn skb_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut CgroupSkb, LoadError> {
     ebpf.program_mut(name)
@@ -840,6 +1062,68 @@ fn attach_egress(program: &mut CgroupSkb, cgroup: &CgroupDir) -> Result<FdLink, 
     FdLink::try_from(link).map_err(|source| LoadError::Link { program: name, source })
 }
 
+/// The `link_create` part of `union bpf_attr`, up to its flags.
+#[repr(C)]
+pub(crate) struct LinkCreateAttr {
+    pub prog_fd: u32,
+    pub target_fd: u32,
+    pub attach_type: u32,
+    pub flags: u32,
+}
+
+/// A `BPF_CGROUP_SETSOCKOPT` link of program `prog` to `cgroup`. aya 0.14 cannot turn a
+/// sockopt link into an [`FdLink`]; so the link is made here, pinned at `pin` and unpinned
+/// again, which hands it over as one.
+fn sockopt_link(
+    prog: std::os::fd::BorrowedFd<'_>,
+    cgroup: &CgroupDir,
+    pin: &Path,
+) -> io::Result<FdLink> {
+    use std::os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    };
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    const BPF_CGROUP_SETSOCKOPT: u32 = 22;
+    /// The `obj_pin` part of `union bpf_attr`.
+    #[repr(C)]
+    struct ObjPinAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    let fd = |f: i32| u32::try_from(f).map_err(io::Error::other);
+    let attr = LinkCreateAttr {
+        prog_fd: fd(prog.as_raw_fd())?,
+        target_fd: fd(cgroup.as_fd().as_raw_fd())?,
+        attach_type: BPF_CGROUP_SETSOCKOPT,
+        flags: 0,
+    };
+    // SAFETY: a valid bpf_attr prefix for BPF_LINK_CREATE, alive for the call.
+    let raw = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_LINK_CREATE, &raw const attr, size_of::<LinkCreateAttr>())
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: BPF_LINK_CREATE returned a new descriptor that nothing else owns.
+    let link = unsafe { OwnedFd::from_raw_fd(i32::try_from(raw).map_err(io::Error::other)?) };
+    let _ = std::fs::remove_file(pin);
+    let name = std::ffi::CString::new(pin.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let attr =
+        ObjPinAttr { pathname: name.as_ptr() as u64, bpf_fd: fd(link.as_raw_fd())?, file_flags: 0 };
+    // SAFETY: a valid bpf_attr prefix for BPF_OBJ_PIN; the path outlives the call.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, &raw const attr, size_of::<ObjPinAttr>())
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let pinned = PinnedLink::from_pin(pin).map_err(io::Error::other)?;
+    pinned.unpin().map_err(io::Error::other)
+}
+
 /// Reports a failure to pin `what` at `path`.
 fn pin_error(what: &'static str, path: PathBuf) -> impl FnOnce(AyaPinError) -> LoadError {
     move |source| LoadError::Pin { what, path, source }
@@ -874,16 +1158,7 @@ fn attach_type(name: &str) -> CgroupSockAddrAttachType {
 /// # Errors
 /// When the pin cannot be opened or the kernel gives no link info.
 pub fn pinned_link_cgroup(path: &Path) -> io::Result<u64> {
-    use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
-    const BPF_OBJ_GET: libc::c_long = 7;
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    /// The `obj_pin` part of `union bpf_attr`.
-    #[repr(C)]
-    struct ObjGetAttr {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-    }
     /// The `info` part of `union bpf_attr`.
     #[repr(C)]
     struct InfoAttr {
@@ -891,18 +1166,7 @@ pub fn pinned_link_cgroup(path: &Path) -> io::Result<u64> {
         info_len: u32,
         info: u64,
     }
-    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    let get = ObjGetAttr { pathname: name.as_ptr() as u64, bpf_fd: 0, file_flags: 0 };
-    // SAFETY: a valid bpf_attr prefix for BPF_OBJ_GET; the path outlives the call.
-    let fd = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &raw const get, size_of::<ObjGetAttr>())
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: BPF_OBJ_GET returned a new descriptor that nothing else owns.
-    let fd =
-        unsafe { std::os::fd::OwnedFd::from_raw_fd(i32::try_from(fd).map_err(io::Error::other)?) };
+    let fd = open_pinned_object(path)?;
     // SAFETY: plain old data; zero is a valid value of every field.
     let mut info: aya_obj::generated::bpf_link_info = unsafe { std::mem::zeroed() };
     let attr = InfoAttr {
@@ -921,6 +1185,46 @@ pub fn pinned_link_cgroup(path: &Path) -> io::Result<u64> {
     // SAFETY: the kernel filled the cgroup member for a cgroup link; for any other link it is
     // plain data all the same.
     Ok(unsafe { info.__bindgen_anon_1.cgroup.cgroup_id })
+}
+
+/// `BPF_LINK_DETACH` of the link pinned at `path`: it stops running at once, whoever holds it.
+fn detach_pinned_link(path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let fd = open_pinned_object(path)?;
+    let link_fd = u32::try_from(fd.as_raw_fd()).map_err(io::Error::other)?;
+    // SAFETY: the `link_detach` part of bpf_attr is one u32, alive for the call.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, &raw const link_fd, size_of::<u32>())
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `BPF_OBJ_GET`: a descriptor of the BPF object pinned at `path`.
+fn open_pinned_object(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
+    const BPF_OBJ_GET: libc::c_long = 7;
+    /// The `obj_pin` part of `union bpf_attr`.
+    #[repr(C)]
+    struct ObjGetAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let get = ObjGetAttr { pathname: name.as_ptr() as u64, bpf_fd: 0, file_flags: 0 };
+    // SAFETY: a valid bpf_attr prefix for BPF_OBJ_GET; the path outlives the call.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &raw const get, size_of::<ObjGetAttr>())
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: BPF_OBJ_GET returned a new descriptor that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(i32::try_from(fd).map_err(io::Error::other)?) })
 }
 
 /// Reports a failure to attach the program `name` to `cgroup`.

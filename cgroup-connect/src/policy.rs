@@ -98,6 +98,9 @@ pub struct Policy {
     pub default: Action,
     pub rules: Vec<SourcedRule>,
     pub nat64: Vec<Nat64Prefix>,
+    /// The policy file's `allow_sockets`: socket kinds the packet checks let the cgroup make
+    /// (names of `packet::socket_kind::ALL`), each once, in that order.
+    pub allow_sockets: Vec<String>,
 }
 
 /// Why a policy could not be read. Each message names the file and line, or the flag.
@@ -126,6 +129,19 @@ pub enum PolicyError {
         Cut(&prefixes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
     )]
     Nat64Count { prefixes: Vec<Nat64Prefix>, max: u32 },
+    #[error(
+        "{origin}: unknown socket kind {}: allow_sockets takes {}",
+        Quoted(kind),
+        socket_kind_names()
+    )]
+    SocketKind { origin: Origin, kind: String },
+}
+
+/// The socket kinds `allow_sockets` and `--allow-sockets` take, comma-separated.
+#[must_use]
+pub fn socket_kind_names() -> String {
+    let kinds = cgroup_connect_common::packet::socket_kind::ALL;
+    kinds.iter().map(|(_, name)| *name).collect::<Vec<_>>().join(", ")
 }
 
 impl Policy {
@@ -137,6 +153,7 @@ impl Policy {
         let mut rules = Vec::new();
         let mut default = None;
         let mut nat64 = sources.nat64.clone();
+        let mut allow_sockets = vec![];
         for (flag, action, dests) in
             [("--block", Action::Block, &sources.block), ("--allow", Action::Allow, &sources.allow)]
         {
@@ -152,7 +169,7 @@ impl Policy {
             read_list(path, Action::Allow, &mut rules)?;
         }
         if let Some(path) = &sources.policy {
-            default = read_policy(path, &mut rules, &mut nat64)?;
+            default = read_policy(path, &mut rules, &mut nat64, &mut allow_sockets)?;
         }
         dedup(&mut rules);
         let mut seen = HashSet::from([Nat64Prefix::WELL_KNOWN]);
@@ -161,7 +178,13 @@ impl Policy {
             let max = cgroup_connect_common::MAX_NAT64_PREFIXES;
             return Err(PolicyError::Nat64Count { prefixes: nat64, max });
         }
-        Ok(Self { default: sources.default.or(default).unwrap_or(Action::Allow), rules, nat64 })
+        let allow_sockets = cgroup_connect_common::packet::socket_kind::ALL
+            .iter()
+            .map(|(_, name)| (*name).to_owned())
+            .filter(|name| allow_sockets.contains(name))
+            .collect();
+        let default = sources.default.or(default).unwrap_or(Action::Allow);
+        Ok(Self { default, rules, nat64, allow_sockets })
     }
 
     /// The IPv4 prefix `net` stands for when it is under one of the NAT64 prefixes, else `net`.
@@ -268,6 +291,8 @@ struct PolicyFile {
     #[serde(default)]
     nat64: Vec<Spanned<String>>,
     #[serde(default)]
+    allow_sockets: Vec<Spanned<String>>,
+    #[serde(default)]
     rule: Vec<RuleEntry>,
     #[serde(default)]
     list: Vec<ListEntry>,
@@ -308,6 +333,8 @@ struct At<T> {
 struct Doc<'a> {
     default: Option<At<Text<'a>>>,
     nat64: Vec<At<Text<'a>>>,
+    /// `allow_sockets = [...]`: only the TOML parser reads it, as `nat64`.
+    allow_sockets: Vec<At<Text<'a>>>,
     rules: Vec<RuleFields<'a>>,
     lists: Vec<ListFields<'a>>,
 }
@@ -390,6 +417,7 @@ fn toml_doc<'a>(path: &Path, text: &str) -> Result<Doc<'a>, PolicyError> {
     Ok(Doc {
         default: file.default.map(at),
         nat64: file.nat64.into_iter().map(at).collect(),
+        allow_sockets: file.allow_sockets.into_iter().map(at).collect(),
         rules: file
             .rule
             .into_iter()
@@ -409,19 +437,31 @@ fn toml_doc<'a>(path: &Path, text: &str) -> Result<Doc<'a>, PolicyError> {
 }
 
 /// Reads a policy file with the TOML parser: its rules to `rules`, its NAT64 prefixes to
-/// `nat64`.
+/// `nat64`, its socket kinds to `allow_sockets`.
 fn toml_read(
     path: &Path,
     text: &str,
     at: &impl Fn(usize) -> Origin,
     rules: &mut Vec<SourcedRule>,
     nat64: &mut Vec<Nat64Prefix>,
+    allow_sockets: &mut Vec<String>,
 ) -> Result<Entries<'static>, PolicyError> {
     let doc = toml_doc(path, text)?;
     let fail = |line, error| PolicyError::Rule { origin: at(line), error };
     let default = doc.default.map(|v| v.value.parse().map_err(|e| fail(v.line, e))).transpose()?;
     for prefix in &doc.nat64 {
         nat64.push(prefix.value.parse().map_err(|e| fail(prefix.line, e))?);
+    }
+    for kind in &doc.allow_sockets {
+        let known =
+            cgroup_connect_common::packet::socket_kind::ALL.iter().any(|k| k.1 == kind.value);
+        if !known {
+            return Err(PolicyError::SocketKind {
+                origin: at(kind.line),
+                kind: kind.value.to_string(),
+            });
+        }
+        allow_sockets.push(kind.value.to_string());
     }
     rules.reserve(doc.rules.len());
     for entry in &doc.rules {
@@ -634,12 +674,13 @@ fn fast_read<'a>(
     Some(first_error.map_or(Ok(Entries { default, lists }), Err))
 }
 
-/// A TOML policy file: its rules to `rules`, its NAT64 prefixes to `nat64`; returns its
-/// `default`, if it has one.
+/// A TOML policy file: its rules to `rules`, its NAT64 prefixes to `nat64`, its socket kinds
+/// to `allow_sockets`; returns its `default`, if it has one.
 fn read_policy(
     path: &Path,
     rules: &mut Vec<SourcedRule>,
     nat64: &mut Vec<Nat64Prefix>,
+    allow_sockets: &mut Vec<String>,
 ) -> Result<Option<Action>, PolicyError> {
     let text = read_text(path)?;
     let shared: Arc<Path> = Arc::from(path);
@@ -649,7 +690,7 @@ fn read_policy(
         entries?
     } else {
         rules.truncate(read);
-        toml_read(path, &text, &at, rules, nat64)?
+        toml_read(path, &text, &at, rules, nat64, allow_sockets)?
     };
     let base = path.parent().unwrap_or(Path::new("."));
     for list in &entries.lists {
@@ -874,6 +915,19 @@ path = "drop.txt"
     }
 
     #[test]
+    fn allow_sockets_names_known_kinds() {
+        let dir = TempDir::new("sockets");
+        let path = dir.write("p.toml", "allow_sockets = [\"ping\", \"raw\", \"ping\"]\n");
+        assert_eq!(policy(path).unwrap().allow_sockets, ["raw", "ping"]);
+        let path = dir.write("bad.toml", "default = \"deny\"\nallow_sockets = [\"icmp\"]\n");
+        let err = policy(path).unwrap_err().to_string();
+        assert!(
+            err.ends_with("bad.toml:2: unknown socket kind \"icmp\": allow_sockets takes raw, ping, udplite, sctp, other"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn nat64_prefixes_come_from_flags_and_the_file() {
         let dir = TempDir::new("nat64");
         let path = dir.write(
@@ -1015,8 +1069,9 @@ mod fuzz {
 
     /// What the TOML parser makes of `text`.
     fn slow(text: &str) -> Read<'static> {
-        let (mut rules, mut nat64) = (Vec::new(), Vec::new());
-        let read = toml_read(Path::new("p.toml"), text, &origin, &mut rules, &mut nat64);
+        let (mut rules, mut nat64, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
+        let read =
+            toml_read(Path::new("p.toml"), text, &origin, &mut rules, &mut nat64, &mut kinds);
         read.map(|entries| (rules, entries)).map_err(|e| e.to_string())
     }
 

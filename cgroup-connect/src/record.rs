@@ -472,6 +472,7 @@ mod tests {
                 sourced("block udp://10.1.2.3:53", Origin::Live),
             ],
             nat64: vec![],
+            allow_sockets: vec![],
         };
         let addrs: Vec<std::net::IpAddr> =
             vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()];

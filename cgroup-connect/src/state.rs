@@ -13,6 +13,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use cgroup_connect_common::{packet::socket_kind, programs};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -110,6 +111,14 @@ pub struct State {
     /// of versions without them: off.
     #[serde(default)]
     pub packet_checks: bool,
+    /// The socket kinds `--allow-sockets` lets the cgroup make (names of
+    /// `packet::socket_kind::ALL`), judged per packet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_sockets: Vec<String>,
+    /// The packet-check programs in force (`programs::PACKET_CHECKS` names), as last attached.
+    /// Absent in the state files of versions that had only the egress one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packet_programs: Option<Vec<String>>,
     /// When it was first attached, in seconds since the epoch.
     pub since: u64,
     /// The `blocker run` process serving it, if any.
@@ -167,7 +176,42 @@ fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// The packet-check programs as `blocker status` and the attached line name them: socket,
+/// setsockopt, lsm (control messages), egress (per packet).
+#[must_use]
+pub fn hook_labels(programs: &[String]) -> Vec<&'static str> {
+    let label = |name: &str| match name {
+        programs::SOCKET => "socket",
+        programs::SETSOCKOPT => "setsockopt",
+        programs::SENDMSG_OPTIONS => "lsm",
+        programs::EGRESS => "egress",
+        _ => "?",
+    };
+    programs.iter().map(|p| label(p)).collect()
+}
+
 impl State {
+    /// The packet checks this kernel runs for the instance; `None` with `--no-packet-checks`.
+    #[must_use]
+    pub fn packet_checks(&self) -> Option<crate::loader::PacketChecks> {
+        let allowed = socket_kind::ALL
+            .iter()
+            .filter(|(_, name)| self.allow_sockets.iter().any(|a| a == name))
+            .fold(0, |bits, (bit, _)| bits | bit);
+        self.packet_checks.then(|| crate::loader::PacketChecks::for_kernel(allowed))
+    }
+
+    /// The packet-check programs in force: those recorded, or for a state of a version that
+    /// recorded none, the egress one when its packet checks were on.
+    #[must_use]
+    pub fn packet_programs(&self) -> Vec<String> {
+        match &self.packet_programs {
+            Some(list) => list.clone(),
+            None if self.packet_checks => vec![programs::EGRESS.to_owned()],
+            None => vec![],
+        }
+    }
+
     /// A new state, attached now.
     #[must_use]
     pub fn new(name: &str, cgroup: PathBuf, sources: Sources) -> Self {
@@ -180,6 +224,8 @@ impl State {
             pinned: false,
             audit: false,
             packet_checks: true,
+            allow_sockets: vec![],
+            packet_programs: None,
             since,
             pid: None,
             pid_start: None,

@@ -4,7 +4,8 @@
 //! privilege, across a veth pair: the packet checks make it fail with EPERM, and a capture on
 //! the far side shows that no packet reached the denied address. Run with
 //! `--no-packet-checks`, the same attack goes through and the capture sees it: the test can
-//! tell.
+//! tell. Raw, ping and UDP-Lite sockets are refused at `socket()` by default; with
+//! `--allow-sockets` they are made, and their packets judged one by one.
 mod common;
 
 use std::{
@@ -364,7 +365,10 @@ fn ping_sockets_are_judged() {
         payload: &ICMPV6_ECHO,
         ..Attack::new(libc::AF_INET6, libc::SOCK_DGRAM, libc::IPPROTO_ICMPV6, dst, DENIED6)
     };
-    let on = Setup::new(&["--events", "-"]);
+    let refused = Setup::new(&[]);
+    refused.expect_stopped("a ping socket, not allowed", &ping("192.0.2.1:0", DENIED4), None);
+    refused.expect_stopped("a ping6 socket, not allowed", &ping6("[2001:db8::1]:0"), None);
+    let on = Setup::new(&["--events", "-", "--allow-sockets", "ping"]);
     on.expect_stopped("ping to the denied host", &ping("192.0.2.2:0", DENIED4), None);
     // ping_v6_sendmsg does not pass on the error of a dropped packet.
     on.expect_silently_stopped("ping6 to the denied host", &ping6("[2001:db8::2]:0"));
@@ -394,7 +398,16 @@ fn udp_lite_is_judged_by_plain_and_udp_rules() {
         }
     };
     let lite_to = |dst: &str, denied: &str| Attack { way: Way::To, ..lite(dst, denied) };
-    let on = Setup::new(&["--block", "udp://192.0.2.3", "--block", "tcp://192.0.2.4"]);
+    let refused = Setup::new(&[]);
+    refused.expect_stopped("a UDP-Lite socket, not allowed", &lite("192.0.2.1:9", DENIED4), None);
+    let on = Setup::new(&[
+        "--block",
+        "udp://192.0.2.3",
+        "--block",
+        "tcp://192.0.2.4",
+        "--allow-sockets",
+        "udplite",
+    ]);
     on.expect_stopped(
         "UDP-Lite to a host a plain rule denies",
         &lite("192.0.2.2:9", DENIED4),
@@ -430,7 +443,13 @@ fn raw_sockets_are_judged() {
     // A TCP segment to port 443 of a host whose port 443 a tcp:// rule denies.
     let syn443 = [0, 80, 1, 0xbb, 0, 0, 0, 0, 0, 0, 0, 0, 0x50, 2, 0, 0, 0, 0, 0, 0];
     let tcp443 = Attack { payload: &syn443, ..raw(libc::IPPROTO_TCP, "192.0.2.4:0", "192.0.2.4") };
-    let on = Setup::new(&["--block", "tcp://192.0.2.4:443"]);
+    let refused = Setup::new(&[]);
+    refused.expect_stopped(
+        "a raw socket, not allowed",
+        &raw(libc::IPPROTO_UDP, "192.0.2.1:0", DENIED4),
+        None,
+    );
+    let on = Setup::new(&["--block", "tcp://192.0.2.4:443", "--allow-sockets", "raw,ping"]);
     on.expect_stopped(
         "raw UDP to the denied host",
         &raw(libc::IPPROTO_UDP, "192.0.2.2:0", DENIED4),
@@ -445,6 +464,14 @@ fn raw_sockets_are_judged() {
     assert_eq!(on.attempt(&allowed).0, Ok(()), "raw UDP to the allowed host");
     let off = Setup::new(&["--no-packet-checks"]);
     off.expect_through("a forged header, no packet checks", &hdrincl);
+}
+
+/// Whether bpftool's list of a cgroup's programs (`attached`) holds any packet-check program:
+/// the socket and setsockopt checks, and the LSM check or the egress program.
+fn any_packet_check(attached: &str) -> bool {
+    ["check_socket", "check_setsockopt", "check_sendmsg_options", "check_egress"]
+        .iter()
+        .any(|name| attached.contains(name))
 }
 
 #[test]
@@ -466,9 +493,9 @@ fn status_tells_whether_the_packet_checks_are_on() {
         assert!(line.contains(&format!("packet checks {word},")), "{line}");
     }
     let attached = common::attached_programs(on.cgroup.path());
-    assert!(attached.contains("check_egress"), "{attached}");
+    assert!(attached.contains("check_socket"), "{attached}");
     let attached = common::attached_programs(off.cgroup.path());
-    assert!(!attached.contains("check_egress"), "{attached}");
+    assert!(!any_packet_check(&attached), "{attached}");
 }
 
 #[test]
@@ -485,24 +512,177 @@ fn an_instance_pinned_without_packet_checks_gets_them_when_adopted() {
     // Pinned without them, as by a version that had none: the state says off, no egress link.
     let mut old = run(&["--no-packet-checks"]);
     old.stop(libc::SIGTERM);
-    assert!(!common::attached_programs(cgroup.path()).contains("check_egress"));
+    assert!(!any_packet_check(&common::attached_programs(cgroup.path())));
     let ping = Attack {
         payload: &ICMP_ECHO,
         ..Attack::new(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP, "192.0.2.2:0", DENIED4)
     };
     let mut adopted = Setup { wire: wire(), cgroup, blocker: run(&[]) };
     assert!(adopted.blocker.attached_line.contains("adopted"), "{}", adopted.blocker.attached_line);
-    assert!(common::attached_programs(adopted.cgroup.path()).contains("check_egress"));
+    assert!(common::attached_programs(adopted.cgroup.path()).contains("check_socket"));
     adopted.expect_stopped("ping after the adoption", &ping, None);
     // Adopted again with --no-packet-checks: the egress link goes, the rest stays.
     adopted.blocker.stop(libc::SIGTERM);
     let without = run(&["--no-packet-checks"]);
     assert!(without.attached_line.contains("adopted"), "{}", without.attached_line);
     let attached = common::attached_programs(adopted.cgroup.path());
-    assert!(
-        !attached.contains("check_egress") && attached.contains("check_connect4"),
-        "{attached}"
-    );
+    assert!(!any_packet_check(&attached) && attached.contains("check_connect4"), "{attached}");
     drop(without);
     drop(old);
+}
+
+#[test]
+fn other_socket_options_and_ancillary_data_still_work() {
+    require_privileges!();
+    let cgroup = temp_cgroup();
+    let path = cgroup.path().to_str().expect("UTF-8 cgroup path").to_owned();
+    let _blocker =
+        Blocker::start(&["--cgroup", &path, "--default", "deny", "--allow", "127.0.0.1"]);
+    // SAFETY: plain syscalls in the child, on buffers of the sizes given.
+    let errno = in_child("socket options", Some(cgroup.path()), None, || unsafe {
+        if !drop_to_nobody() {
+            return None;
+        }
+        let set = |s: i32, level: i32, name: i32, value: &[u8]| {
+            libc::setsockopt(s, level, name, value.as_ptr().cast(), len(value)) == 0
+        };
+        let tcp = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        let udp6 = libc::socket(libc::AF_INET6, libc::SOCK_DGRAM, 0);
+        let tos = 0x10i32.to_ne_bytes();
+        // A value longer than a page, of which the program sees only the first page.
+        let mut big = vec![0u8; 8192];
+        big[..4].copy_from_slice(&tos);
+        let ok = tcp >= 0
+            && udp6 >= 0
+            && set(tcp, libc::IPPROTO_IP, libc::IP_TOS, &tos)
+            && set(udp6, libc::IPPROTO_IPV6, libc::IPV6_TCLASS, &tos)
+            && set(udp6, libc::IPPROTO_IPV6, libc::IPV6_TCLASS, &big)
+            // As a socket option, IPV6_2292RTHDR asks to receive routing headers.
+            && set(udp6, libc::IPPROTO_IPV6, libc::IPV6_2292RTHDR, &1i32.to_ne_bytes())
+            // An empty routing header removes it (IPv4 options need CAP_NET_RAW: see
+            // ipv4_source_routes_are_refused for one that routes nowhere).
+            && set(udp6, libc::IPPROTO_IPV6, libc::IPV6_RTHDR, &[]);
+        Some(if ok { 0 } else { errno() })
+    });
+    assert_eq!(errno, 0, "a socket option that is not a route failed");
+}
+
+#[test]
+fn ancillary_tclass_in_default_deny() {
+    require_privileges!();
+    let wire = wire();
+    let cgroup = temp_cgroup();
+    let path = cgroup.path().to_str().expect("UTF-8 cgroup path").to_owned();
+    let _blocker =
+        Blocker::start(&["--cgroup", &path, "--default", "deny", "--allow", "2001:db8::1"]);
+    let attack = Attack {
+        way: Way::WithCmsg(libc::IPPROTO_IPV6, libc::IPV6_TCLASS, &[0x10, 0, 0, 0]),
+        ..Attack::new(libc::AF_INET6, libc::SOCK_DGRAM, 0, "[2001:db8::1]:9", DENIED6)
+    };
+    assert_eq!(
+        attack.run(cgroup.path(), wire.near.path()),
+        Ok(()),
+        "IPV6_TCLASS in ancillary data"
+    );
+}
+
+#[test]
+fn ancillary_source_routes_are_refused() {
+    require_privileges!();
+    let mut lsrr = vec![0x83, 7, 4];
+    lsrr.extend_from_slice(&DENIED4.parse::<std::net::Ipv4Addr>().expect("IPv4").octets());
+    lsrr.push(0);
+    let lsrr: &'static [u8] = Box::leak(lsrr.into_boxed_slice());
+    let routed = Attack {
+        way: Way::WithCmsg(libc::IPPROTO_IP, libc::IP_RETOPTS, lsrr),
+        // A source route needs CAP_NET_RAW.
+        nobody: false,
+        ..Attack::new(libc::AF_INET, libc::SOCK_DGRAM, 0, "192.0.2.1:9", DENIED4)
+    };
+    let on = Setup::new(&[]);
+    on.expect_stopped("UDP with a source route in ancillary data", &routed, None);
+    let off = Setup::new(&["--no-packet-checks"]);
+    off.expect_through("UDP with a source route in ancillary data, no packet checks", &routed);
+}
+
+#[test]
+fn status_names_the_packet_hooks_in_force() {
+    require_privileges!();
+    let on = Setup::new(&[]);
+    let allowing = Setup::new(&["--allow-sockets", "raw"]);
+    let line = &on.blocker.attached_line;
+    assert!(line.contains(", packet checks on: socket+setsockopt+"), "{line}");
+    let row = common::status_row;
+    let hooks = row(&on.blocker.name)["packet_hooks"].clone();
+    let hooks: Vec<&str> =
+        hooks.as_array().expect("a list").iter().filter_map(|h| h.as_str()).collect();
+    assert!(hooks.starts_with(&["socket", "setsockopt"]), "{hooks:?}");
+    // Control messages are judged by the LSM check, or where it cannot load, per packet.
+    assert!(hooks.contains(&"lsm") != hooks.contains(&"egress"), "{hooks:?}");
+    let attached = common::attached_programs(on.cgroup.path());
+    assert!(
+        attached.contains("check_socket") && attached.contains("check_setsockopt"),
+        "{attached}"
+    );
+    let allowed = row(&allowing.blocker.name);
+    assert_eq!(allowed["allow_sockets"], serde_json::json!(["raw"]), "{allowed}");
+    assert!(allowed["packet_hooks"].as_array().expect("a list").contains(&"egress".into()));
+    assert!(common::attached_programs(allowing.cgroup.path()).contains("check_egress"));
+}
+
+/// Where the kernel runs BPF LSM programs (`bpf` among the active LSMs, and bpftool's probe
+/// loads one), control messages are judged by the LSM check and no egress program is attached:
+/// nothing of the default runs per packet. Elsewhere the egress program judges them.
+#[test]
+fn the_lsm_check_replaces_the_egress_program_where_the_kernel_runs_it() {
+    require_privileges!();
+    let active = std::fs::read_to_string("/sys/kernel/security/lsm")
+        .is_ok_and(|list| list.trim().split(',').any(|m| m == "bpf"));
+    let probe = std::process::Command::new("bpftool")
+        .args(["feature", "probe", "kernel"])
+        .output()
+        .unwrap_or_else(|e| panic!("run bpftool (./scripts/setup.sh installs it): {e}"));
+    let loads = String::from_utf8_lossy(&probe.stdout).contains("program_type lsm is available");
+    let cgroup = temp_cgroup();
+    let path = cgroup.path().to_str().expect("UTF-8 cgroup path").to_owned();
+    let blocker = Blocker::start(&["--cgroup", &path, "--block", DENIED4]);
+    let row = common::status_row(&blocker.name);
+    let hooks: Vec<&str> =
+        row["packet_hooks"].as_array().expect("a list").iter().filter_map(|h| h.as_str()).collect();
+    let attached = common::attached_programs(cgroup.path());
+    if active && loads {
+        assert_eq!(hooks, ["socket", "setsockopt", "lsm"], "{row}");
+        assert!(
+            blocker.attached_line.contains("socket+setsockopt+lsm"),
+            "{}",
+            blocker.attached_line
+        );
+        assert!(attached.contains("check_sendmsg_options"), "{attached}");
+        assert!(!attached.contains("check_egress"), "{attached}");
+    } else {
+        eprintln!(
+            "note: this kernel runs no BPF LSM program (bpf among the active LSMs: {active}, \
+             bpftool loads one: {loads}): the egress fallback is checked instead"
+        );
+        assert_eq!(hooks, ["socket", "setsockopt", "egress"], "{row}");
+        assert!(attached.contains("check_egress"), "{attached}");
+        assert!(!attached.contains("check_sendmsg_options"), "{attached}");
+    }
+}
+
+#[test]
+fn a_policy_file_allows_socket_kinds() {
+    require_privileges!();
+    let dir = common::TempDir::new("sockets");
+    let policy = dir.write("p.toml", "allow_sockets = [\"udplite\"]\n");
+    let policy = policy.to_str().expect("UTF-8 path");
+    let lite = |dst: &str| Attack {
+        way: Way::AfterConnect,
+        ..Attack::new(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE, dst, DENIED4)
+    };
+    let on = Setup::new(&["--policy", policy]);
+    assert_eq!(on.attempt(&lite("192.0.2.1:9")).0, Ok(()), "UDP-Lite, allowed by the policy file");
+    on.expect_stopped("UDP-Lite to the denied host, judged per packet", &lite("192.0.2.2:9"), None);
+    let row = common::status_row(&on.blocker.name);
+    assert_eq!(row["allow_sockets"], serde_json::json!(["udplite"]), "{row}");
 }

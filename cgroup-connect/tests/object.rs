@@ -9,6 +9,7 @@ use aya_obj::{
     programs::{
         CgroupSkbAttachType,
         CgroupSockAddrAttachType::{Connect4, Connect6, UDPSendMsg4, UDPSendMsg6},
+        CgroupSockAttachType, CgroupSockoptAttachType,
     },
 };
 use cgroup_connect::loader::bpf_object;
@@ -35,8 +36,30 @@ fn programs_are_the_named_ones_at_their_hooks() {
     let sock_addr: BTreeSet<&str> = programs::ALL.into_iter().collect();
     assert_eq!(
         linked,
-        sock_addr.iter().copied().chain([programs::EGRESS]).collect(),
+        sock_addr.iter().copied().chain(programs::PACKET_CHECKS).collect(),
         "programs whose links an instance pins: the sock_addr ones and the packet checks"
+    );
+    let at = |name: &str| &object.programs[name].section;
+    assert!(
+        matches!(
+            at(programs::SOCKET),
+            ProgramSection::CgroupSock { attach_type: CgroupSockAttachType::SockCreate }
+        ),
+        "{:?}",
+        at(programs::SOCKET)
+    );
+    assert!(
+        matches!(
+            at(programs::SETSOCKOPT),
+            ProgramSection::CgroupSockopt { attach_type: CgroupSockoptAttachType::Set }
+        ),
+        "{:?}",
+        at(programs::SETSOCKOPT)
+    );
+    assert!(
+        matches!(at(programs::SENDMSG_OPTIONS), ProgramSection::LsmCgroup),
+        "{:?}",
+        at(programs::SENDMSG_OPTIONS)
     );
     for name in [programs::EGRESS, programs::REFERENCE_EGRESS] {
         let section = &object.programs[name].section;
@@ -48,8 +71,9 @@ fn programs_are_the_named_ones_at_their_hooks() {
             "{name} attaches at {section:?}"
         );
     }
-    let sock_addr_programs =
-        named.into_iter().filter(|&n| n != programs::EGRESS && n != programs::REFERENCE_EGRESS);
+    let sock_addr_programs = named
+        .into_iter()
+        .filter(|&n| !programs::PACKET_CHECKS.contains(&n) && n != programs::REFERENCE_EGRESS);
     for name in sock_addr_programs {
         let ProgramSection::CgroupSockAddr { attach_type } = object.programs[name].section else {
             panic!("{name} is not a cgroup sock_addr program");

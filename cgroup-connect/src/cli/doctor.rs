@@ -309,15 +309,31 @@ fn cgroup_bpf(verifier_log: Option<&Path>) -> Check {
         );
     }
     // Created and dropped at once: dropping detaches, then the pins go.
-    let result = Prepared::load(true)
-        .and_then(|p| Instance::create(&paths, Some(temp.dir()), &tables, false, false, p))
+    let mut hooks = vec![];
+    let mut lsm_note = String::new();
+    let result = Prepared::load(Some(crate::loader::PacketChecks::for_kernel(0)))
+        .and_then(|p| {
+            hooks = p.packet_programs();
+            if hooks.iter().any(|h| h == cgroup_connect_common::programs::EGRESS) {
+                lsm_note = format!(
+                    " (no BPF LSM check: {}; control messages are judged per packet)",
+                    lsm_missing(p.lsm_refused())
+                );
+            }
+            Instance::create(&paths, Some(temp.dir()), &tables, false, false, p)
+        })
         .map(drop);
     let _ = crate::loader::unpin(&paths);
     let _ = crate::pins::remove_dirs(&paths);
     match result {
         Ok(()) => Check::ok(
             NAME,
-            format!("attached and detached in a temporary cgroup under {}", root.display()),
+            format!(
+                "attached and detached in a temporary cgroup under {}; packet checks {}{}",
+                root.display(),
+                crate::state::hook_labels(&hooks).join("+"),
+                lsm_note,
+            ),
         ),
         Err(e) => {
             let written = verifier_log.map(|path| crate::loader::write_verifier_log(&e, path));
@@ -327,6 +343,21 @@ fn cgroup_bpf(verifier_log: Option<&Path>) -> Check {
             }
             fail(detail, &fix)
         }
+    }
+}
+
+/// Why the control-message check is not in force: the kernel refused it (`refused`), or it was
+/// not tried.
+fn lsm_missing(refused: Option<&str>) -> String {
+    if let Some(refused) = refused {
+        return format!("the kernel refused it: {refused}");
+    }
+    match crate::features::bpf_lsm() {
+        None => "cannot tell whether BPF LSM is active: mount securityfs, `mount -t securityfs \
+                 securityfs /sys/kernel/security`"
+            .to_owned(),
+        Some(false) => "BPF LSM is not active (no `bpf` in /sys/kernel/security/lsm)".to_owned(),
+        Some(true) => "no offsets of struct msghdr in /sys/kernel/btf/vmlinux".to_owned(),
     }
 }
 

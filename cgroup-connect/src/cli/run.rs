@@ -123,11 +123,16 @@ pub struct RunArgs {
     /// Judge and report everything, block nothing
     #[arg(long)]
     pub audit: bool,
-    /// Do not attach the packet checks (a cgroup skb egress program), which judge what connect
-    /// and sendmsg cannot see: raw, ping, UDP-Lite and SCTP sockets, IPv4 source routes, IPv6
-    /// routing headers. Saves their per-packet cost; those ways around the rules stay open
+    /// Do not attach the packet checks, which close what connect and sendmsg cannot see: they
+    /// refuse raw, ping, UDP-Lite and SCTP sockets, IPv6 routing headers and IPv4 source
+    /// routes. Those ways around the rules stay open
     #[arg(long)]
     pub no_packet_checks: bool,
+    /// Let the cgroup make sockets of these kinds (comma-separated: raw, ping, udplite, sctp,
+    /// other), which the packet checks otherwise refuse when they are made; their packets are then
+    /// judged one by one (a cgroup skb egress program, with a per-packet cost)
+    #[arg(long, value_name = "KINDS", value_delimiter = ',', value_parser = socket_kind_name)]
+    pub allow_sockets: Vec<String>,
     /// Write events (blocked attempts, audit would-be blocks) as JSON lines to FILE, or - for
     /// standard output (which then carries only those lines: status lines go to stderr); this
     /// process is then the instance's one events reader
@@ -155,6 +160,27 @@ pub struct RunArgs {
     /// standard output); the error line shows only the verifier's reason
     #[arg(long, value_name = "FILE")]
     pub verifier_log: Option<PathBuf>,
+}
+
+/// Parses a socket kind of `--allow-sockets`.
+fn socket_kind_name(name: &str) -> Result<String, String> {
+    let kinds = cgroup_connect_common::packet::socket_kind::ALL;
+    if kinds.iter().any(|(_, k)| *k == name) {
+        Ok(name.to_owned())
+    } else {
+        let known: Vec<&str> = kinds.iter().map(|(_, k)| *k).collect();
+        Err(format!("unknown socket kind {name:?}: one of {}", known.join(", ")))
+    }
+}
+
+/// The end of the attached line: which packet checks are in force (", packet checks off"
+/// when none).
+#[must_use]
+pub fn packet_checks_summary(programs: &[String]) -> String {
+    if programs.is_empty() {
+        return ", packet checks off".to_owned();
+    }
+    format!(", packet checks on: {}", crate::state::hook_labels(programs).join("+"))
 }
 
 impl RunArgs {
@@ -199,6 +225,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     state.target = target;
     state.audit = args.audit;
     state.packet_checks = !args.no_packet_checks;
+    state.allow_sockets.clone_from(&args.allow_sockets);
     state.pinned = args.pin;
     let metrics_addr = args.metrics.as_deref().map(metrics::parse_addr).transpose()?;
     privileges::check()?;
@@ -311,7 +338,8 @@ async fn serve(
         let _ = say.line("stopped before attaching: nothing was attached");
         return Ok(());
     };
-    let instance::Started { mut instance, adopted, reattached, applied, reader } = started;
+    let instance::Started { mut instance, adopted, reattached, applied, packet_programs, reader } =
+        started;
     let view = Arc::new(Mutex::new(PolicyView::new(paths, &applied.record)));
     // What can still fail fails before `attached` is printed, and then takes down what this
     // start made (a pinned instance that was adopted keeps enforcing, as before it).
@@ -322,7 +350,9 @@ async fn serve(
             return Err(e);
         }
     };
-    let mut follower = announce_start(args, paths, cgroup, (adopted, reattached), &applied, say)?;
+    let started = (adopted, reattached);
+    let mut follower =
+        announce_start(args, paths, cgroup, started, &applied, &packet_programs, say)?;
     let report = timings::take_report();
     if args.timings {
         eprintln!("{report}");
@@ -398,6 +428,7 @@ fn announce_start(
     cgroup: &Place,
     (adopted, reattached): (bool, bool),
     applied: &instance::Applied,
+    packet_programs: &[String],
     say: Say,
 ) -> anyhow::Result<Follower> {
     let how = match (adopted, reattached) {
@@ -406,7 +437,7 @@ fn announce_start(
         (false, _) => "",
     };
     let (cgroup_path, summary) = (cgroup.path.display(), applied.summary(args.audit));
-    let checks = if args.no_packet_checks { ", packet checks off" } else { "" };
+    let checks = packet_checks_summary(packet_programs);
     let attached_line = format!(
         "attached to cgroup {cgroup_path} as instance {}{how}: {summary}{checks}",
         paths.name

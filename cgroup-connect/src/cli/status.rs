@@ -27,6 +27,10 @@ struct Row {
     mode: &'static str,
     /// Whether the packet checks are attached (`--no-packet-checks` turns them off).
     packet_checks: bool,
+    /// The packet-check programs in force: socket, setsockopt, lsm, egress.
+    packet_hooks: Vec<&'static str>,
+    /// The socket kinds `--allow-sockets` allows.
+    allow_sockets: Vec<String>,
     /// RFC 3339; None when the state cannot be read.
     since: Option<String>,
     pid: Option<u32>,
@@ -78,7 +82,7 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
             continue;
         }
         println!(
-            "{}: {} on {}{}, {}{}, packet checks {}, {} rules ({} IPv4, {} IPv6 prefixes){}, since {}{}",
+            "{}: {} on {}{}, {}{}, packet checks {}{}, {} rules ({} IPv4, {} IPv6 prefixes){}, since {}{}",
             r.name,
             r.state,
             r.cgroup.as_deref().unwrap_or(UNKNOWN),
@@ -86,6 +90,7 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
             r.mode,
             if r.pinned { ", pinned" } else { "" },
             if r.packet_checks { "on" } else { "off" },
+            packet_detail(&r.packet_hooks, &r.allow_sockets),
             r.counts.rules,
             r.counts.ipv4,
             r.counts.ipv6,
@@ -99,6 +104,15 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `, hooks socket+setsockopt+lsm` (and `, allows raw,ping`) after `packet checks on`.
+fn packet_detail(hooks: &[&str], allowed: &[String]) -> String {
+    let hooks =
+        if hooks.is_empty() { String::new() } else { format!(", hooks {}", hooks.join("+")) };
+    let allowed =
+        if allowed.is_empty() { String::new() } else { format!(", allows {}", allowed.join(",")) };
+    hooks + &allowed
 }
 
 fn row(paths: &InstancePaths) -> Row {
@@ -117,6 +131,11 @@ fn row(paths: &InstancePaths) -> Row {
         pinned: linked,
         mode: if state.as_ref().is_some_and(|s| s.audit) { "audit" } else { "enforce" },
         packet_checks: state.as_ref().is_some_and(|s| s.packet_checks),
+        packet_hooks: state
+            .as_ref()
+            .map(|s| crate::state::hook_labels(&s.packet_programs()))
+            .unwrap_or_default(),
+        allow_sockets: state.as_ref().map(|s| s.allow_sockets.clone()).unwrap_or_default(),
         since: state.as_ref().map(|s| {
             humantime::format_rfc3339_seconds(
                 std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.since),

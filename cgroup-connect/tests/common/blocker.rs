@@ -97,9 +97,7 @@ impl Blocker {
             detach_quietly(&leftover);
             String::from_utf8_lossy(&out.stderr).into_owned()
         };
-        // 90 s: under qemu TCG on 6.1, with other tests starting blockers beside it, the
-        // verifier alone takes 15 s or more for the five programs.
-        let deadline = Instant::now() + Duration::from_secs(90);
+        let deadline = Instant::now() + START_WITHIN;
         loop {
             match lines.recv_timeout(Duration::from_millis(100)) {
                 Ok(line) if line.starts_with(first) => {
@@ -244,6 +242,11 @@ pub fn blocker_output(args: &[&str], uid: Option<u32>) -> Output {
     );
     child.wait_with_output().unwrap_or_else(|e| panic!("collect output of blocker {args:?}: {e}"))
 }
+
+/// How long a start may take before a test calls it a hang: 90 s. Under qemu TCG on 6.1, with
+/// other tests starting blockers beside it, the verifier alone takes 15 s or more for the
+/// programs (`blocker doctor`, which loads and attaches them all: 18 s there, 4.5 s on 6.12).
+pub const START_WITHIN: Duration = Duration::from_secs(90);
 
 /// Waits up to `within` for `child` to exit; kills it (and returns None) if it does not.
 pub fn wait_within(child: &mut Child, within: Duration) -> Option<ExitStatus> {

@@ -21,8 +21,8 @@ mod tempdir;
 mod wire;
 
 pub use blocker::{
-    BLOCKER, Blocker, as_user, assert_no_instance, blocker_ok, blocker_output, detach_quietly,
-    instance_name, refusing_bpf, status_row, wait_within,
+    BLOCKER, Blocker, START_WITHIN, as_user, assert_no_instance, blocker_ok, blocker_output,
+    detach_quietly, instance_name, refusing_bpf, status_row, wait_within,
 };
 pub use cgroup::{
     TempCgroup, assert_nothing_attached, attached_count, attached_programs, cgroup_root,
