@@ -16,7 +16,18 @@ use common::{Blocker, TempDir, listener};
 struct Container {
     name: String,
     id: String,
-    made_parent: Option<PathBuf>,
+}
+
+/// Podman's cgroup parent (cgroupfs manager), if this test binary saw it missing before its
+/// first container made it: then every container's drop tries to remove it, and the last
+/// one out succeeds (tests run in parallel, so the first to end finds it busy).
+fn made_parent() -> Option<&'static PathBuf> {
+    static MADE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    MADE.get_or_init(|| {
+        let parent = common::cgroup_root().join("libpod_parent");
+        (!parent.exists()).then_some(parent)
+    })
+    .as_ref()
 }
 
 fn podman(args: &[&str]) -> Output {
@@ -31,8 +42,7 @@ impl Container {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("cgroup-connect-test-{}-{n}", std::process::id());
-        let parent = common::cgroup_root().join("libpod_parent");
-        let made_parent = (!parent.exists()).then_some(parent);
+        made_parent();
         let root = rootfs.to_str().expect("utf-8 path");
         // Limits the sandbox allows anywhere: Podman's defaults may exceed the hard limits.
         let out = podman(&[
@@ -52,7 +62,7 @@ impl Container {
             "120",
         ]);
         let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        let this = Self { name, id, made_parent };
+        let this = Self { name, id };
         assert!(out.status.success(), "podman run: {}", String::from_utf8_lossy(&out.stderr));
         this
     }
@@ -70,7 +80,7 @@ impl Container {
 impl Drop for Container {
     fn drop(&mut self) {
         let _ = podman(&["rm", "-f", "-t", "0", &self.name]);
-        if let Some(parent) = &self.made_parent {
+        if let Some(parent) = made_parent() {
             let _ = std::fs::remove_dir(parent);
         }
     }
