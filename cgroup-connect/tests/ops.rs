@@ -310,23 +310,17 @@ fn tells_systemd_when_it_enforces_reloads_and_stops() {
     require_privileges!();
     let cg = temp_cgroup();
     let dir = TempDir::new("notify");
-    let socket_path = dir.path().join("notify.sock");
-    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
-    socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let notify = common::NotifySocket::bind(dir.path());
     let list = dir.write("list.txt", "127.0.0.2\n");
     let name = common::instance_name();
     let mut child = Command::new(common::BLOCKER)
         .args(["run", "--cgroup", cg.path().to_str().unwrap(), "--name", &name])
         .args(["--block-list", list.to_str().unwrap()])
-        .env("NOTIFY_SOCKET", &socket_path)
+        .env("NOTIFY_SOCKET", notify.path())
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let next = || {
-        let mut buf = [0u8; 512];
-        let got = socket.recv(&mut buf).map(|n| String::from_utf8_lossy(&buf[..n]).into_owned());
-        got.unwrap_or_else(|e| format!("no message within 30 s: {e}"))
-    };
+    let next = || notify.next();
     let ready = next();
     let enforcing = outcome(connect_in(cg.path(), lo("127.0.0.2")));
     std::fs::write(&list, "127.0.0.2\n127.0.0.3\n").unwrap();

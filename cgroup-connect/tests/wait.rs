@@ -252,23 +252,17 @@ fn tells_systemd_ready_only_once_attached() {
     let later = cg.path().join("later");
     let _made = Made(vec![later.clone()]);
     let dir = common::TempDir::new("notify");
-    let socket_path = dir.path().join("notify.sock");
-    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
-    socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let notify = common::NotifySocket::bind(dir.path());
     let name = instance_name();
     let path = later.to_str().expect("utf-8 path");
     let mut child = std::process::Command::new(common::BLOCKER)
         .args(["run", "--cgroup", path, "--wait-for-cgroup", "--name", &name])
         .args(["--block", "127.0.0.65"])
-        .env("NOTIFY_SOCKET", &socket_path)
+        .env("NOTIFY_SOCKET", notify.path())
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let next = || {
-        let mut buf = [0u8; 512];
-        let got = socket.recv(&mut buf).map(|n| String::from_utf8_lossy(&buf[..n]).into_owned());
-        got.unwrap_or_else(|e| format!("no message within 30 s: {e}"))
-    };
+    let next = || notify.next();
     let waiting = next();
     std::fs::create_dir(&later).unwrap_or_else(|e| panic!("mkdir {path}: {e}"));
     let ready = next();

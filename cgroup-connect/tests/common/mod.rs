@@ -15,6 +15,7 @@ mod cgroup;
 mod child;
 mod mounts;
 mod netns;
+mod notify;
 mod probe;
 mod scene;
 mod tempdir;
@@ -31,6 +32,7 @@ pub use cgroup::{
 pub use child::in_child;
 pub use mounts::{BpfMount, as_nobody, in_private_cgroup_root, in_private_mounts};
 pub use netns::Netns;
+pub use notify::NotifySocket;
 pub use probe::{
     Outcome, Place, Probe, ProbeReport, Prober, Setup, connect_in, flood, listener, lo, outcome,
     probe, probe_with, send_connected_with_cmsg,
