@@ -677,7 +677,7 @@ pub fn render_starts(r: &starts::StartReport) -> String {
             row.start_seconds.median
         );
     }
-    s
+    s + &starts::render_memory(r)
 }
 
 /// The packet-checks section as a table of text.

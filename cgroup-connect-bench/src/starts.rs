@@ -3,16 +3,25 @@
 //! (`Policy::load` in this process), and a `blocker run` from spawn to `attached`, with its
 //! `read` phase (reading and parsing, beside the programs' verification). The two sources
 //! alternate, each round starting with the other.
+//!
+//! Also the memory a start and a reload peak at (issue 11: a DaemonSet with a memory limit is
+//! killed by the peak, not by what the blocker holds once running): the blocker's VmHWM at
+//! `attached`, its VmHWM over a SIGHUP reload (reset through `clear_refs` before), and the
+//! maximum resident set of a `blocker reload` process (what GNU time reports), for the list,
+//! the policy file and a list of as many IPv6 /128 rules.
 use std::{
     fmt::Write as _,
     path::Path,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
 use cgroup_connect::{
     cgroup::{self, TempCgroup},
+    pins::InstancePaths,
     policy::{Policy, Sources},
+    state::State,
 };
 use serde::Serialize;
 
@@ -26,7 +35,7 @@ use crate::{
 /// One rule source.
 #[derive(Debug, Serialize)]
 pub struct StartRow {
-    /// `list` or `policy`.
+    /// `list`, `policy`, or `list6` (IPv6).
     pub source: &'static str,
     pub bytes: u64,
     /// `Policy::load` alone, in this process: wall time, and the CPU time of this thread
@@ -37,6 +46,14 @@ pub struct StartRow {
     pub read_seconds: Stat,
     /// Spawn to `attached`.
     pub start_seconds: Stat,
+    /// Peak resident set (VmHWM) of the blocker at `attached`, in MiB.
+    pub peak_rss_start_mib: Stat,
+    /// Peak resident set of the blocker over a SIGHUP reload of the same source, in MiB.
+    pub peak_rss_sighup_mib: Stat,
+    /// Maximum resident set of a `blocker reload` process, in MiB.
+    pub peak_rss_reload_verb_mib: Stat,
+    /// Resident set of the blocker once idle after the start, in MiB.
+    pub idle_rss_mib: Stat,
 }
 
 /// The starts section of `bench/results.json`.
@@ -95,13 +112,15 @@ pub(crate) fn run_in(cfg: &Config, log: &mut dyn FnMut(&str)) -> anyhow::Result<
     let list = write(&cfg.work, "starts.txt", &list_text)?;
     let policy = write(&cfg.work, "starts.toml", &policy_text(&list_text))?;
     drop(list_text);
-    let sources: [(&'static str, &Path, Sources); 2] = [
+    let list6 = write(&cfg.work, "starts6.txt", &rulesets::blocker_list_v6(cfg.big, 1))?;
+    let sources: [(&'static str, &Path, Sources); 3] = [
         ("list", &list, Sources { block_lists: vec![list.clone()], ..Sources::default() }),
         ("policy", &policy, Sources { policy: Some(policy.clone()), ..Sources::default() }),
+        ("list6", &list6, Sources { block_lists: vec![list6.clone()], ..Sources::default() }),
     ];
     let rounds = 2 * cfg.load_repeats.max(1) + 1;
     let root = cgroup::cgroup2_root()?;
-    let mut figures = vec![[vec![], vec![], vec![], vec![]], [vec![], vec![], vec![], vec![]]];
+    let mut figures: Vec<[Vec<f64>; 8]> = sources.iter().map(|_| Default::default()).collect();
     for round in 0..rounds {
         log(&format!("starts: round {}/{rounds}", round + 1));
         for j in 0..sources.len() {
@@ -113,7 +132,7 @@ pub(crate) fn run_in(cfg: &Config, log: &mut dyn FnMut(&str)) -> anyhow::Result<
             figures[k][3].push(thread_cpu_seconds() - cpu);
             drop(policy);
             let cg = TempCgroup::create(&root, "cgroup-connect-bench")?;
-            let flag = if k == 0 { "--block-list" } else { "--policy" };
+            let flag = if *what == "policy" { "--policy" } else { "--block-list" };
             let b = BlockerProc::start(
                 &cfg.blocker,
                 cg.path(),
@@ -122,12 +141,17 @@ pub(crate) fn run_in(cfg: &Config, log: &mut dyn FnMut(&str)) -> anyhow::Result<
             figures[k][1]
                 .push(b.timings.iter().find(|(p, _)| p == "read").map_or(f64::NAN, |(_, s)| *s));
             figures[k][2].push(b.start_to_enforce.as_secs_f64());
+            figures[k][4].push(status_mib(b.pid(), "VmHWM"));
+            std::thread::sleep(Duration::from_millis(500));
+            figures[k][7].push(status_mib(b.pid(), "VmRSS"));
+            figures[k][5].push(sighup_peak(&b).with_context(|| format!("reloading the {what}"))?);
+            figures[k][6].push(reload_verb_peak(&cfg.blocker, &b.name)?);
         }
     }
     let rows = sources
         .iter()
         .zip(&figures)
-        .map(|((source, path, _), [parse, read, start, parse_cpu])| {
+        .map(|((source, path, _), [parse, read, start, parse_cpu, peak, sighup, verb, idle])| {
             Ok(StartRow {
                 source,
                 bytes: std::fs::metadata(path)?.len(),
@@ -135,6 +159,10 @@ pub(crate) fn run_in(cfg: &Config, log: &mut dyn FnMut(&str)) -> anyhow::Result<
                 parse_cpu_seconds: Stat::of(parse_cpu),
                 read_seconds: Stat::of(read),
                 start_seconds: Stat::of(start),
+                peak_rss_start_mib: Stat::of(peak),
+                peak_rss_sighup_mib: Stat::of(sighup),
+                peak_rss_reload_verb_mib: Stat::of(verb),
+                idle_rss_mib: Stat::of(idle),
             })
         })
         .collect::<anyhow::Result<_>>()?;
@@ -148,4 +176,85 @@ pub(crate) fn run_in(cfg: &Config, log: &mut dyn FnMut(&str)) -> anyhow::Result<
         loadavg_after: loadavg(),
         rows,
     })
+}
+
+/// A `Vm...` figure of `/proc/PID/status`, in MiB (NaN when it cannot be read).
+fn status_mib(pid: u32, field: &str) -> f64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse::<f64>().ok())
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// Reloads and failed reloads the state of instance `name` counts.
+fn reloads(name: &str) -> anyhow::Result<u64> {
+    let state = State::load(&InstancePaths::new(name)?)?.context("the instance has no state")?;
+    Ok(state.reloads.reloads + state.reloads.failed)
+}
+
+/// The blocker's peak resident set over one SIGHUP reload, in MiB: the peak is reset
+/// (`clear_refs` 5), then read once the state counts the reload (within 120 s).
+fn sighup_peak(b: &BlockerProc) -> anyhow::Result<f64> {
+    let before = reloads(&b.name)?;
+    std::fs::write(format!("/proc/{}/clear_refs", b.pid()), "5").context("resetting VmHWM")?;
+    let pid = i32::try_from(b.pid())?;
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_mins(2);
+    while reloads(&b.name)? == before {
+        anyhow::ensure!(Instant::now() < deadline, "no reload within 120 s of SIGHUP");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(status_mib(b.pid(), "VmHWM"))
+}
+
+/// The maximum resident set of `blocker reload NAME`, in MiB, from `wait4` (as GNU time).
+fn reload_verb_peak(blocker: &Path, name: &str) -> anyhow::Result<f64> {
+    let child = Command::new(blocker)
+        .args(["reload", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting blocker reload")?;
+    let pid = i32::try_from(child.id())?;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child, which `child` never waits for.
+    let waited = unsafe { libc::wait4(pid, &raw mut status, 0, &raw mut usage) };
+    anyhow::ensure!(waited == pid, "waiting for blocker reload failed");
+    anyhow::ensure!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "blocker reload {name} failed"
+    );
+    #[expect(clippy::cast_precision_loss, reason = "a resident set in KiB")]
+    Ok(usage.ru_maxrss as f64 / 1024.0)
+}
+
+/// The memory figures of the starts, as a table of text.
+#[must_use]
+pub fn render_memory(r: &StartReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<8} {:>17} {:>17} {:>17} {:>17}",
+        "peak MiB", "start (min/med)", "SIGHUP reload", "reload verb", "idle after start"
+    );
+    for row in &r.rows {
+        let _ = writeln!(
+            s,
+            "{:<8} {:>7.1} / {:>7.1} {:>7.1} / {:>7.1} {:>7.1} / {:>7.1} {:>7.1} / {:>7.1}",
+            row.source,
+            row.peak_rss_start_mib.min,
+            row.peak_rss_start_mib.median,
+            row.peak_rss_sighup_mib.min,
+            row.peak_rss_sighup_mib.median,
+            row.peak_rss_reload_verb_mib.min,
+            row.peak_rss_reload_verb_mib.median,
+            row.idle_rss_mib.min,
+            row.idle_rss_mib.median
+        );
+    }
+    s
 }

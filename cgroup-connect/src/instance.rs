@@ -150,15 +150,12 @@ async fn compile(state: &State, names: &mut Names) -> anyhow::Result<Compiled> {
         policy.names().into_iter().map(|n| (n.clone(), names.addrs(&n).collect())).collect();
     let (policy, tables, record) = blocking(move || {
         let addrs_of = |name: &str| addrs.get(name).cloned().unwrap_or_default();
-        // The record is written while the tables compile, on the other core.
-        let (tables, record) = std::thread::scope(|s| {
-            let record = s.spawn(|| timings::time("record", || Record::of(&policy, addrs_of)));
-            let tables = timings::time("compile", || {
-                table::compile(policy.default, policy.table_rules(addrs_of))
-            });
-            (tables, record.join())
+        // The record is written once the tables are compiled, not beside: the compiler's
+        // working memory is freed by then, and the two at once made the peak of a start.
+        let tables = timings::time("compile", || {
+            table::compile(policy.default, policy.table_rules(addrs_of))
         });
-        let record = record.map_err(|_| anyhow::anyhow!("recording the rules panicked"))?;
+        let record = timings::time("record", || Record::of(&policy, addrs_of));
         anyhow::Ok((policy, tables, record))
     })
     .await??;
@@ -218,13 +215,7 @@ pub async fn start(
     if let Some(prev) = State::load(paths)?.filter(State::process_alive) {
         bail!(BusyError { name: paths.name.clone(), pid: prev.pid.unwrap_or_default() });
     }
-    // One malloc arena for both threads, so what the loader frees can be given back (glibc;
-    // musl's allocator, in the static build, has one heap and returns free memory itself).
-    // SAFETY: mallopt only tunes the allocator.
-    #[cfg(target_env = "gnu")]
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1)
-    };
+    tune_allocator();
     let checks = state.packet_checks();
     let preparing = (!paths.has_pinned_links())
         .then(|| tokio::task::spawn_blocking(move || Prepared::load(checks)));
@@ -406,6 +397,7 @@ pub async fn apply(
         bail!(NotEnforcedError { name: paths.name.clone() });
     }
     edit(&mut state)?;
+    tune_allocator();
     let compiled = compile(&state, names).await?;
     let new: Vec<&String> =
         compiled.policy.allow_sockets.iter().filter(|k| !state.allow_sockets.contains(k)).collect();
@@ -506,6 +498,23 @@ fn terminate(pid: u32, start: Option<u64>) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
+}
+
+/// Sets glibc's allocator up for a compile (musl's allocator, in the static build, has one
+/// heap and returns free memory itself):
+/// - one malloc arena for all threads, so what the loader frees can be given back;
+/// - a fixed mmap threshold: each buffer of 1 MiB or more (the list's text, the rules, the
+///   compiler's arrays) is a mapping of its own, returned when freed and grown in place.
+///   glibc otherwise raises the threshold to the size of each such buffer freed, and the
+///   next ones (up to 32 MiB) come from the heap, where growing one copies it and a freed
+///   one stays resident: that added tens of MB to the peak of a start at a million rules.
+fn tune_allocator() {
+    // SAFETY: mallopt only tunes the allocator.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    };
 }
 
 /// Gives the heap that parsing and compiling used back to the system: a long-running

@@ -746,20 +746,26 @@ impl Instance {
         let table = MapData::create(aya_obj::Map::Btf(def), name, Some(btf.as_fd()))
             .map_err(|e| map_err("creating", e))?;
         drop(btf);
+        // A window at a time: mapped pages count in the resident set, and a whole table mapped
+        // at once would add its size (48 MB for a million IPv6 rules) to the peak of a start.
         let bytes = as_bytes(chunks);
-        if !bytes.is_empty() {
+        for (k, window) in bytes.chunks(WRITE_WINDOW).enumerate() {
             // SAFETY: the map is ours alone until it is installed below, and its value area
             // is its template's `max_entries` chunks, TABLE_CLASSES[class] (tests/object.rs checks
-            // the templates), at least `chunks.len()` (each chunk is 8-aligned).
+            // the templates), at least `chunks.len()` (each chunk is 8-aligned); the window
+            // starts at a multiple of the page size, inside it.
             let mut mem = unsafe {
-                memmap2::MmapOptions::new().len(bytes.len()).map_mut(&table.fd().as_fd())
+                memmap2::MmapOptions::new()
+                    .offset((k * WRITE_WINDOW) as u64)
+                    .len(window.len())
+                    .map_mut(&table.fd().as_fd())
             }
             .map_err(|source| LoadError::Mmap {
                 map: name,
                 bytes: bytes.len(),
                 source,
             })?;
-            mem.copy_from_slice(bytes);
+            mem.copy_from_slice(window);
         }
         let mut outer: ArrayOfMaps<&mut MapData, MapData> = self.map_mut(outers[class])?;
         outer.set(0, &table, 0).map_err(|e| map_err("installing", e))?;
@@ -1352,6 +1358,9 @@ fn template(outer: &str) -> Option<aya_obj::Map> {
         .get(outer)?
         .inner()
 }
+
+/// Bytes of a table mapped at once while it is written: a multiple of the page size.
+const WRITE_WINDOW: usize = 4 << 20;
 
 fn as_bytes<R: Pod>(records: &[R]) -> &[u8] {
     // SAFETY: Pod types are plain data without padding; the slice covers exactly the records.

@@ -215,6 +215,17 @@ pub struct Recorded {
 /// The text of the record in force, and the identity of its file (which changes with each
 /// swap: a new file is renamed over the old).
 fn read_text(paths: &InstancePaths) -> Result<(String, FileId), RecordError> {
+    let (file, id) = open(paths)?;
+    let text = io::read_to_string(file).map_err(|source| read_error(paths, source))?;
+    Ok((text, id))
+}
+
+fn read_error(paths: &InstancePaths, source: io::Error) -> RecordError {
+    RecordError::Read { name: paths.name.clone(), path: paths.rules_file(), source }
+}
+
+/// The record in force, open, and the identity of its file.
+fn open(paths: &InstancePaths) -> Result<(fs::File, FileId), RecordError> {
     let path = paths.rules_file();
     let file =
         fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path).map_err(
@@ -226,11 +237,8 @@ fn read_text(paths: &InstancePaths) -> Result<(String, FileId), RecordError> {
                 }
             },
         )?;
-    let read_err =
-        |source| RecordError::Read { name: paths.name.clone(), path: path.clone(), source };
-    let id = FileId::of(&file.metadata().map_err(read_err)?);
-    let text = io::read_to_string(file).map_err(read_err)?;
-    Ok((text, id))
+    let id = FileId::of(&file.metadata().map_err(|source| read_error(paths, source))?);
+    Ok((file, id))
 }
 
 /// What tells one record file from the next.
@@ -387,30 +395,55 @@ impl RuleTexts {
     fn parse(record: &str) -> Result<Self, usize> {
         let mut this = Self::empty();
         for (n, line) in record.lines().enumerate() {
-            match Item::parse(line).ok_or(n + 1)? {
-                Item::Rule { action, dest, .. } => {
-                    let _ = write!(this.text, "{action} {dest}");
-                    this.ends.push(this.text.len());
-                }
-                Item::Header | Item::Default(_) | Item::Source(..) => {}
-            }
+            this.add(line).ok_or(n + 1)?;
         }
         this.text.shrink_to_fit();
         this.ends.shrink_to_fit();
         Ok(this)
     }
 
+    /// Adds the rule of a record's line, if it holds one; `None` for a line that is not a
+    /// record's.
+    fn add(&mut self, line: &str) -> Option<()> {
+        match Item::parse(line)? {
+            Item::Rule { action, dest, .. } => {
+                let _ = write!(self.text, "{action} {dest}");
+                self.ends.push(self.text.len());
+            }
+            Item::Header | Item::Default(_) | Item::Source(..) => {}
+        }
+        Some(())
+    }
+
     /// The rule texts of the record in force of an instance, and the identity of its file.
+    /// The file is read a line at a time: the record of a million rules is about 28 MB, and
+    /// this runs in the serving process, beside the texts it replaces.
     ///
     /// # Errors
     /// A [`RecordError`].
     pub fn read(paths: &InstancePaths) -> Result<(Self, FileId), RecordError> {
-        let (text, id) = read_text(paths)?;
-        let this = Self::parse(&text).map_err(|line| RecordError::Damaged {
-            name: paths.name.clone(),
-            path: paths.rules_file(),
-            line,
-        })?;
+        use io::BufRead as _;
+        let (file, id) = open(paths)?;
+        let mut reader = io::BufReader::new(file);
+        let (mut this, mut line, mut n) = (Self::empty(), String::new(), 0);
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).map_err(|source| read_error(paths, source))? == 0 {
+                break;
+            }
+            n += 1;
+            // As `str::lines` ends a line: at `\n`, with a `\r` before it dropped.
+            let text = line
+                .strip_suffix('\n')
+                .map_or(line.as_str(), |l| l.strip_suffix('\r').unwrap_or(l));
+            this.add(text).ok_or_else(|| RecordError::Damaged {
+                name: paths.name.clone(),
+                path: paths.rules_file(),
+                line: n,
+            })?;
+        }
+        this.text.shrink_to_fit();
+        this.ends.shrink_to_fit();
         Ok((this, id))
     }
 

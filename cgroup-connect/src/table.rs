@@ -138,12 +138,12 @@ pub fn compile(
 /// Most intervals of an IPv4 table: its bucket table takes some of the chunks.
 const V4_MAX_INTERVALS: u32 = MAX_INTERVALS - V4_BUCKET_CHUNKS * CHUNK_RECORDS;
 
-/// A rule reduced to what the sweep needs.
+/// A rule reduced to what the sweep needs: 32 bytes (a million rules make a million). Its last
+/// address and its prefix follow from its start and prefix length ([`Spec::end`],
+/// [`Spec::net`]).
 #[derive(Clone, Copy, Debug)]
 struct Spec {
     start: u128,
-    end: u128,
-    net: IpNet,
     rank: Rank,
     /// Class entry: packed ports and verdict word.
     entry: Entry,
@@ -151,15 +151,30 @@ struct Spec {
 
 impl Spec {
     fn new(rule: &TableRule) -> Self {
-        let (start, end) = match rule.net {
-            IpNet::V4(n) => {
-                (u128::from(u32::from(n.network())), u128::from(u32::from(n.broadcast())))
-            }
-            IpNet::V6(n) => (u128::from(n.network()), u128::from(n.broadcast())),
+        let start = match rule.net {
+            IpNet::V4(n) => u128::from(u32::from(n.network())),
+            IpNet::V6(n) => u128::from(n.network()),
         };
         let ports = rule.ports.map_or(ALL_PORTS, |p| pack_ports(p.lo, p.hi));
         let entry = (ports, word::verdict(rule.action == Action::Block, rule.proto, rule.id));
-        Self { start, end, net: rule.net, rank: rule.rank(), entry }
+        Self { start, rank: rule.rank(), entry }
+    }
+
+    /// Its last address, in the family whose last address is `max`.
+    fn end(&self, max: u128) -> u128 {
+        self.start | max.checked_shr(u32::from(self.rank.prefix_len)).unwrap_or(0)
+    }
+
+    /// Its prefix, in the family whose last address is `max`.
+    fn net(&self, max: u128) -> IpNet {
+        let len = self.rank.prefix_len;
+        let net = match u32::try_from(self.start) {
+            Ok(v4) if max == u128::from(u32::MAX) => {
+                IpNet::new(std::net::Ipv4Addr::from(v4).into(), len)
+            }
+            _ => IpNet::new(std::net::Ipv6Addr::from(self.start).into(), len),
+        };
+        net.expect("a rule's prefix length fits its family")
     }
 }
 
@@ -189,8 +204,79 @@ enum Slot {
     Class(u32),
 }
 
+/// The intervals the sweep emits: their starts, as wide as the family's addresses, and their
+/// slots, in two arrays (a million IPv4 rules make up to two million intervals: 12 bytes each,
+/// not the 32 of a `(u128, Slot)`).
+struct Intervals {
+    starts: Starts,
+    slots: Vec<Slot>,
+}
+
+enum Starts {
+    V4(Vec<u32>),
+    V6(Vec<u128>),
+}
+
+impl Intervals {
+    /// One interval from address 0 holding `slot`.
+    fn new(v4: bool, slot: Slot) -> Self {
+        let starts = if v4 { Starts::V4(Vec::new()) } else { Starts::V6(Vec::new()) };
+        let mut this = Self { starts, slots: Vec::new() };
+        this.push(0, slot);
+        this
+    }
+
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn start(&self, i: usize) -> u128 {
+        match &self.starts {
+            Starts::V4(s) => u128::from(s[i]),
+            Starts::V6(s) => s[i],
+        }
+    }
+
+    fn push(&mut self, at: u128, slot: Slot) {
+        match &mut self.starts {
+            Starts::V4(s) => s.push(u32::try_from(at).expect("an IPv4 address")),
+            Starts::V6(s) => s.push(at),
+        }
+        self.slots.push(slot);
+    }
+
+    /// An interval from `at` holding `slot`; it replaces the last one if that starts there.
+    fn emit(&mut self, at: u128, slot: Slot) {
+        match self.len().checked_sub(1) {
+            Some(last) if self.start(last) == at => self.slots[last] = slot,
+            _ => self.push(at, slot),
+        }
+    }
+
+    /// Merges each interval into the one before it when both hold the same slot.
+    fn merge_equal(&mut self) {
+        let mut kept = 0;
+        for i in 0..self.len() {
+            if kept > 0 && self.slots[kept - 1] == self.slots[i] {
+                continue;
+            }
+            self.slots[kept] = self.slots[i];
+            match &mut self.starts {
+                Starts::V4(s) => s[kept] = s[i],
+                Starts::V6(s) => s[kept] = s[i],
+            }
+            kept += 1;
+        }
+        self.slots.truncate(kept);
+        match &mut self.starts {
+            Starts::V4(s) => s.truncate(kept),
+            Starts::V6(s) => s.truncate(kept),
+        }
+    }
+}
+
 struct Compiled {
-    intervals: Vec<(u128, Slot)>,
+    intervals: Intervals,
     classes: Vec<Vec<Entry>>,
 }
 
@@ -215,34 +301,30 @@ fn compile_family(
             .then(a.rank.prefix_len.cmp(&b.rank.prefix_len))
             .then(b.rank.cmp(&a.rank))
     });
-    let mut out = Compiled { intervals: vec![(0, Slot::Direct(default))], classes: Vec::new() };
+    let v4 = max == u128::from(u32::MAX);
+    let mut out =
+        Compiled { intervals: Intervals::new(v4, Slot::Direct(default)), classes: Vec::new() };
     let mut interned: HashMap<Vec<Entry>, u32> = HashMap::new();
     let mut stack: Vec<Frame> = Vec::new();
     let default_class = vec![(ALL_PORTS, default)];
-    let emit = |intervals: &mut Vec<(u128, Slot)>, at: u128, slot: Slot| match intervals.last_mut()
-    {
-        Some(last) if last.0 == at => last.1 = slot,
-        _ => intervals.push((at, slot)),
-    };
-    let pop_until = |stack: &mut Vec<Frame>,
-                     intervals: &mut Vec<(u128, Slot)>,
-                     before: Option<u128>| {
+    let pop_until = |stack: &mut Vec<Frame>, intervals: &mut Intervals, before: Option<u128>| {
         while let Some(&Frame { end, .. }) = stack.last() {
             if before.is_some_and(|b| end >= b) {
                 break;
             }
             stack.pop();
             if end < max {
-                emit(intervals, end + 1, stack.last().map_or(Slot::Direct(default), |f| f.slot));
+                intervals.emit(end + 1, stack.last().map_or(Slot::Direct(default), |f| f.slot));
             }
         }
     };
     let mut i = 0;
     while i < specs.len() {
-        let Spec { start, end, net, .. } = specs[i];
+        let Spec { start, rank, .. } = specs[i];
+        let end = specs[i].end(max);
         let group_end = specs[i..]
             .iter()
-            .position(|s| s.start != start || s.end != end)
+            .position(|s| s.start != start || s.rank.prefix_len != rank.prefix_len)
             .map_or(specs.len(), |n| i + n);
         pop_until(&mut stack, &mut out.intervals, Some(start));
         let parent = stack.last().map_or(&default_class, |f| &f.class);
@@ -254,7 +336,10 @@ fn compile_family(
             }
         }
         if class.len() > MAX_CLASS_LEN as usize {
-            return Err(TableError::ClassTooLong { net, count: class.len() - 1 });
+            return Err(TableError::ClassTooLong {
+                net: specs[i].net(max),
+                count: class.len() - 1,
+            });
         }
         let slot = if class.len() == 1 {
             Slot::Direct(class[0].1)
@@ -266,12 +351,12 @@ fn compile_family(
             });
             Slot::Class(id)
         };
-        emit(&mut out.intervals, start, slot);
+        out.intervals.emit(start, slot);
         stack.push(Frame { end, class, slot });
         i = group_end;
     }
     pop_until(&mut stack, &mut out.intervals, None);
-    out.intervals.dedup_by(|later, earlier| later.1 == earlier.1);
+    out.intervals.merge_equal();
     if out.intervals.len() > max_intervals as usize {
         return Err(TableError::TooManyIntervals {
             family,
@@ -303,12 +388,13 @@ impl Compiled {
         }
         let mut chunks = zeroed_chunks::<R>(1 + next.div_ceil(chunk_len));
         let mut put = |g: usize, r: R| chunks[1 + g / chunk_len].records[g % chunk_len] = r;
-        for (g, (start, slot)) in self.intervals.iter().enumerate() {
-            let word = match *slot {
+        for (g, &slot) in self.intervals.slots.iter().enumerate() {
+            let start = self.intervals.start(g);
+            let word = match slot {
                 Slot::Direct(w) => w,
                 Slot::Class(id) => offsets[id as usize],
             };
-            put(g, record(*start, START, word));
+            put(g, record(start, START, word));
         }
         for (class, &first) in self.classes.iter().zip(&offsets) {
             for (k, &(key, word)) in class.iter().enumerate() {
@@ -318,7 +404,7 @@ impl Compiled {
         let count = u32::try_from(n).expect("checked against MAX_INTERVALS");
         chunks[0].records[0] = record(0, count, default);
         for k in 0..n.div_ceil(chunk_len) {
-            let (start, _) = self.intervals[k * chunk_len];
+            let start = self.intervals.start(k * chunk_len);
             chunks[0].records[1 + k] = record(start, START, 0);
         }
         chunks
@@ -732,6 +818,17 @@ mod tests {
         let w = lookup(&t, "10.0.0.200".parse().unwrap(), 1, Proto::Tcp).unwrap();
         assert_eq!((word::blocks(w), word::rule(w)), (true, 101));
         assert!(!word::blocks(lookup(&t, "10.0.0.201".parse().unwrap(), 1, Proto::Tcp).unwrap()));
+    }
+
+    /// What the compiler holds per rule and per interval while it builds a table (a million
+    /// rules make a million specs and up to two million intervals): the memory a start peaks
+    /// at grows with these sizes.
+    #[test]
+    fn the_sweep_holds_little_per_rule() {
+        assert_eq!(size_of::<Spec>(), 32);
+        let v4 = Intervals::new(true, Slot::Direct(0));
+        assert!(matches!(v4.starts, Starts::V4(_)));
+        assert_eq!(size_of::<u32>() + size_of::<Slot>(), 12, "bytes per IPv4 interval");
     }
 
     fn arb_rule(v6: bool) -> impl Strategy<Value = TableRule> {

@@ -45,6 +45,13 @@ impl PolicyView {
         }
     }
 
+    /// Lets the rule texts go (a reload is about to replace them): the next lookup reads the
+    /// record in force.
+    pub fn forget(&mut self) {
+        self.texts = RuleTexts::empty();
+        self.seen = None;
+    }
+
     /// The text of rule `id`: `default` for 0, the rule for 1..
     pub fn rule_text(&mut self, id: u32) -> String {
         match id {

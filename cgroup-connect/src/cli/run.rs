@@ -374,7 +374,7 @@ async fn serve(
             changed = next_change(files.as_mut()) => match changed {
                 Ok(()) => {
                     systemd::reloading();
-                    reload(paths, &mut names, Reload::Files, say, files.as_mut(), args.audit).await;
+                    reload(paths, &mut names, Reload::Files, say, files.as_mut(), args.audit, &view).await;
                 }
                 Err(e) => {
                     tracing::warn!("watching the rule files failed: {e}; reload with SIGHUP");
@@ -386,12 +386,12 @@ async fn serve(
                 Request::Stop => break,
                 Request::Reload => {
                     systemd::reloading();
-                    reload(paths, &mut names, Reload::Signal, say, files.as_mut(), args.audit).await;
+                    reload(paths, &mut names, Reload::Signal, say, files.as_mut(), args.audit, &view).await;
                 }
             },
             () = sleep_until(refresh) => {
                 if names.refresh().await {
-                    reload(paths, &mut names, Reload::Refresh, say, files.as_mut(), args.audit).await;
+                    reload(paths, &mut names, Reload::Refresh, say, files.as_mut(), args.audit, &view).await;
                 }
             }
             result = next_events(&mut events, &view) => {
@@ -702,7 +702,11 @@ async fn reload(
     say: Say,
     files: Option<&mut FileWatch>,
     audit: bool,
+    view: &Mutex<PolicyView>,
 ) {
+    // The rule texts in force are let go while the new policy compiles (not held beside it);
+    // the next event or scrape reads them from the record in force then.
+    view.lock().unwrap_or_else(PoisonError::into_inner).forget();
     let what = match why {
         Reload::Signal => "reloaded",
         Reload::Files => "files changed on disk, reloaded",
