@@ -25,11 +25,20 @@ impl NotifySocket {
         &self.path
     }
 
-    /// The next message, or a text saying none came within 30 s.
+    /// The next message, or a text saying none came within 30 s. A read that a signal
+    /// interrupts (EINTR) is tried again, at most 100 times.
     pub fn next(&self) -> String {
         let mut buf = [0u8; 512];
-        let got =
-            self.socket.recv(&mut buf).map(|n| String::from_utf8_lossy(&buf[..n]).into_owned());
-        got.unwrap_or_else(|e| format!("no message within 30 s: {e}"))
+        let mut got = self.socket.recv(&mut buf);
+        for _ in 0..100 {
+            match got {
+                Err(ref e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    got = self.socket.recv(&mut buf);
+                }
+                _ => break,
+            }
+        }
+        got.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+            .unwrap_or_else(|e| format!("no message within 30 s: {e}"))
     }
 }
