@@ -8,6 +8,7 @@
 //! - [`decision`]: the decision order and the table search the programs run;
 //! - [`sock_addr`]: the destination's address and port, from network byte order; the peer
 //!   when a send names none; where `0.0.0.0` and `::` go; IPv4-mapped and NAT64 addresses.
+//! - [`observe`]: what observe mode records of each destination;
 //! - [`packet`]: which packets the packet checks judge, and how they read their headers.
 //!
 //! Every item is also exported at the crate root.
@@ -20,6 +21,7 @@
 pub mod decision;
 pub mod event;
 pub mod names;
+pub mod observe;
 pub mod packet;
 pub mod sock_addr;
 pub mod table;
@@ -28,6 +30,7 @@ pub mod word;
 pub use decision::{MAX_SEARCH_STEPS, Rank, decide, decide_v4, entry_matches};
 pub use event::{Event, RULE_FAILED_CLOSED, RULE_REFUSED_SHAPE, hook, verdict};
 pub use names::{CONFIG_AUDIT, EVENTS_BYTES, RULE_HITS_CAPACITY, config, maps, programs, stats};
+pub use observe::{OBSERVE_CAPACITY, Observed, ObservedKey, observe_stats};
 pub use sock_addr::{
     LOOPBACK4, LOOPBACK6, MAPPED_LOOPBACK4, MAX_NAT64_PREFIXES, NAT64_WELL_KNOWN, Source,
     ip4_from_user, ip6_from_user, judge_reached, mapped_ip4, nat64_ip4, or_peer, port_from_user,
@@ -58,4 +61,8 @@ mod pod {
     unsafe impl aya::Pod for super::Chunk<super::V6Record> {}
     // SAFETY: #[repr(C)], explicit padding, every bit pattern valid.
     unsafe impl aya::Pod for super::Event {}
+    // SAFETY: #[repr(C)], explicit padding (8 + 8 + 2 + 1 + 1 + 4 bytes), every bit pattern valid.
+    unsafe impl aya::Pod for super::ObservedKey {}
+    // SAFETY: #[repr(C)], four u64s.
+    unsafe impl aya::Pod for super::Observed {}
 }

@@ -69,8 +69,13 @@ pub mod maps {
     /// Array of `u32`s indexed by [`crate::config`]: flags, the table size classes and the
     /// NAT64 prefixes.
     pub const CONFIG: &str = "config";
+    /// LRU hash of [`crate::ObservedKey`] -> [`crate::Observed`]: in audit mode, every
+    /// destination judged (observe mode, read by `blocker learn`).
+    pub const OBSERVED: &str = "observed";
+    /// Per-CPU array of `u64` totals of observe mode, indexed by [`crate::observe_stats`].
+    pub const OBSERVE_STATS: &str = "observe_stats";
     /// Every map an instance pins.
-    pub const PINNED: [&str; 14] = [
+    pub const PINNED: [&str; 16] = [
         RULES_V4[0],
         RULES_V4[1],
         RULES_V4[2],
@@ -85,6 +90,8 @@ pub mod maps {
         RULE_HITS,
         EVENTS,
         CONFIG,
+        OBSERVED,
+        OBSERVE_STATS,
     ];
 }
 

@@ -34,7 +34,7 @@
 
 use aya_ebpf::{
     bindings::{__sk_buff, bpf_sock},
-    btf_maps::{Array, ArrayOfMaps, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    btf_maps::{Array, ArrayOfMaps, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_probe_read_kernel,
@@ -47,10 +47,11 @@ use aya_ebpf::{
     programs::{LsmContext, SkBuffContext, SockAddrContext, SockContext, SockoptContext},
 };
 use cgroup_connect_common::{
-    ALLOW, BLOCK, CONFIG_AUDIT, Chunk, EVENTS_BYTES, Event, Proto, RULE_FAILED_CLOSED,
-    RULE_HITS_CAPACITY, RULE_REFUSED_SHAPE, Record, Source, TABLE_CLASSES, TABLE_FLAGS,
-    V4_LOOPBACK_RECORD, V4Record, V6Record, config, decide, decide_v4, hook, ip4_from_user,
-    ip6_from_user, judge_reached, mapped_ip4, nat64_ip4, or_peer,
+    ALLOW, BLOCK, CONFIG_AUDIT, Chunk, EVENTS_BYTES, Event, OBSERVE_CAPACITY, Observed,
+    ObservedKey, Proto, RULE_FAILED_CLOSED, RULE_HITS_CAPACITY, RULE_REFUSED_SHAPE, Record, Source,
+    TABLE_CLASSES, TABLE_FLAGS, V4_LOOPBACK_RECORD, V4Record, V6Record, config, decide, decide_v4,
+    hook, ip4_from_user, ip6_from_user, judge_reached, mapped_ip4, nat64_ip4, observe_stats,
+    or_peer,
     packet::{
         self, CMSG_HEADER, ETH_P_IP_BE, ETH_P_IPV6_BE, IPV4_HEADER, IPV6_HEADER, MAX_CMSGS,
         MAX_EXT_HEADERS, MAX_IP_OPTIONS, MAX_IP_OPTIONS_LEN, Next, OptionKind, OptionStep,
@@ -152,6 +153,15 @@ static STATS: PerCpuArray<u64, { stats::COUNT as usize }> = PerCpuArray::new();
 #[btf_map(name = "rule_hits")]
 static RULE_HITS: LruPerCpuHashMap<u32, u64, { RULE_HITS_CAPACITY as usize }> =
     LruPerCpuHashMap::new();
+
+/// Observe mode's record (see `cgroup_connect_common::observe`); userspace sets its size at
+/// load (`blocker run --observe-capacity`).
+#[btf_map(name = "observed")]
+static OBSERVED: LruHashMap<ObservedKey, Observed, { OBSERVE_CAPACITY as usize }> =
+    LruHashMap::new();
+
+#[btf_map(name = "observe_stats")]
+static OBSERVE_STATS: PerCpuArray<u64, { observe_stats::COUNT as usize }> = PerCpuArray::new();
 
 #[btf_map(name = "events")]
 static EVENTS: RingBuf<Event, { EVENTS_BYTES as usize }> = RingBuf::new();
@@ -805,6 +815,9 @@ fn finish(attempt: &Attempt, word: Option<u32>) -> Result<i32, i32> {
     if rule != word::DEFAULT_RULE {
         hit(rule);
     }
+    if audit {
+        observe(attempt, word::blocks(word));
+    }
     if !word::blocks(word) {
         count(stats::ALLOWED);
         return Ok(ALLOW);
@@ -854,6 +867,49 @@ fn hit(rule: u32) {
             // Full: the least recently hit rule makes room. A failure only loses a count.
             let _ = RULE_HITS.insert(&rule, &1, 0);
         }
+    }
+}
+
+/// Observe mode: records the decision under its destination (first and last seen, counts).
+/// Never changes a verdict: an entry that cannot be made only loses the record, counted in
+/// `observe_stats::LOST`. A full map evicts its least recently seen destination.
+#[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "by reference, the lookup and the insert share one stack copy of the key"
+)]
+fn observe(attempt: &Attempt, blocks: bool) {
+    #[expect(clippy::cast_possible_truncation, reason = "the protocol numbers we record fit u8")]
+    let key = ObservedKey {
+        addr_hi: attempt.addr.0,
+        addr_lo: attempt.addr.1,
+        port: attempt.port,
+        family: attempt.family,
+        protocol: attempt.protocol as u8,
+        pad: 0,
+    };
+    // SAFETY: a plain helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let would_block = u64::from(blocks);
+    if let Some(seen) = OBSERVED.get_ptr_mut(&key) {
+        // SAFETY: the map's value for this key; a rare lost update on another CPU only loses
+        // a count or moves a time by an instant.
+        unsafe {
+            (*seen).last_ns = now;
+            (*seen).count += 1;
+            (*seen).would_block += would_block;
+        }
+        return;
+    }
+    let seen = Observed { first_ns: now, last_ns: now, count: 1, would_block };
+    // BPF_NOEXIST: an entry another CPU made meanwhile is kept (this decision is then lost).
+    let total = match OBSERVED.insert(&key, &seen, u64::from(aya_ebpf::bindings::BPF_NOEXIST)) {
+        Ok(()) => observe_stats::RECORDED,
+        Err(_) => observe_stats::LOST,
+    };
+    if let Some(n) = OBSERVE_STATS.get_ptr_mut(total) {
+        // SAFETY: as in count.
+        unsafe { *n += 1 };
     }
 }
 

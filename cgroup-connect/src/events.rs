@@ -119,7 +119,7 @@ impl EventLine {
 /// [`CLOCK_JITTER`] (two clock reads apart, a reader preempted between them): so the times of
 /// events in ring order never go backwards, while a step of the wall clock (settimeofday, NTP)
 /// is followed.
-fn wall_time(boot_ns: u64) -> SystemTime {
+pub(crate) fn wall_time(boot_ns: u64) -> SystemTime {
     static KEPT: Mutex<Option<Duration>> = Mutex::new(None);
     let now = clock_offset();
     let mut kept = KEPT.lock().unwrap_or_else(PoisonError::into_inner);
@@ -280,21 +280,28 @@ pub fn open_sink(path: &Path) -> Result<Box<dyn Write + Send>, SinkError> {
     if path.as_os_str() == "-" {
         return Ok(Box::new(io::stdout()));
     }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|source| {
-            // O_NOFOLLOW answers ELOOP, or fs.protected_symlinks EACCES first: say why.
-            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
-                SinkError::Symlink { path: path.to_owned() }
-            } else {
-                SinkError::Open { path: path.to_owned(), source }
-            }
+    let file =
+        open_private(path, std::fs::OpenOptions::new().append(true)).map_err(|e| match e {
+            Some(source) => SinkError::Open { path: path.to_owned(), source },
+            None => SinkError::Symlink { path: path.to_owned() },
         })?;
     Ok(Box::new(io::LineWriter::new(file)))
+}
+
+/// Opens `path` for writing as `options` say, made with mode 0600 if it does not exist, never
+/// through a symbolic link: `Err(None)` when `path` is one.
+pub(crate) fn open_private(
+    path: &Path,
+    options: &mut std::fs::OpenOptions,
+) -> Result<std::fs::File, Option<io::Error>> {
+    options.create(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(path).map_err(|e| {
+        // O_NOFOLLOW answers ELOOP, or fs.protected_symlinks EACCES first: say why.
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+            None
+        } else {
+            Some(e)
+        }
+    })
 }
 
 /// Writes `batch` to `out`, one line (text or JSON) an event, then flushes.

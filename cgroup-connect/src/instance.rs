@@ -16,7 +16,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use cgroup_connect_common::programs;
+use cgroup_connect_common::{OBSERVE_CAPACITY, programs};
 
 use crate::{
     cgroup::CgroupDir,
@@ -217,8 +217,9 @@ pub async fn start(
     }
     tune_allocator();
     let checks = state.packet_checks();
+    let observe_capacity = state.observe_capacity.unwrap_or(OBSERVE_CAPACITY);
     let preparing = (!paths.has_pinned_links())
-        .then(|| tokio::task::spawn_blocking(move || Prepared::load(checks)));
+        .then(|| tokio::task::spawn_blocking(move || Prepared::load(checks, observe_capacity)));
     // Everything that can fail on the policy or the programs fails here, before anything is
     // made, locked or attached.
     let compiled = compile(&state, names).await?;
@@ -313,7 +314,10 @@ fn attach(
             let prepared = match prepared {
                 Some(prepared) => prepared,
                 // The pins went away while the policy compiled: load now.
-                None => Prepared::load(state.packet_checks())?,
+                None => Prepared::load(
+                    state.packet_checks(),
+                    state.observe_capacity.unwrap_or(OBSERVE_CAPACITY),
+                )?,
             };
             let tables = &compiled.tables;
             let pinned = state.pinned;

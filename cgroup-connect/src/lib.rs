@@ -4,8 +4,8 @@
 //! subcommand. [`instance`] owns an instance's lifecycle (start, every change, stop, detach);
 //! [`loader`] is the only code that loads and attaches through aya; [`rules`] and [`policy`]
 //! own the rule language and its sources, [`table`] compiles rules into the tables the
-//! programs search; [`state`], [`record`] (the rules in force) and [`pins`] own what an
-//! instance keeps on disk; [`cgroup`]
+//! programs search; [`explain`] and [`learn`] answer why a verdict, and what to allow;
+//! [`state`], [`record`] (the rules in force) and [`pins`] own what an instance keeps on disk; [`cgroup`]
 //! finds and validates cgroup v2 directories; [`privileges`] checks capabilities up front, and
 //! [`features`] probes the kernel for what the blocker needs; [`quote`] cuts and escapes
 //! outside text that messages and event lines show.
@@ -16,6 +16,7 @@ pub mod events;
 pub mod explain;
 pub mod features;
 pub mod instance;
+pub mod learn;
 pub mod loader;
 pub mod logging;
 pub mod metrics;

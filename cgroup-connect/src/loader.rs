@@ -18,7 +18,7 @@ use std::{
 use aya::{
     Ebpf, EbpfError, EbpfLoader, Pod,
     maps::{
-        Array, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf,
+        Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf,
         of_maps::ArrayOfMaps,
     },
     pin::PinError as AyaPinError,
@@ -32,8 +32,8 @@ use aya::{
     },
 };
 use cgroup_connect_common::{
-    CONFIG_AUDIT, MAX_NAT64_PREFIXES, TABLE_CLASSES, config, maps, packet::socket_kind, programs,
-    stats,
+    CONFIG_AUDIT, MAX_NAT64_PREFIXES, OBSERVE_CAPACITY, Observed, ObservedKey, TABLE_CLASSES,
+    config, maps, observe_stats, packet::socket_kind, programs, stats,
 };
 
 use crate::{
@@ -301,18 +301,19 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Probes the kernel for every feature the blocker needs, then creates the maps and loads
-    /// the four `sock_addr` programs and the packet checks (`None`: `--no-packet-checks`).
+    /// Probes the kernel for every feature the blocker needs, then creates the maps (observe
+    /// mode's with `observe_capacity` entries) and loads the four `sock_addr` programs and the
+    /// packet checks (`None`: `--no-packet-checks`).
     ///
     /// # Errors
     /// [`LoadError::Unsupported`] naming the first feature the kernel lacks, or a load failure.
-    pub fn load(checks: Option<PacketChecks>) -> Result<Self, LoadError> {
+    pub fn load(checks: Option<PacketChecks>, observe_capacity: u32) -> Result<Self, LoadError> {
         if let Some(feature) = crate::timings::time("probe", features::first_missing) {
             return Err(LoadError::Unsupported { feature });
         }
         features::lift_memlock_limit();
         let started = std::time::Instant::now();
-        let mut ebpf = load_object(checks.as_ref(), None)?;
+        let mut ebpf = load_object(checks.as_ref(), None, observe_capacity)?;
         for name in programs::ALL {
             program(&mut ebpf, name)?.load().map_err(|source| LoadError::program(name, source))?;
         }
@@ -357,11 +358,13 @@ impl Prepared {
     }
 }
 
-/// Parses the object and creates its maps (reusing those pinned under `pins`), with the
-/// `msghdr` offsets of `checks` in its read-only data.
+/// Parses the object and creates its maps (reusing those pinned under `pins`; observe mode's
+/// with `observe_capacity` entries when it is made), with the `msghdr` offsets of `checks` in
+/// its read-only data.
 fn load_object(
     checks: Option<&PacketChecks>,
     pins: Option<&InstancePaths>,
+    observe_capacity: u32,
 ) -> Result<Ebpf, LoadError> {
     let (control, len) = checks.and_then(|c| c.lsm).unwrap_or_default();
     let paths: Vec<(&'static str, PathBuf)> = pins
@@ -373,6 +376,7 @@ fn load_object(
         &len,
         true,
     );
+    loader.map_max_entries(maps::OBSERVED, observe_capacity);
     for (map, path) in &paths {
         loader.map_pin_path(map, path.as_path());
     }
@@ -596,6 +600,10 @@ impl Instance {
         let mut this = Self { maps: StdHashMap::new(), links: Vec::new() };
         for name in maps::PINNED {
             let path = paths.map(name);
+            if OBSERVE_MAPS.contains(&name) && !path.exists() {
+                // Pinned by a version without observe mode: `blocker learn` says so.
+                continue;
+            }
             let map = MapData::from_pin(&path)
                 .and_then(Map::from_map_data)
                 .map_err(|source| LoadError::OpenMap { path, source })?;
@@ -630,7 +638,8 @@ impl Instance {
             && checks.programs().iter().any(|name| !paths.link(name).exists())
         {
             features::lift_memlock_limit();
-            let mut object = load_object(Some(checks), Some(paths))?;
+            // An instance of an older version has no observe map: it gets the default size.
+            let mut object = load_object(Some(checks), Some(paths), OBSERVE_CAPACITY)?;
             load_checks(&mut object, checks)?;
             ebpf = Some(object);
         }
@@ -850,6 +859,43 @@ impl Instance {
         })
     }
 
+    /// Whether the instance is in audit mode (observe mode): its config flags as the programs
+    /// read them.
+    ///
+    /// # Errors
+    /// [`LoadError::Map`].
+    pub fn audit(&self) -> Result<bool, LoadError> {
+        Ok(self.config_word(config::FLAGS)? & CONFIG_AUDIT != 0)
+    }
+
+    /// Observe mode's record: every destination judged in audit mode, with its first and last
+    /// decision times and counts, in no order.
+    ///
+    /// # Errors
+    /// [`LoadError::Missing`] for an instance of a version without observe mode,
+    /// [`LoadError::Map`].
+    pub fn observed(&self) -> Result<Observations, LoadError> {
+        let map: HashMap<&MapData, ObservedKey, Observed> = self.map(maps::OBSERVED)?;
+        let capacity = match self.maps.get(maps::OBSERVED) {
+            Some(Map::LruHashMap(data)) => data
+                .info()
+                .map_err(|source| LoadError::Map { map: maps::OBSERVED, what: "reading", source })?
+                .max_entries(),
+            _ => 0,
+        };
+        // An entry evicted while iterating is skipped, not an error.
+        let entries: Vec<(ObservedKey, Observed)> = map.iter().flatten().collect();
+        let array: PerCpuArray<&MapData, u64> = self.map(maps::OBSERVE_STATS)?;
+        let err = |source| LoadError::Map { map: maps::OBSERVE_STATS, what: "reading", source };
+        let total = |i| array.get(&i, 0).map(|v| v.iter().sum::<u64>()).map_err(err);
+        Ok(Observations {
+            capacity,
+            recorded: total(observe_stats::RECORDED)?,
+            lost: total(observe_stats::LOST)?,
+            entries,
+        })
+    }
+
     /// The size of each family's table in force, in chunks (its size class): (IPv4, IPv6).
     ///
     /// # Errors
@@ -966,6 +1012,29 @@ impl Instance {
     /// [`LoadError::Map`].
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
         typed(maps::EVENTS, self.maps.remove(maps::EVENTS))
+    }
+}
+
+/// The maps of observe mode, which an instance pinned by an older version lacks.
+const OBSERVE_MAPS: [&str; 2] = [maps::OBSERVED, maps::OBSERVE_STATS];
+
+/// Observe mode's record of an instance: see [`Instance::observed`].
+#[derive(Debug, Clone, Default)]
+pub struct Observations {
+    /// Entries the map holds at most.
+    pub capacity: u32,
+    /// Destinations entered since the instance was made (evicted ones included).
+    pub recorded: u64,
+    /// Decisions that could not be recorded.
+    pub lost: u64,
+    pub entries: Vec<(ObservedKey, Observed)>,
+}
+
+impl Observations {
+    /// Destinations the map evicted to make room for newer ones.
+    #[must_use]
+    pub fn evicted(&self) -> u64 {
+        self.recorded.saturating_sub(self.entries.len() as u64)
     }
 }
 

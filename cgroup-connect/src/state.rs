@@ -141,6 +141,10 @@ pub struct State {
     /// file's).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nat64: Vec<Nat64Prefix>,
+    /// `--observe-capacity`: entries of observe mode's map (`None`: the default,
+    /// `OBSERVE_CAPACITY`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observe_capacity: Option<u32>,
 }
 
 /// How often an instance's policy was put in force again, for the metrics.
@@ -235,6 +239,7 @@ impl State {
             counts: Counts::default(),
             reloads: Reloads { last: since, ..Reloads::default() },
             nat64: vec![],
+            observe_capacity: None,
         }
     }
 

@@ -105,6 +105,7 @@ fn maps_are_the_named_ones_and_all_pinned() {
         .into_iter()
         .chain(maps::RULES_V6)
         .chain([maps::STATS, maps::RULE_HITS, maps::EVENTS, maps::CONFIG])
+        .chain([maps::OBSERVED, maps::OBSERVE_STATS])
         .collect();
     assert_eq!(found, named, "maps in the object, and named in cgroup-connect-common");
     let pinned: BTreeSet<&str> = maps::PINNED.into_iter().collect();

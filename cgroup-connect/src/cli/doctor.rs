@@ -311,7 +311,8 @@ fn cgroup_bpf(verifier_log: Option<&Path>) -> Check {
     // Created and dropped at once: dropping detaches, then the pins go.
     let mut hooks = vec![];
     let mut lsm_note = String::new();
-    let result = Prepared::load(Some(crate::loader::PacketChecks::for_kernel(0)))
+    let checks = Some(crate::loader::PacketChecks::for_kernel(0));
+    let result = Prepared::load(checks, cgroup_connect_common::OBSERVE_CAPACITY)
         .and_then(|p| {
             hooks = p.packet_programs();
             if hooks.iter().any(|h| h == cgroup_connect_common::programs::EGRESS) {

@@ -29,6 +29,7 @@ pub mod edit;
 pub mod events;
 pub mod explain;
 pub mod extras;
+pub mod learn;
 pub mod list;
 pub mod reload;
 pub mod run;
@@ -46,8 +47,8 @@ Exit codes:
   2  usage error: a bad flag, rule, list line or policy file; a cgroup that is not a cgroup v2
      directory (or does not exist, without --wait-for-cgroup); a hostname that does not
      resolve; more rules than fit; no such instance, or one that is busy, attached elsewhere or
-     no longer enforced; a rule to remove that is not there; an --events file that is a
-     symbolic link
+     no longer enforced; a rule to remove that is not there; an instance not in observe mode
+     (learn); an --events or learn -o file that is a symbolic link
   3  this machine cannot run the blocker (safely): not uid 0 with CAP_BPF, CAP_NET_ADMIN and
      CAP_PERFMON; a kernel without cgroup BPF; a pin or state folder that is a symbolic link
      or not root's
@@ -123,6 +124,15 @@ pub enum Command {
         "blocker explain --default deny --allow 10.0.0.0/8 --block 10.1.0.0/16 10.1.2.3"
     ))]
     Explain(explain::ExplainArgs),
+    /// Write a default-deny policy that allows what an instance in observe mode (`run
+    /// --audit`) saw its workload reach: one rule per destination, port and protocol, with
+    /// counts and first and last seen times.
+    #[command(after_long_help = help!(
+        "sudo blocker run --name web --cgroup /sys/fs/cgroup/web.slice --audit --pin"
+        "sudo blocker learn web -o web.toml && sudo blocker run --name web --policy web.toml ..."
+        "sudo blocker learn web --since 1h --aggregate /24"
+    ))]
+    Learn(learn::LearnArgs),
     /// Re-read an instance's policy files and swap its rules at once.
     #[command(after_long_help = help!(
         "sudo blocker reload web"
@@ -196,6 +206,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Remove(args) => edit::remove(&args),
         Command::List(args) => list::list(&args),
         Command::Explain(args) => explain::explain(&args),
+        Command::Learn(args) => learn::learn(&args),
         Command::Reload(args) => reload::reload(&args),
         Command::Detach(args) => detach::detach(&args),
         Command::Status(args) => status::status(&args),
@@ -228,6 +239,14 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             )
             || cause.is::<edit::NotFoundError>()
             || cause.is::<explain::UsageError>()
+            || matches!(
+                cause.downcast_ref(),
+                Some(
+                    learn::LearnError::NotObserving { .. }
+                        | learn::LearnError::NoObserveMap { .. }
+                        | learn::LearnError::Symlink { .. }
+                )
+            )
             || cause.is::<BusyError>()
             || cause.is::<ElsewhereError>()
             || cause.is::<NotEnforcedError>()

@@ -120,9 +120,13 @@ pub struct RunArgs {
     /// or crashes, until `blocker detach NAME`
     #[arg(long)]
     pub pin: bool,
-    /// Judge and report everything, block nothing
+    /// Judge and report everything, block nothing; record every destination judged (observe
+    /// mode, for `blocker learn`)
     #[arg(long)]
     pub audit: bool,
+    /// Destinations observe mode keeps (default 32768; the least recently seen go first)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    pub observe_capacity: Option<u32>,
     /// Do not attach the packet checks, which close what connect and sendmsg cannot see: they
     /// refuse raw, ping, UDP-Lite and SCTP sockets, IPv6 routing headers and IPv4 source
     /// routes. Those ways around the rules stay open
@@ -224,6 +228,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let mut state = State::new(&args.name, cgroup.path.clone(), args.sources().absolute());
     state.target = target;
     state.audit = args.audit;
+    state.observe_capacity = args.observe_capacity;
     state.packet_checks = !args.no_packet_checks;
     state.allow_sockets.clone_from(&args.allow_sockets);
     state.pinned = args.pin;

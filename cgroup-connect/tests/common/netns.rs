@@ -40,6 +40,26 @@ impl Netns {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Runs `work` on a new thread that entered the namespace (a thread's namespace is its
+    /// own: the test runner's other threads stay where they are), and returns what it gave:
+    /// sockets made there stay in the namespace, so a test's servers can listen in it.
+    pub fn run_in<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
+        let ns = std::fs::File::open(&self.path)
+            .unwrap_or_else(|e| panic!("open netns {}: {e}", self.path.display()));
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    use std::os::fd::AsRawFd as _;
+                    // SAFETY: setns on an fd this thread holds; it moves only this thread.
+                    let entered = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                    assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
+                    work()
+                })
+                .join()
+                .unwrap_or_else(|_| panic!("a thread in netns {} panicked", self.name))
+        })
+    }
 }
 
 impl Drop for Netns {
