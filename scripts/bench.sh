@@ -8,6 +8,11 @@
 #                                     same rules as a list; likewise its own section
 #   sudo ./scripts/bench.sh --events  only an events reader's cost per blocked decision and
 #                                     a lone event's wait; likewise its own section
+#   sudo ./scripts/bench.sh --decisions  only the decision workloads (one and many destinations,
+#                                     blocked, with a reader, IPv6) against allow-only, hash
+#                                     map and LPM trie references, and the blocker's memory and
+#                                     start on 1M real-list rules; likewise its own section
+#                                     (about 10 minutes on 2 cores)
 # Installs what it needs (nftables, iptables, ipset, bpftool through setup.sh), builds the
 # release binaries, and runs target/release/cgroup-connect-bench. It makes its own cgroups,
 # network namespaces (where nftables, ipset and iptables rules live) and instances, and
@@ -26,7 +31,8 @@ case "${1:-}" in
     --packets) mode=(--packets-only) ;;
     --starts) mode=(--starts-only) ;;
     --events) mode=(--events-only) ;;
+    --decisions) mode=(--decisions-only) ;;
     "") ;;
-    *) echo "usage: $0 [--quick|--smoke|--packets|--starts|--events]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--quick|--smoke|--packets|--starts|--events|--decisions]" >&2; exit 2 ;;
 esac
 exec target/release/cgroup-connect-bench "${mode[@]}" --out "$out"

@@ -62,6 +62,27 @@ impl Netns {
         Ok(this)
     }
 
+    /// A namespace where UDP `connect()` to any unicast address succeeds: a veth pair (both
+    /// ends inside) with an IPv4 and an IPv6 address and default routes through it. Nothing is
+    /// sent there; the routes only let connects find one.
+    pub fn with_routes() -> anyhow::Result<Self> {
+        let this = Self::new()?;
+        let n = this.name.as_str();
+        let ip = |args: &[&str]| -> anyhow::Result<()> {
+            let mut all = vec!["-n", n];
+            all.extend_from_slice(args);
+            sh("ip", &all).map(drop)
+        };
+        ip(&["link", "add", "bench0", "type", "veth", "peer", "name", "bench1"])?;
+        ip(&["link", "set", "bench0", "up"])?;
+        ip(&["link", "set", "bench1", "up"])?;
+        ip(&["addr", "add", "192.0.2.1/24", "dev", "bench0"])?;
+        ip(&["-6", "addr", "add", "fd00:be::1/64", "dev", "bench0", "nodad"])?;
+        ip(&["route", "add", "default", "dev", "bench0"])?;
+        ip(&["-6", "route", "add", "default", "dev", "bench0"])?;
+        Ok(this)
+    }
+
     pub fn path(&self) -> PathBuf {
         Path::new("/run/netns").join(&self.name)
     }
@@ -89,6 +110,8 @@ pub struct BlockerProc {
     pub start_to_enforce: Duration,
     /// The `timings:` line's phases.
     pub timings: Vec<(String, f64)>,
+    /// Status lines starting with `reloaded` it printed (one per SIGHUP reload).
+    reloads: std::sync::Arc<AtomicU32>,
 }
 
 impl BlockerProc {
@@ -110,10 +133,35 @@ impl BlockerProc {
             blocker: blocker.to_owned(),
             start_to_enforce: Duration::ZERO,
             timings: vec![],
+            reloads: std::sync::Arc::default(),
+        };
+        let reloads = this.reloads.clone();
+        let count = move |line: std::io::Result<String>| {
+            if line.is_ok_and(|l| l.starts_with("reloaded")) {
+                reloads.fetch_add(1, Ordering::Relaxed);
+            }
         };
         let stdout = child.stdout.take().context("stdout")?;
         let stderr = child.stderr.take().context("stderr")?;
         this.child = child;
+        if args.windows(2).any(|w| w == ["--events", "-"]) {
+            // Events go to standard output, the status lines to standard error.
+            std::thread::spawn(move || for _ in BufReader::new(stdout).lines() {});
+            let mut err_lines = BufReader::new(stderr).lines();
+            loop {
+                match err_lines.next() {
+                    Some(Ok(line)) if line.starts_with("attached") => break,
+                    Some(Ok(_)) => {}
+                    _ => bail!("blocker did not attach"),
+                }
+            }
+            this.start_to_enforce = start.elapsed();
+            if let Some(Ok(line)) = err_lines.next() {
+                this.timings = parse_timings(&line);
+            }
+            std::thread::spawn(move || err_lines.for_each(count));
+            return Ok(this);
+        }
         let mut lines = BufReader::new(stdout).lines();
         loop {
             match lines.next() {
@@ -128,7 +176,7 @@ impl BlockerProc {
         }
         this.start_to_enforce = start.elapsed();
         // The timings line follows on stderr; stdout stays drained by a thread.
-        std::thread::spawn(move || for _ in lines {});
+        std::thread::spawn(move || lines.for_each(count));
         let mut err_lines = BufReader::new(stderr).lines();
         if let Some(Ok(line)) = err_lines.next() {
             this.timings = parse_timings(&line);
@@ -139,6 +187,40 @@ impl BlockerProc {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends SIGHUP and waits (at most a minute) for the `reloaded` line: the wall time.
+    pub fn sighup_reload(&self) -> anyhow::Result<Duration> {
+        let before = self.reloads.load(Ordering::Relaxed);
+        let start = Instant::now();
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(i32::try_from(self.child.id())?, libc::SIGHUP) };
+        while self.reloads.load(Ordering::Relaxed) == before {
+            ensure!(start.elapsed() < Duration::from_mins(1), "no reload within a minute");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(start.elapsed())
+    }
+
+    /// `blocker reload NAME` as its own process: its maximum resident set (as GNU time
+    /// reports it, from `wait4`), KiB.
+    pub fn reload_command_peak_kib(&self) -> anyhow::Result<u64> {
+        let child = Command::new(&self.blocker)
+            .args(["reload", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut status = 0;
+        // SAFETY: rusage is plain data that wait4 fills.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: our own child, waited for once.
+        let pid =
+            unsafe { libc::wait4(i32::try_from(child.id())?, &raw mut status, 0, &raw mut usage) };
+        ensure!(
+            pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "reload failed"
+        );
+        Ok(u64::try_from(usage.ru_maxrss)?)
     }
 
     /// `blocker reload NAME --timings`: wall time and phases.
@@ -211,6 +293,44 @@ pub fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
         .unwrap_or(0)
+}
+
+/// A process's peak resident set since it started or since [`reset_peak_rss`] (`VmHWM`), KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap_or(0)
+}
+
+/// Resets a process's peak resident set to its current one (`clear_refs` 5).
+pub fn reset_peak_rss(pid: u32) -> anyhow::Result<()> {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+        .with_context(|| format!("resetting the peak RSS of {pid}"))
+}
+
+/// `bytes_memlock` of the BPF maps named one of `names` whose ids are not in `before` (ids
+/// from [`bpf_map_ids`]): the kernel memory of the maps made since. The kernel keeps the first
+/// 15 bytes of a map's name.
+pub fn new_maps_memlock(before: &[u64], names: &[&str]) -> anyhow::Result<u64> {
+    let json: serde_json::Value = serde_json::from_str(&sh("bpftool", &["-j", "map", "show"])?)?;
+    Ok(json
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["id"].as_u64().is_some_and(|id| !before.contains(&id)))
+        .filter(|m| {
+            m["name"].as_str().is_some_and(|n| names.iter().any(|w| w.get(..15).unwrap_or(w) == n))
+        })
+        .filter_map(|m| m["bytes_memlock"].as_u64())
+        .sum())
+}
+
+/// The ids of every BPF map.
+pub fn bpf_map_ids() -> anyhow::Result<Vec<u64>> {
+    let json: serde_json::Value = serde_json::from_str(&sh("bpftool", &["-j", "map", "show"])?)?;
+    Ok(json.as_array().into_iter().flatten().filter_map(|m| m["id"].as_u64()).collect())
 }
 
 /// Sets `kernel.bpf_stats_enabled` while alive, restoring the old value on drop.

@@ -14,6 +14,7 @@
     reason = "a benchmark harness, not a library API: its functions fail on set-up only"
 )]
 
+pub mod decisions;
 pub mod env;
 pub mod packets;
 pub mod probe;
@@ -58,6 +59,14 @@ pub struct Config {
     pub blocker: PathBuf,
     /// Where rule files are written.
     pub work: PathBuf,
+    /// Rules of each family for the decision workloads ([`decisions`]).
+    pub decision_rules: usize,
+    /// Calls per decision workload (distinct destinations in the distinct ones).
+    pub distinct: usize,
+    /// Calls of the workload with caches evicted before each.
+    pub evicted: usize,
+    /// Bytes read to evict the caches (more than the last-level cache).
+    pub evict_bytes: usize,
 }
 
 impl Config {
@@ -77,6 +86,10 @@ impl Config {
             reload_repeats: 5,
             blocker,
             work,
+            decision_rules: 1_000_000,
+            distinct: 200_000,
+            evicted: 500,
+            evict_bytes: 64 << 20,
         }
     }
 
@@ -98,6 +111,9 @@ impl Config {
             iptables: vec![1, 1_000],
             load_repeats: 1,
             reload_repeats: 2,
+            decision_rules: 100_000,
+            distinct: 50_000,
+            evicted: 200,
             ..Self::base("quick", blocker)
         }
     }
@@ -116,6 +132,10 @@ impl Config {
             big: 1_000,
             load_repeats: 1,
             reload_repeats: 1,
+            decision_rules: 1_000,
+            distinct: 500,
+            evicted: 10,
+            evict_bytes: 1 << 20,
             ..Self::base("smoke", blocker)
         }
     }
@@ -200,6 +220,9 @@ pub struct Report {
     pub starts: starts::StartReport,
     /// The cost of an events reader ([`wakeups`]).
     pub events: wakeups::EventsReport,
+    /// Decisions on many destinations, blocked ones, with a reader, against reference
+    /// programs; memory and start on real-list rules ([`decisions`]).
+    pub decisions: decisions::DecisionsReport,
 }
 
 /// One per-connect variant: its cgroup, namespace and filter.
@@ -271,6 +294,7 @@ fn run_in(cfg: &Config, log: &mut dyn FnMut(&str)) -> anyhow::Result<Report> {
     drop(variants);
     let start_report = starts::run_in(cfg, log)?;
     let events = wakeups::run_in(cfg, log)?;
+    let decisions = decisions::run_in(cfg, log)?;
     // The packet rounds are timed without bpf_stats (it turns it on for its own pass).
     drop(stats);
     let packets = packets::run(cfg, log)?;
@@ -295,6 +319,7 @@ fn run_in(cfg: &Config, log: &mut dyn FnMut(&str)) -> anyhow::Result<Report> {
         packets,
         starts: start_report,
         events,
+        decisions,
     })
 }
 
@@ -614,7 +639,10 @@ pub fn render(r: &Report) -> String {
         human(r.load.first().map_or(0, |l| l.rules)),
         r.blocker_rss_kib as f64 / 1024.0
     );
-    s + &render_packets(&r.packets) + &render_starts(&r.starts) + &render_events(&r.events)
+    s + &render_packets(&r.packets)
+        + &render_starts(&r.starts)
+        + &render_events(&r.events)
+        + &decisions::render(&r.decisions)
 }
 
 /// The events section as text.

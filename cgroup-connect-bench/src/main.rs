@@ -1,11 +1,12 @@
-//! `cgroup-connect-bench [--quick|--smoke] [--packets-only|--starts-only|--events-only] [--out FILE]`: runs the
+//! `cgroup-connect-bench [--quick|--smoke] [--packets-only|--starts-only|--events-only|--decisions-only] [--out FILE]`: runs the
 //! benchmarks, prints the table, writes the figures as JSON. Needs root; `scripts/bench.sh`
 //! installs what it uses.
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use cgroup_connect_bench::{
-    Config, packets, render, render_events, render_packets, render_starts, run, starts, wakeups,
+    Config, decisions, packets, render, render_events, render_packets, render_starts, run, starts,
+    wakeups,
 };
 use clap::Parser;
 
@@ -21,15 +22,19 @@ struct Args {
     smoke: bool,
     /// Only the cost of the packet checks; with --out, its section replaces the one in FILE
     /// and every other figure there stays
-    #[arg(long, conflicts_with_all = ["starts_only", "events_only"])]
+    #[arg(long, conflicts_with_all = ["starts_only", "events_only", "decisions_only"])]
     packets_only: bool,
     /// Only the start on a policy file against a list; with --out, its section replaces the
     /// one in FILE and every other figure there stays
-    #[arg(long, conflicts_with = "events_only")]
+    #[arg(long, conflicts_with_all = ["events_only", "decisions_only"])]
     starts_only: bool,
     /// Only the cost of an events reader; likewise its own section of FILE
-    #[arg(long)]
+    #[arg(long, conflicts_with = "decisions_only")]
     events_only: bool,
+    /// Only the decision workloads against the reference programs, with the blocker's memory
+    /// and start on real-list rules; likewise its own section of FILE
+    #[arg(long)]
+    decisions_only: bool,
     /// Write the figures as JSON here
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
@@ -51,7 +56,7 @@ fn main() -> anyhow::Result<()> {
     } else {
         Config::full(blocker)
     };
-    let json = if args.packets_only || args.starts_only || args.events_only {
+    let json = if args.packets_only || args.starts_only || args.events_only || args.decisions_only {
         let (name, section) = if args.packets_only {
             let report = packets::run(&cfg, &mut |line| eprintln!("bench: {line}"))?;
             print!("{}", render_packets(&report));
@@ -60,6 +65,10 @@ fn main() -> anyhow::Result<()> {
             let report = starts::run(&cfg, &mut |line| eprintln!("bench: {line}"))?;
             print!("{}", render_starts(&report));
             ("starts", serde_json::to_value(&report)?)
+        } else if args.decisions_only {
+            let report = decisions::run(&cfg, &mut |line| eprintln!("bench: {line}"))?;
+            print!("{}", decisions::render(&report));
+            ("decisions", serde_json::to_value(&report)?)
         } else {
             let report = wakeups::run(&cfg, &mut |line| eprintln!("bench: {line}"))?;
             print!("{}", render_events(&report));

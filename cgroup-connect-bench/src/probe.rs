@@ -159,3 +159,49 @@ static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(
 extern "C" fn on_term(_: libc::c_int) {
     STOP.store(true, std::sync::atomic::Ordering::Relaxed);
 }
+
+/// One UDP socket `connect()`ing to each of `dsts` in turn (the connect hook runs on every
+/// call; nothing is sent), from a child in `cgroup` and `netns`. With `evict`, the child reads
+/// the whole buffer (one load per cache line) before each call, so the call starts with cold
+/// caches. Every destination must be of one family. Returns (refused with EPERM, failed
+/// otherwise). Raw syscalls only in the child (the parent may have threads).
+pub fn udp_connects(
+    cgroup: &Path,
+    netns: &Path,
+    dsts: &[socket2::SockAddr],
+    evict: Option<&[u8]>,
+) -> anyhow::Result<(u64, u64)> {
+    let Some(first) = dsts.first() else { return Ok((0, 0)) };
+    let family = i32::from(first.family());
+    let [refused, failed] = spawn_in(cgroup, netns, || {
+        let mut counts = [0u64; 2];
+        // SAFETY: raw syscalls on memory prepared before the fork.
+        unsafe {
+            let s = libc::socket(family, libc::SOCK_DGRAM, 0);
+            if s < 0 {
+                return [u64::MAX; 2];
+            }
+            for dst in dsts {
+                if let Some(buf) = evict {
+                    let mut sum = 0u8;
+                    for i in (0..buf.len()).step_by(64) {
+                        sum = sum.wrapping_add(std::ptr::read_volatile(buf.as_ptr().add(i)));
+                    }
+                    std::hint::black_box(sum);
+                }
+                if libc::connect(s, dst.as_ptr().cast(), dst.len()) != 0 {
+                    if *libc::__errno_location() == libc::EPERM {
+                        counts[0] += 1;
+                    } else {
+                        counts[1] += 1;
+                    }
+                }
+            }
+            libc::close(s);
+        }
+        counts
+    })?
+    .wait();
+    ensure!(refused != u64::MAX, "the benchmark child failed");
+    Ok((refused, failed))
+}

@@ -97,14 +97,8 @@ pub fn blocker_list_v4(hosts: &[Ipv4Addr], prefixes: &[(Ipv4Addr, u8)]) -> Strin
 
 /// `n` IPv6 /128 rules in 2001:db8::/32, one in a hundred with a port.
 pub fn blocker_list_v6(n: usize, seed: u64) -> String {
-    let mut rng = Rng::new(seed);
     let mut s = String::with_capacity(44 * n);
-    for i in 0..n {
-        let a = Ipv6Addr::from(
-            (0x2001_0db8u128 << 96)
-                | (u128::from(rng.next_u64()) << 32)
-                | u128::from(u32::try_from(i).unwrap_or(u32::MAX)),
-        );
+    for (i, a) in v6_hosts(n, seed).into_iter().enumerate() {
         let _ = if i % 100 == 99 { writeln!(s, "tcp://[{a}]:443") } else { writeln!(s, "{a}") };
     }
     s
@@ -144,4 +138,182 @@ pub fn iptables_script(hosts: &[Ipv4Addr]) -> String {
     }
     s.push_str("COMMIT\n");
     s
+}
+
+/// Whether `a` may be a destination of the UDP workloads: unicast, routed by a default route,
+/// not loopback (so 1.0.0.0 up to 223.255.255.255 without 127/8).
+fn routable4(a: u32) -> bool {
+    let first = a >> 24;
+    (1..224).contains(&first) && first != 127
+}
+
+/// `n` IPv4 prefixes in real-list proportions (issue 11): 90% /32, 9.6% /24-/31, 0.4%
+/// /16-/23, 0.01% /8-/15, lengths uniform within each band, each inside the routable unicast
+/// space ([`routable4`]). They cover a small part of the address space, as real lists do
+/// ([`coverage4`] says how much).
+///
+/// # Panics
+/// Never: prefix lengths are small numbers.
+pub fn real_list_v4(n: usize, seed: u64) -> Vec<(Ipv4Addr, u8)> {
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|_| {
+            let pick = rng.next_u64() % 100_000;
+            let span =
+                |lo: u64, hi: u64, r: u64| u8::try_from(lo + r % (hi - lo + 1)).expect("small");
+            let r = rng.next_u64();
+            let len = match pick {
+                0..10 => span(8, 15, r),
+                10..410 => span(16, 23, r),
+                410..10_010 => span(24, 31, r),
+                _ => 32,
+            };
+            let mask = if len == 32 { u32::MAX } else { !(u32::MAX >> len) };
+            loop {
+                let net = (rng.next_u64() >> 32) as u32 & mask;
+                if routable4(net) && routable4(net | !mask) {
+                    return (Ipv4Addr::from(net), len);
+                }
+            }
+        })
+        .collect()
+}
+
+/// The address ranges `prefixes` cover, merged and sorted: `(first, last)` inclusive.
+pub fn covered4(prefixes: &[(Ipv4Addr, u8)]) -> Vec<(u32, u32)> {
+    let mut spans: Vec<(u32, u32)> = prefixes
+        .iter()
+        .map(|&(a, len)| {
+            let host = u32::MAX.checked_shr(u32::from(len)).unwrap_or(0);
+            (u32::from(a), u32::from(a) | host)
+        })
+        .collect();
+    spans.sort_unstable();
+    let mut merged: Vec<(u32, u32)> = Vec::with_capacity(spans.len());
+    for (lo, hi) in spans {
+        match merged.last_mut() {
+            Some(last) if u64::from(lo) <= u64::from(last.1) + 1 => last.1 = last.1.max(hi),
+            _ => merged.push((lo, hi)),
+        }
+    }
+    merged
+}
+
+/// How many addresses `covered` (from [`covered4`]) holds.
+pub fn coverage4(covered: &[(u32, u32)]) -> u64 {
+    covered.iter().map(|&(lo, hi)| u64::from(hi - lo) + 1).sum()
+}
+
+/// `n` distinct routable IPv4 destinations that no range of `covered` holds.
+pub fn allowed_v4(covered: &[(u32, u32)], n: usize, seed: u64) -> Vec<Ipv4Addr> {
+    let mut rng = Rng::new(seed);
+    let mut taken = std::collections::HashSet::with_capacity(n);
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let a = (rng.next_u64() >> 32) as u32;
+        let inside = covered
+            .partition_point(|&(lo, _)| lo <= a)
+            .checked_sub(1)
+            .is_some_and(|i| covered[i].1 >= a);
+        if routable4(a) && !inside && taken.insert(a) {
+            out.push(Ipv4Addr::from(a));
+        }
+    }
+    out
+}
+
+/// Up to `n` distinct destinations that `prefixes` block for every protocol, in random order:
+/// the /32 rules that [`blocker_list_v4`] writes without a port (so the hash map, the LPM
+/// trie and the blocker all block them).
+pub fn blocked_v4(prefixes: &[(Ipv4Addr, u8)], n: usize, seed: u64) -> Vec<Ipv4Addr> {
+    let mut hosts: Vec<Ipv4Addr> = prefixes
+        .iter()
+        .enumerate()
+        .filter(|&(i, &(_, len))| len == 32 && i % 100 != 99)
+        .map(|(_, &(a, _))| a)
+        .collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    shuffle(&mut hosts, seed);
+    hosts.truncate(n);
+    hosts
+}
+
+/// Puts `items` in a random order (Fisher-Yates), the same for the same seed.
+pub fn shuffle<T>(items: &mut [T], seed: u64) {
+    let mut rng = Rng::new(seed);
+    for i in (1..items.len()).rev() {
+        let j = rng.next_u64() % (i as u64 + 1);
+        items.swap(i, usize::try_from(j).unwrap_or(i));
+    }
+}
+
+/// `n` IPv6 hosts in 2001:db8::/32: the addresses of [`blocker_list_v6`] with the same seed.
+pub fn v6_hosts(n: usize, seed: u64) -> Vec<Ipv6Addr> {
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|i| {
+            Ipv6Addr::from(
+                (0x2001_0db8u128 << 96)
+                    | (u128::from(rng.next_u64()) << 32)
+                    | u128::from(u32::try_from(i).unwrap_or(u32::MAX)),
+            )
+        })
+        .collect()
+}
+
+/// `n` distinct IPv6 destinations in 2001:db8::/32 (among the rules, so a search is as long
+/// as for a rule) that are not in `rules`.
+pub fn allowed_v6(rules: &[Ipv6Addr], n: usize, seed: u64) -> Vec<Ipv6Addr> {
+    let rules: std::collections::HashSet<&Ipv6Addr> = rules.iter().collect();
+    let mut rng = Rng::new(seed);
+    let mut taken = std::collections::HashSet::with_capacity(n);
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let a = Ipv6Addr::from(
+            (0x2001_0db8u128 << 96)
+                | (u128::from(rng.next_u64()) << 32)
+                | u128::from((rng.next_u64() >> 32) as u32),
+        );
+        if !rules.contains(&a) && taken.insert(a) {
+            out.push(a);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn real_list_has_the_proportions_and_leaves_most_space_allowed() {
+        let rules = real_list_v4(200_000, 9);
+        let share = |lo: u8, hi: u8| {
+            rules.iter().filter(|(_, l)| (lo..=hi).contains(l)).count() as f64 / 200_000.0
+        };
+        assert!((share(32, 32) - 0.9).abs() < 0.005, "{}", share(32, 32));
+        assert!((share(24, 31) - 0.096).abs() < 0.005, "{}", share(24, 31));
+        let covered = covered4(&rules);
+        assert!(coverage4(&covered) < 1 << 31, "{}", coverage4(&covered));
+        for a in allowed_v4(&covered, 1_000, 3) {
+            assert!(!rules.iter().any(|&(n, l)| {
+                let mask = if l == 32 { u32::MAX } else { !(u32::MAX >> l) };
+                u32::from(a) & mask == u32::from(n)
+            }));
+        }
+        let blocked = blocked_v4(&rules, 1_000, 4);
+        assert_eq!(blocked.len(), 1_000);
+        assert!(blocked.iter().all(|a| rules.contains(&(*a, 32))));
+    }
+
+    #[test]
+    fn v6_hosts_are_the_lists_addresses() {
+        let hosts = v6_hosts(300, 5);
+        let list = blocker_list_v6(300, 5);
+        for (a, line) in hosts.iter().zip(list.lines()) {
+            assert!(line.contains(&a.to_string()), "{a} {line}");
+        }
+        assert!(allowed_v6(&hosts, 100, 6).iter().all(|a| !hosts.contains(a)));
+    }
 }

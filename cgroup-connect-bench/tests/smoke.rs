@@ -62,6 +62,7 @@ fn every_measurement_runs() {
     };
     assert!(packets.iter().filter(refused).all(|r| r.value.median.is_nan()), "{packets:?}");
     assert!(packets.iter().filter(|r| !refused(r)).all(|r| r.value.median > 0.0), "{packets:?}");
+    decisions_ran(&report.decisions);
     let checked =
         packets.iter().filter(|r| r.variant == "blocker, packet checks on" && !refused(r));
     assert!(
@@ -69,4 +70,43 @@ fn every_measurement_runs() {
             && checked.clone().all(|r| r.program_ns_per_run.is_some_and(|s| s.median > 0.0)),
         "{packets:?}"
     );
+}
+
+/// Every decision workload ran in every variant of its family, refusing what it should, and
+/// the memory figures and targets are there.
+fn decisions_ran(d: &cgroup_connect_bench::decisions::DecisionsReport) {
+    use cgroup_connect_bench::decisions::{
+        ALLOW_ONLY, BLOCKER, BLOCKER_READER, HALF_BLOCKED, HASH_MAP, LPM_TRIE, ONE_BLOCKED,
+    };
+    let v4 = [ALLOW_ONLY, BLOCKER, BLOCKER_READER, HASH_MAP, LPM_TRIE];
+    let workloads: Vec<&str> = d.rows.iter().map(|r| r.workload).fold(vec![], |mut seen, w| {
+        if !seen.contains(&w) {
+            seen.push(w);
+        }
+        seen
+    });
+    assert_eq!(workloads.len(), 7, "{workloads:?}");
+    for w in workloads {
+        let variants: Vec<&str> =
+            d.rows.iter().filter(|r| r.workload == w).map(|r| r.variant).collect();
+        let want: &[&str] = if w.starts_with("IPv6") { &[ALLOW_ONLY, BLOCKER] } else { &v4 };
+        assert_eq!(variants.len(), want.len(), "{w}: {variants:?}");
+        assert!(want.iter().all(|v| variants.contains(v)), "{w}: {variants:?}");
+    }
+    for r in &d.rows {
+        assert!(r.ns_per_decision.median > 0.0 && r.ratio_to_allow_only > 0.0, "{r:?}");
+        let blocks =
+            r.variant != ALLOW_ONLY && (r.workload == ONE_BLOCKED || r.workload == HALF_BLOCKED);
+        assert_eq!(r.refused > 0, blocks, "{r:?}");
+    }
+    assert!(d.rules_v4_covered_share > 0.0 && d.rules_v4_covered_share < 0.5, "{d:?}");
+    for b in [&d.blocker_v4, &d.blocker_v6] {
+        assert!(b.start_seconds.median > 0.0 && b.peak_rss_start_kib.median > 0.0, "{b:?}");
+        assert!(b.table_kib.median > 0.0, "{b:?}");
+    }
+    assert!(d.blocker_v4.peak_rss_reload_kib.is_some_and(|s| s.median > 0.0), "{d:?}");
+    assert!(d.blocker_v4.reload_command_peak_rss_kib.is_some_and(|s| s.median > 0.0), "{d:?}");
+    assert_eq!(d.references.len(), 2, "{:?}", d.references);
+    assert!(d.references.iter().all(|m| m.map_kib > 0.0), "{:?}", d.references);
+    assert!(d.targets.iter().all(|t| t.measured.is_finite()), "{:?}", d.targets);
 }

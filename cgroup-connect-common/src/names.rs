@@ -45,6 +45,17 @@ pub mod programs {
     /// `cgroup_skb/egress` that lets every packet through: the packet benchmarks' reference
     /// (the cost of any egress program), never attached by the blocker.
     pub const REFERENCE_EGRESS: &str = "reference_egress";
+    /// `cgroup/connect6` that allows everything: the IPv6 benchmarks' reference.
+    pub const REFERENCE_ALLOW6: &str = "reference_allow6";
+    /// `cgroup/connect4` that blocks the hosts of [`super::maps::REFERENCE_HOSTS`]: the
+    /// benchmarks' plain hash map, never attached by the blocker.
+    pub const REFERENCE_HASH: &str = "reference_hash";
+    /// `cgroup/connect4` that blocks the prefixes of [`super::maps::REFERENCE_PREFIXES`]: the
+    /// benchmarks' LPM trie, never attached by the blocker.
+    pub const REFERENCE_LPM: &str = "reference_lpm";
+    /// The benchmarks' reference programs.
+    pub const REFERENCES: [&str; 5] =
+        [REFERENCE_ALLOW, REFERENCE_EGRESS, REFERENCE_ALLOW6, REFERENCE_HASH, REFERENCE_LPM];
 }
 
 /// Names of the BPF maps, as the kernel and `bpftool map` show them.
@@ -74,6 +85,14 @@ pub mod maps {
     pub const OBSERVED: &str = "observed";
     /// Per-CPU array of `u64` totals of observe mode, indexed by [`crate::observe_stats`].
     pub const OBSERVE_STATS: &str = "observe_stats";
+    /// Hash of IPv4 hosts (`u32` in network byte order -> `u8`) for [`super::programs::REFERENCE_HASH`].
+    /// One entry in the object, so every load creates it small; never pinned or filled by the
+    /// blocker.
+    pub const REFERENCE_HOSTS: &str = "reference_hosts";
+    /// LPM trie of IPv4 prefixes for [`super::programs::REFERENCE_LPM`]; likewise.
+    pub const REFERENCE_PREFIXES: &str = "reference_prefixes";
+    /// The benchmarks' maps, in the object but never pinned.
+    pub const REFERENCES: [&str; 2] = [REFERENCE_HOSTS, REFERENCE_PREFIXES];
     /// Every map an instance pins.
     pub const PINNED: [&str; 16] = [
         RULES_V4[0],

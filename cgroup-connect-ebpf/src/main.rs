@@ -34,7 +34,10 @@
 
 use aya_ebpf::{
     bindings::{__sk_buff, bpf_sock},
-    btf_maps::{Array, ArrayOfMaps, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    btf_maps::{
+        Array, ArrayOfMaps, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf,
+        lpm_trie::Key as LpmKey,
+    },
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_probe_read_kernel,
@@ -470,6 +473,44 @@ fn refuse_call(flags: u32) -> i32 {
 #[cgroup_sock_addr(connect4)]
 pub fn reference_allow(_ctx: SockAddrContext) -> i32 {
     ALLOW
+}
+
+/// Reference for the benchmarks: allows every IPv6 connect, touches nothing (the IPv6
+/// workloads' allow-only). The blocker never loads or attaches it.
+#[cgroup_sock_addr(connect6)]
+pub fn reference_allow6(_ctx: SockAddrContext) -> i32 {
+    ALLOW
+}
+
+/// The benchmarks' plain hash map of blocked IPv4 hosts (`user_ip4` as the kernel gives it).
+/// One entry here so that every load of the object creates it small; the benchmark sizes it
+/// with `EbpfLoader::set_max_entries`. The blocker never fills it.
+#[btf_map(name = "reference_hosts")]
+static REFERENCE_HOSTS: HashMap<u32, u8, 1> = HashMap::new();
+
+/// The benchmarks' LPM trie of blocked IPv4 prefixes (key data in network byte order); made
+/// without preallocation, and sized by the benchmark like [`REFERENCE_HOSTS`].
+#[btf_map(name = "reference_prefixes")]
+static REFERENCE_PREFIXES: LpmTrie<u32, u8, 1> = LpmTrie::new();
+
+/// Reference for the benchmarks: blocks an IPv4 connect whose destination is in
+/// [`REFERENCE_HOSTS`]. The blocker never loads or attaches it.
+#[cgroup_sock_addr(connect4)]
+#[expect(clippy::needless_pass_by_value, reason = "the macro passes the context by value")]
+pub fn reference_hash(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the kernel hands every sock_addr program a valid bpf_sock_addr.
+    let ip = unsafe { (*ctx.sock_addr).user_ip4 };
+    if REFERENCE_HOSTS.get_ptr(ip).is_some() { BLOCK } else { ALLOW }
+}
+
+/// Reference for the benchmarks: blocks an IPv4 connect whose destination falls in a prefix
+/// of [`REFERENCE_PREFIXES`]. The blocker never loads or attaches it.
+#[cgroup_sock_addr(connect4)]
+#[expect(clippy::needless_pass_by_value, reason = "the macro passes the context by value")]
+pub fn reference_lpm(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the kernel hands every sock_addr program a valid bpf_sock_addr.
+    let ip = unsafe { (*ctx.sock_addr).user_ip4 };
+    if REFERENCE_PREFIXES.get(&LpmKey::new(32, ip)).is_some() { BLOCK } else { ALLOW }
 }
 
 /// The fast path: a packet of a TCP stream or UDP datagram socket without IPv4 options or

@@ -1325,8 +1325,77 @@ impl Reference {
     /// # Errors
     /// A [`LoadError`].
     pub fn attach(cgroup: &CgroupDir) -> Result<Self, LoadError> {
-        let name = programs::REFERENCE_ALLOW;
-        let mut ebpf = Ebpf::load(BPF_OBJECT).map_err(LoadError::Object)?;
+        let ebpf = Ebpf::load(BPF_OBJECT).map_err(LoadError::Object)?;
+        Self::attach_loaded(ebpf, programs::REFERENCE_ALLOW, cgroup)
+    }
+
+    /// Loads and attaches the IPv6 allow-only one (connect6).
+    ///
+    /// # Errors
+    /// A [`LoadError`].
+    pub fn attach_allow6(cgroup: &CgroupDir) -> Result<Self, LoadError> {
+        let ebpf = Ebpf::load(BPF_OBJECT).map_err(LoadError::Object)?;
+        Self::attach_loaded(ebpf, programs::REFERENCE_ALLOW6, cgroup)
+    }
+
+    /// Loads and attaches the plain hash map of blocked IPv4 `hosts` (connect4), its map
+    /// sized to fit them.
+    ///
+    /// # Errors
+    /// A [`LoadError`].
+    pub fn attach_hosts(
+        cgroup: &CgroupDir,
+        hosts: &[std::net::Ipv4Addr],
+    ) -> Result<Self, LoadError> {
+        let name = maps::REFERENCE_HOSTS;
+        let mut ebpf = Self::load_sized(name, hosts.len())?;
+        let map_err = |what, source| LoadError::Map { map: name, what, source };
+        let map = ebpf.map_mut(name).ok_or(LoadError::Missing { kind: "map", name })?;
+        let mut table: aya::maps::HashMap<_, u32, u8> =
+            aya::maps::HashMap::try_from(map).map_err(|e| map_err("open", e))?;
+        for host in hosts {
+            table
+                .insert(u32::from_ne_bytes(host.octets()), 1, 0)
+                .map_err(|e| map_err("insert", e))?;
+        }
+        Self::attach_loaded(ebpf, programs::REFERENCE_HASH, cgroup)
+    }
+
+    /// Loads and attaches the LPM trie of blocked IPv4 `prefixes` (connect4), sized to fit.
+    ///
+    /// # Errors
+    /// A [`LoadError`].
+    pub fn attach_prefixes(
+        cgroup: &CgroupDir,
+        prefixes: &[(std::net::Ipv4Addr, u8)],
+    ) -> Result<Self, LoadError> {
+        let name = maps::REFERENCE_PREFIXES;
+        let mut ebpf = Self::load_sized(name, prefixes.len())?;
+        let map_err = |what, source| LoadError::Map { map: name, what, source };
+        let map = ebpf.map_mut(name).ok_or(LoadError::Missing { kind: "map", name })?;
+        let mut trie: aya::maps::LpmTrie<_, u32, u8> =
+            aya::maps::LpmTrie::try_from(map).map_err(|e| map_err("open", e))?;
+        for (net, len) in prefixes {
+            let key =
+                aya::maps::lpm_trie::Key::new(u32::from(*len), u32::from_ne_bytes(net.octets()));
+            trie.insert(&key, 1, 0).map_err(|e| map_err("insert", e))?;
+        }
+        Self::attach_loaded(ebpf, programs::REFERENCE_LPM, cgroup)
+    }
+
+    /// The object with the reference map `name` sized for `entries` (it is declared with one,
+    /// so that no other load of the object makes it big).
+    fn load_sized(name: &'static str, entries: usize) -> Result<Ebpf, LoadError> {
+        let size = u32::try_from(entries.max(1)).unwrap_or(u32::MAX);
+        EbpfLoader::new().map_max_entries(name, size).load(BPF_OBJECT).map_err(LoadError::Object)
+    }
+
+    /// Loads the `sock_addr` program `name` of `ebpf` and attaches it to `cgroup`.
+    fn attach_loaded(
+        mut ebpf: Ebpf,
+        name: &'static str,
+        cgroup: &CgroupDir,
+    ) -> Result<Self, LoadError> {
         let program = program(&mut ebpf, name)?;
         program.load().map_err(|source| LoadError::program(name, source))?;
         attach(program, name, cgroup)?;

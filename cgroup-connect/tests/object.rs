@@ -27,10 +27,7 @@ fn object() -> Object {
 fn programs_are_the_named_ones_at_their_hooks() {
     let object = object();
     let found: BTreeSet<&str> = object.programs.keys().map(String::as_str).collect();
-    let named: BTreeSet<&str> = programs::LINKED
-        .into_iter()
-        .chain([programs::REFERENCE_ALLOW, programs::REFERENCE_EGRESS])
-        .collect();
+    let named: BTreeSet<&str> = programs::LINKED.into_iter().chain(programs::REFERENCES).collect();
     assert_eq!(found, named, "programs in the object, and named in cgroup-connect-common");
     let linked: BTreeSet<&str> = programs::LINKED.into_iter().collect();
     let sock_addr: BTreeSet<&str> = programs::ALL.into_iter().collect();
@@ -79,8 +76,11 @@ fn programs_are_the_named_ones_at_their_hooks() {
             panic!("{name} is not a cgroup sock_addr program");
         };
         let right = match name {
-            programs::CONNECT4 | programs::REFERENCE_ALLOW => matches!(attach_type, Connect4),
-            programs::CONNECT6 => matches!(attach_type, Connect6),
+            programs::CONNECT4
+            | programs::REFERENCE_ALLOW
+            | programs::REFERENCE_HASH
+            | programs::REFERENCE_LPM => matches!(attach_type, Connect4),
+            programs::CONNECT6 | programs::REFERENCE_ALLOW6 => matches!(attach_type, Connect6),
             programs::SENDMSG4 => matches!(attach_type, UDPSendMsg4),
             programs::SENDMSG6 => matches!(attach_type, UDPSendMsg6),
             _ => unreachable!("{name} is in the set above"),
@@ -106,10 +106,23 @@ fn maps_are_the_named_ones_and_all_pinned() {
         .chain(maps::RULES_V6)
         .chain([maps::STATS, maps::RULE_HITS, maps::EVENTS, maps::CONFIG])
         .chain([maps::OBSERVED, maps::OBSERVE_STATS])
+        .chain(maps::REFERENCES)
         .collect();
     assert_eq!(found, named, "maps in the object, and named in cgroup-connect-common");
     let pinned: BTreeSet<&str> = maps::PINNED.into_iter().collect();
-    assert_eq!(pinned, named, "maps an instance pins, and maps in the object");
+    let blockers: BTreeSet<&str> =
+        named.iter().copied().filter(|m| !maps::REFERENCES.contains(m)).collect();
+    assert_eq!(pinned, blockers, "maps an instance pins, and the blocker's maps in the object");
+}
+
+/// The benchmarks' reference maps are created at every load of the object, the blocker's too:
+/// they must be declared with one entry (the benchmark sizes them), never at full size.
+#[test]
+fn reference_maps_are_declared_small() {
+    let object = object();
+    for name in maps::REFERENCES {
+        assert_eq!(object.maps[name].max_entries(), 1, "{name}");
+    }
 }
 
 /// The loader creates each table from its outer map's inner-map template: the template must
