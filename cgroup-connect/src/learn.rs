@@ -138,7 +138,7 @@ pub fn learn(seen: &[Seen], recorded: &Recorded, how: &Learn) -> Vec<Learned> {
             dest: Destination {
                 host: match key {
                     Key::Net(net) => Host::Net(net),
-                    Key::Name(name) => Host::Name(name),
+                    Key::Name(name) => Host::Name(name.into()),
                 },
                 ports: s.port.map(|p| crate::rules::Ports { lo: p, hi: p }),
                 proto: s.proto,
@@ -176,7 +176,7 @@ fn hostnames(recorded: &Recorded) -> BTreeMap<IpAddr, String> {
             continue;
         };
         for addr in rule.addrs.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
-            out.entry(addr).or_insert_with(|| name.clone());
+            out.entry(addr).or_insert_with(|| name.to_string());
         }
     }
     out
@@ -241,7 +241,7 @@ pub fn policy_text(
         let dst = match &r.dest.host {
             Host::Net(net) if net.prefix_len() == net.max_prefix_len() => net.addr().to_string(),
             Host::Net(net) => net.to_string(),
-            Host::Name(name) => name.clone(),
+            Host::Name(name) => name.to_string(),
         };
         let _ = writeln!(out, "dst = \"{dst}\"");
         if let Some(p) = r.dest.ports {
