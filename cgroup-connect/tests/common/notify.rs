@@ -38,7 +38,9 @@ impl NotifySocket {
                 _ => break,
             }
         }
-        got.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
-            .unwrap_or_else(|e| format!("no message within 30 s: {e}"))
+        got.map_or_else(
+            |e| format!("no message within 30 s: {e}"),
+            |n| String::from_utf8_lossy(&buf[..n]).into_owned(),
+        )
     }
 }
