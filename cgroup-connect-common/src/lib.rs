@@ -29,7 +29,7 @@ pub mod word;
 
 pub use decision::{MAX_SEARCH_STEPS, Rank, decide, decide_v4, entry_matches};
 pub use event::{Event, RULE_FAILED_CLOSED, RULE_REFUSED_SHAPE, hook, verdict};
-pub use names::{CONFIG_AUDIT, EVENTS_BYTES, RULE_HITS_CAPACITY, config, maps, programs, stats};
+pub use names::{CONFIG_AUDIT, EVENTS_BYTES, config, maps, programs, stats};
 pub use observe::{OBSERVE_CAPACITY, Observed, ObservedKey, observe_stats};
 pub use sock_addr::{
     LOOPBACK4, LOOPBACK6, MAPPED_LOOPBACK4, MAX_NAT64_PREFIXES, NAT64_WELL_KNOWN, Source,
@@ -37,10 +37,10 @@ pub use sock_addr::{
     reached_v4, reached_v6,
 };
 pub use table::{
-    ALL_PORTS, BPF_F_MMAPABLE, CHUNK_BITS, CHUNK_MASK, CHUNK_RECORDS, Chunk, MAX_CLASS_LEN,
-    MAX_DATA_CHUNKS, MAX_INTERVALS, MAX_RULES_PER_FAMILY, Record, TABLE_CLASSES, TABLE_FLAGS,
-    V4_BUCKET_BASE_RECORD, V4_BUCKET_CHUNKS, V4_BUCKET_SHIFT, V4_BUCKETS, V4_LOOPBACK_RECORD,
-    V4Record, V6Record, pack_ports,
+    ALL_PORTS, BPF_F_MMAPABLE, CHUNK_BITS, CHUNK_MASK, CHUNK_RECORDS, Chunk, HIT_CLASSES, HitCount,
+    MAX_CLASS_LEN, MAX_DATA_CHUNKS, MAX_INTERVALS, MAX_RULES_PER_FAMILY, Record, TABLE_CLASSES,
+    TABLE_FLAGS, V4_BUCKET_BASE_RECORD, V4_BUCKET_CHUNKS, V4_BUCKET_SHIFT, V4_BUCKETS,
+    V4_LOOPBACK_RECORD, V4Record, V6Record, pack_ports,
 };
 pub use word::Proto;
 
@@ -65,4 +65,6 @@ mod pod {
     unsafe impl aya::Pod for super::ObservedKey {}
     // SAFETY: #[repr(C)], four u64s.
     unsafe impl aya::Pod for super::Observed {}
+    // SAFETY: one u64.
+    unsafe impl aya::Pod for super::HitCount {}
 }

@@ -73,8 +73,13 @@ pub mod maps {
     pub const TABLE_V6: &str = "table_v6";
     /// Per-CPU array of `u64` totals, indexed by [`crate::stats`].
     pub const STATS: &str = "stats";
-    /// LRU per-CPU hash: rule id -> decisions it made (only rules, not the default).
-    pub const RULE_HITS: &str = "rule_hits";
+    /// Arrays of maps with one slot each, one per hit-counter class ([`crate::HIT_CLASSES`]):
+    /// the array of [`crate::HitCount`]s indexed by rule id (only rules, not the default) is in
+    /// the one [`crate::config::HITS_CLASS`] selects.
+    pub const RULE_HITS: [&str; 5] =
+        ["rule_hits_0", "rule_hits_1", "rule_hits_2", "rule_hits_3", "rule_hits_4"];
+    /// Name given to each hit-counter array userspace creates.
+    pub const HITS: &str = "hits";
     /// Ring buffer of [`crate::Event`]s: blocked attempts, and would-be blocks in audit mode.
     pub const EVENTS: &str = "events";
     /// Array of `u32`s indexed by [`crate::config`]: flags, the table size classes and the
@@ -94,7 +99,7 @@ pub mod maps {
     /// The benchmarks' maps, in the object but never pinned.
     pub const REFERENCES: [&str; 2] = [REFERENCE_HOSTS, REFERENCE_PREFIXES];
     /// Every map an instance pins.
-    pub const PINNED: [&str; 16] = [
+    pub const PINNED: [&str; 20] = [
         RULES_V4[0],
         RULES_V4[1],
         RULES_V4[2],
@@ -106,7 +111,11 @@ pub mod maps {
         RULES_V6[3],
         RULES_V6[4],
         STATS,
-        RULE_HITS,
+        RULE_HITS[0],
+        RULE_HITS[1],
+        RULE_HITS[2],
+        RULE_HITS[3],
+        RULE_HITS[4],
         EVENTS,
         CONFIG,
         OBSERVED,
@@ -128,8 +137,10 @@ pub mod config {
     pub const NAT64_COUNT: u32 = 3;
     /// The first of those prefixes: three words each, its top 96 bits as numbers, high first.
     pub const NAT64: u32 = 4;
+    /// The hit-counter class that holds the rule hits.
+    pub const HITS_CLASS: u32 = NAT64 + 3 * crate::MAX_NAT64_PREFIXES;
     /// Number of words.
-    pub const LEN: u32 = NAT64 + 3 * crate::MAX_NAT64_PREFIXES;
+    pub const LEN: u32 = HITS_CLASS + 1;
 }
 
 /// Indices of the [`maps::STATS`] totals.
@@ -150,8 +161,6 @@ pub mod stats {
 
 /// [`maps::CONFIG`] flag: judge and report, block nothing.
 pub const CONFIG_AUDIT: u32 = 1;
-/// Entries of [`maps::RULE_HITS`]: the busiest rules stay, the least recently hit go.
-pub const RULE_HITS_CAPACITY: u32 = 16_384;
 /// Bytes of the [`maps::EVENTS`] ring buffer (a power of two, a page multiple): about 14,000
 /// events; when it is full, events are counted in [`stats::EVENTS_LOST`] and dropped.
 pub const EVENTS_BYTES: u32 = 1 << 20;

@@ -31,6 +31,23 @@
 /// and a table wastes at most three quarters of its class.
 pub const TABLE_CLASSES: [u32; 5] = [2, 8, 32, 128, 512];
 
+/// Sizes of the hit-counter arrays, in counters: one [`HitCount`] per rule id (id 0, the
+/// default's, is never counted). The array of an instance is made anew with each swap, at the
+/// smallest class above the highest rule id, since ids are positions in the rule set; each
+/// class has its own outer map for the same reason as the tables (an inner map must have its
+/// template's size). Four times apart, as the tables: at most three quarters wasted. Rule ids
+/// past the largest class are not counted.
+pub const HIT_CLASSES: [u32; 5] = [1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22];
+
+/// The decisions one rule made, summed over CPUs: one element of a hit-counter array. The
+/// programs add to it atomically (a shared array, not a per-CPU one: a per-CPU array of a
+/// million rules would take 8 MB per possible CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HitCount {
+    pub hits: u64,
+}
+
 /// `BPF_F_MMAPABLE`: userspace writes a whole table with one copy through `mmap`.
 pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// Flags of every table, and of the inner-map templates the BPF object declares. Not

@@ -27,6 +27,10 @@
 
 #![no_std]
 #![no_main]
+// The BPF target has no atomic read-modify-write in `core::sync::atomic` (no compare-and-swap),
+// but LLVM compiles an atomic add to BPF's own; the intrinsic is the way to ask for it.
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "core_intrinsics: the atomic add of the hit counters")]
 #![expect(
     clippy::inline_always,
     reason = "the verifier needs straight-line code: no BPF-to-BPF calls"
@@ -35,7 +39,7 @@
 use aya_ebpf::{
     bindings::{__sk_buff, bpf_sock},
     btf_maps::{
-        Array, ArrayOfMaps, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf,
+        Array, ArrayOfMaps, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf,
         lpm_trie::Key as LpmKey,
     },
     helpers::{
@@ -50,11 +54,11 @@ use aya_ebpf::{
     programs::{LsmContext, SkBuffContext, SockAddrContext, SockContext, SockoptContext},
 };
 use cgroup_connect_common::{
-    ALLOW, BLOCK, CONFIG_AUDIT, Chunk, EVENTS_BYTES, Event, OBSERVE_CAPACITY, Observed,
-    ObservedKey, Proto, RULE_FAILED_CLOSED, RULE_HITS_CAPACITY, RULE_REFUSED_SHAPE, Record, Source,
-    TABLE_CLASSES, TABLE_FLAGS, V4_LOOPBACK_RECORD, V4Record, V6Record, config, decide, decide_v4,
-    hook, ip4_from_user, ip6_from_user, judge_reached, mapped_ip4, nat64_ip4, observe_stats,
-    or_peer,
+    ALLOW, BLOCK, CONFIG_AUDIT, Chunk, EVENTS_BYTES, Event, HIT_CLASSES, HitCount,
+    OBSERVE_CAPACITY, Observed, ObservedKey, Proto, RULE_FAILED_CLOSED, RULE_REFUSED_SHAPE, Record,
+    Source, TABLE_CLASSES, TABLE_FLAGS, V4_LOOPBACK_RECORD, V4Record, V6Record, config, decide,
+    decide_v4, hook, ip4_from_user, ip6_from_user, judge_reached, mapped_ip4, nat64_ip4,
+    observe_stats, or_peer,
     packet::{
         self, CMSG_HEADER, ETH_P_IP_BE, ETH_P_IPV6_BE, IPV4_HEADER, IPV6_HEADER, MAX_CMSGS,
         MAX_EXT_HEADERS, MAX_IP_OPTIONS, MAX_IP_OPTIONS_LEN, Next, OptionKind, OptionStep,
@@ -153,9 +157,52 @@ fn unknown_zero<R: Record, const CHUNKS: usize>(
 #[btf_map(name = "stats")]
 static STATS: PerCpuArray<u64, { stats::COUNT as usize }> = PerCpuArray::new();
 
-#[btf_map(name = "rule_hits")]
-static RULE_HITS: LruPerCpuHashMap<u32, u64, { RULE_HITS_CAPACITY as usize }> =
-    LruPerCpuHashMap::new();
+/// One outer map per hit-counter class, as for the tables.
+type Hits<const N: usize> = ArrayOfMaps<Array<HitCount, N, { TABLE_FLAGS as usize }>, 1>;
+
+macro_rules! hit_classes {
+    ($($hits:ident $name:literal $class:literal;)*) => {
+        $(
+            #[btf_map(name = $name)]
+            static $hits: Hits<{ HIT_CLASSES[$class] as usize }> = ArrayOfMaps::new();
+        )*
+
+        /// Counts a decision of `rule` in the hit-counter array `config::HITS_CLASS` selects.
+        #[inline(always)]
+        fn hit(rule: u32) {
+            match CONFIG.get(config::HITS_CLASS).copied() {
+                $(Some($class) => hit_in(&$hits, rule),)*
+                _ => {}
+            }
+        }
+    };
+}
+
+hit_classes! {
+    HITS_0 "rule_hits_0" 0;
+    HITS_1 "rule_hits_1" 1;
+    HITS_2 "rule_hits_2" 2;
+    HITS_3 "rule_hits_3" 3;
+    HITS_4 "rule_hits_4" 4;
+}
+
+/// Adds one to `rule`'s counter: an atomic add into a shared array, no hashing, no eviction.
+/// An id past the array (more rules than the largest class), or no array, only loses the count.
+#[inline(always)]
+fn hit_in<const N: usize>(hits: &Hits<N>, rule: u32) {
+    let Some(counts) = hits.get(0) else { return };
+    if let Some(count) = counts.get_ptr_mut(rule) {
+        // SAFETY: an element of a map value, 8-aligned, alive while the program runs; other
+        // CPUs only ever touch it atomically too. The result is unused, so this is the plain
+        // atomic add every kernel knows (`BPF_XADD`), not the 5.12 fetching one.
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                &raw mut (*count).hits,
+                1,
+            )
+        };
+    }
+}
 
 /// Observe mode's record (see `cgroup_connect_common::observe`); userspace sets its size at
 /// load (`blocker run --observe-capacity`).
@@ -891,23 +938,6 @@ fn count(index: u32) {
     if let Some(total) = STATS.get_ptr_mut(index) {
         // SAFETY: a per-CPU slot of this CPU; only counts, so a rare lost increment is harmless.
         unsafe { *total += 1 };
-    }
-}
-
-#[inline(always)]
-#[expect(
-    clippy::needless_borrows_for_generic_args,
-    reason = "by reference, both calls share one stack copy of the key and 1 is a constant; \
-              by value, the insert takes three more instructions"
-)]
-fn hit(rule: u32) {
-    match RULE_HITS.get_ptr_mut(&rule) {
-        // SAFETY: as in count.
-        Some(hits) => unsafe { *hits += 1 },
-        None => {
-            // Full: the least recently hit rule makes room. A failure only loses a count.
-            let _ = RULE_HITS.insert(&rule, &1, 0);
-        }
     }
 }
 

@@ -84,9 +84,6 @@ pub const ARRAY_OF_MAPS: Feature =
 /// The counters.
 pub const PERCPU_ARRAY: Feature =
     feature("maps", "per-CPU arrays", "4.6", Probe::Map(MapType::PerCpuArray));
-/// The per-rule hits.
-pub const LRU_PERCPU_HASH: Feature =
-    feature("maps", "LRU per-CPU hashes", "4.10", Probe::Map(MapType::LruPerCpuHash));
 /// The events.
 pub const RING_BUFFER: Feature =
     feature("maps", "ring buffers", "5.8", Probe::Map(MapType::RingBuf));
@@ -103,7 +100,6 @@ pub const REQUIRED: &[Feature] = &[
     SOCK_ADDR,
     ARRAY_OF_MAPS,
     PERCPU_ARRAY,
-    LRU_PERCPU_HASH,
     RING_BUFFER,
     MMAPABLE_ARRAY,
     BTF,

@@ -168,7 +168,7 @@ async fn compile(state: &State, names: &mut Names) -> anyhow::Result<Compiled> {
 /// Swaps `compiled` into `instance`, carrying the hit counts of the rules that stay in force
 /// over to their new ids (counts made during the swap itself may be lost).
 fn swap(paths: &InstancePaths, instance: &mut Instance, compiled: &Compiled) -> anyhow::Result<()> {
-    let kept = instance.rule_hits_per_cpu().map(|counts| {
+    let kept = instance.rule_hits().map(|counts| {
         if counts.is_empty() {
             return counts;
         }
@@ -177,8 +177,7 @@ fn swap(paths: &InstancePaths, instance: &mut Instance, compiled: &Compiled) -> 
         let old = record::rules_by_id(paths, &ids).unwrap_or_default();
         record::carry_hits(counts, &old, compiled.policy.rules.iter().map(|r| &r.rule))
     });
-    instance.swap(&compiled.tables)?;
-    instance.set_rule_hits(kept.unwrap_or_default())?;
+    instance.swap(&compiled.tables, &kept.unwrap_or_default())?;
     Ok(())
 }
 

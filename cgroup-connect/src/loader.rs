@@ -17,10 +17,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader, Pod,
-    maps::{
-        Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf,
-        of_maps::ArrayOfMaps,
-    },
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf, of_maps::ArrayOfMaps},
     pin::PinError as AyaPinError,
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
@@ -32,8 +29,8 @@ use aya::{
     },
 };
 use cgroup_connect_common::{
-    CONFIG_AUDIT, MAX_NAT64_PREFIXES, OBSERVE_CAPACITY, Observed, ObservedKey, TABLE_CLASSES,
-    config, maps, observe_stats, packet::socket_kind, programs, stats,
+    CONFIG_AUDIT, HIT_CLASSES, HitCount, MAX_NAT64_PREFIXES, OBSERVE_CAPACITY, Observed,
+    ObservedKey, TABLE_CLASSES, config, maps, observe_stats, packet::socket_kind, programs, stats,
 };
 
 use crate::{
@@ -506,7 +503,7 @@ impl Instance {
                 let map = ebpf.take_map(name).ok_or(LoadError::Missing { kind: "map", name })?;
                 this.maps.insert(name, map);
             }
-            this.swap(tables)?;
+            this.swap(tables, &[])?;
             this.set_flags(audit, prepared.checks.map_or(0, |c| c.allowed_sockets))?;
             for name in maps::PINNED {
                 let path = paths.map(name);
@@ -678,17 +675,47 @@ impl Instance {
     }
 
     /// Replaces the tables of both families, each in one atomic step, then the NAT64 prefixes,
-    /// and clears the per-rule hits (rule ids follow the rule list, which may have changed).
+    /// then the per-rule hit counters with a new array holding `hits` (by rule id: ids follow
+    /// the rule list, which may have changed). The counters swap after the tables, so a
+    /// decision in between counts a new id in the old array, where it is lost, never under
+    /// another rule.
     ///
     /// # Errors
     /// A [`LoadError`]; a family whose new table could not be written keeps its old one.
-    pub fn swap(&mut self, tables: &Tables) -> Result<(), LoadError> {
+    pub fn swap(&mut self, tables: &Tables, hits: &[(u32, u64)]) -> Result<(), LoadError> {
         crate::timings::time("write", || {
             self.write_table(&maps::RULES_V4, config::V4_CLASS, maps::TABLE_V4, &tables.v4)?;
             self.write_table(&maps::RULES_V6, config::V6_CLASS, maps::TABLE_V6, &tables.v6)
         })?;
         self.set_nat64(&tables.nat64)?;
-        self.clear_hits()
+        self.write_hits(tables.max_rule_id, hits)
+    }
+
+    /// Installs a new hit-counter array for rule ids up to `max_rule_id` (the smallest class
+    /// above it, else the largest), holding `hits`; ids past its end are not kept.
+    fn write_hits(&mut self, max_rule_id: u32, hits: &[(u32, u64)]) -> Result<(), LoadError> {
+        let class =
+            HIT_CLASSES.iter().position(|&c| c > max_rule_id).unwrap_or(HIT_CLASSES.len() - 1);
+        let len = HIT_CLASSES[class] as usize * size_of::<HitCount>();
+        self.install_new(
+            &maps::RULE_HITS,
+            config::HITS_CLASS,
+            class,
+            maps::HITS,
+            size_of::<HitCount>(),
+            len,
+            |window_at, mem| {
+                for &(id, n) in hits {
+                    let Some(at) = (id as usize * size_of::<HitCount>()).checked_sub(window_at)
+                    else {
+                        continue;
+                    };
+                    if let Some(slot) = mem.get_mut(at..at + size_of::<HitCount>()) {
+                        slot.copy_from_slice(&n.to_ne_bytes());
+                    }
+                }
+            },
+        )
     }
 
     /// Writes the NAT64 prefixes into the config words: the prefixes, then their count (when
@@ -730,7 +757,6 @@ impl Instance {
         name: &'static str,
         chunks: &[R],
     ) -> Result<(), LoadError> {
-        let map_err = |what, source| LoadError::Map { map: name, what, source };
         let class = TABLE_CLASSES.iter().position(|&c| c as usize >= chunks.len()).ok_or(
             LoadError::TooBig {
                 map: name,
@@ -738,46 +764,67 @@ impl Instance {
                 max: TABLE_CLASSES[TABLE_CLASSES.len() - 1],
             },
         )?;
+        let bytes = as_bytes(chunks);
+        self.install_new(outers, selector, class, name, size_of::<R>(), bytes.len(), |at, mem| {
+            mem.copy_from_slice(&bytes[at..at + mem.len()]);
+        })
+    }
+
+    /// Creates an array of size class `class` of `outers` (as its outer map's inner-map
+    /// template), fills its first `len` bytes through `mmap` with `fill` (given each window's
+    /// offset and bytes), installs it in that class's outer map, then selects that class (word
+    /// `selector` of the config map). Arrays of classes neither selected nor about to be are
+    /// freed first.
+    #[expect(clippy::too_many_arguments, reason = "one call for tables, one for hit counters")]
+    fn install_new<const N: usize>(
+        &mut self,
+        outers: &[&'static str; N],
+        selector: u32,
+        class: usize,
+        name: &'static str,
+        value_size: usize,
+        len: usize,
+        mut fill: impl FnMut(usize, &mut [u8]),
+    ) -> Result<(), LoadError> {
+        let map_err = |what, source| LoadError::Map { map: name, what, source };
         let selected = self.config_word(selector)? as usize;
         for (k, outer) in outers.iter().enumerate() {
             if k != class && k != selected {
                 self.free_table(outer)?;
             }
         }
-        // The table is made as its outer map's template is, BTF included (see `btf`).
+        // The array is made as its outer map's template is, BTF included (see `btf`).
         let Some(aya_obj::Map::Btf(mut def)) = template(outers[class]) else {
             return Err(LoadError::Missing { kind: "inner-map template of", name: outers[class] });
         };
-        let size = u32::try_from(size_of::<R>()).expect("a chunk is under 4 GiB");
+        let size = u32::try_from(value_size).expect("a value is under 4 GiB");
         let btf = TableBtf::load(&[size]).map_err(|source| LoadError::Btf { map: name, source })?;
         def.def.btf_key_type_id = btf::KEY_TYPE;
         def.def.btf_value_type_id = TableBtf::value_type(0);
-        let table = MapData::create(aya_obj::Map::Btf(def), name, Some(btf.as_fd()))
+        let array = MapData::create(aya_obj::Map::Btf(def), name, Some(btf.as_fd()))
             .map_err(|e| map_err("creating", e))?;
         drop(btf);
         // A window at a time: mapped pages count in the resident set, and a whole table mapped
         // at once would add its size (48 MB for a million IPv6 rules) to the peak of a start.
-        let bytes = as_bytes(chunks);
-        for (k, window) in bytes.chunks(WRITE_WINDOW).enumerate() {
-            // SAFETY: the map is ours alone until it is installed below, and its value area
-            // is its template's `max_entries` chunks, TABLE_CLASSES[class] (tests/object.rs checks
-            // the templates), at least `chunks.len()` (each chunk is 8-aligned); the window
-            // starts at a multiple of the page size, inside it.
+        let mut at = 0;
+        while at < len {
+            let window = WRITE_WINDOW.min(len - at);
+            // SAFETY: the map is ours alone until it is installed below, and its value area is
+            // its template's `max_entries` values, the class's size (tests/object.rs checks the
+            // templates), at least `len` bytes (each value is 8-aligned); the window starts at
+            // a multiple of the page size, inside it.
             let mut mem = unsafe {
                 memmap2::MmapOptions::new()
-                    .offset((k * WRITE_WINDOW) as u64)
-                    .len(window.len())
-                    .map_mut(&table.fd().as_fd())
+                    .offset(at as u64)
+                    .len(window)
+                    .map_mut(&array.fd().as_fd())
             }
-            .map_err(|source| LoadError::Mmap {
-                map: name,
-                bytes: bytes.len(),
-                source,
-            })?;
-            mem.copy_from_slice(window);
+            .map_err(|source| LoadError::Mmap { map: name, bytes: len, source })?;
+            fill(at, &mut mem);
+            at += window;
         }
         let mut outer: ArrayOfMaps<&mut MapData, MapData> = self.map_mut(outers[class])?;
-        outer.set(0, &table, 0).map_err(|e| map_err("installing", e))?;
+        outer.set(0, &array, 0).map_err(|e| map_err("installing", e))?;
         self.set_config_word(selector, u32::try_from(class).expect("five classes"))
     }
 
@@ -958,52 +1005,20 @@ impl Instance {
             .map_err(|source| LoadError::Mmap { map: name, bytes, source })
     }
 
-    /// Decisions per rule id (the default is not counted), summed over CPUs.
+    /// Decisions per rule id (the default is not counted), of the rules that made any.
     ///
     /// # Errors
-    /// [`LoadError::Map`].
+    /// [`LoadError::Map`] or [`LoadError::Mmap`].
     pub fn rule_hits(&self) -> Result<Vec<(u32, u64)>, LoadError> {
-        let hits: PerCpuHashMap<&MapData, u32, u64> = self.map(maps::RULE_HITS)?;
+        let counts = self.map_table(&maps::RULE_HITS, config::HITS_CLASS, maps::HITS)?;
         let mut out = Vec::new();
-        // An entry evicted while iterating is skipped, not an error.
-        for (rule, values) in hits.iter().flatten() {
-            out.push((rule, values.iter().sum()));
+        for (id, count) in (0u32..).zip(counts.chunks_exact(size_of::<HitCount>())) {
+            let count = u64::from_ne_bytes(count.try_into().unwrap_or_default());
+            if count != 0 {
+                out.push((id, count));
+            }
         }
         Ok(out)
-    }
-
-    /// Decisions per rule id, per CPU.
-    ///
-    /// # Errors
-    /// [`LoadError::Map`].
-    pub fn rule_hits_per_cpu(&self) -> Result<Vec<(u32, PerCpuValues<u64>)>, LoadError> {
-        let hits: PerCpuHashMap<&MapData, u32, u64> = self.map(maps::RULE_HITS)?;
-        Ok(hits.iter().flatten().collect())
-    }
-
-    /// Sets the hits of these rule ids (after a [`swap`](Self::swap), which clears them all).
-    ///
-    /// # Errors
-    /// [`LoadError::Map`].
-    pub fn set_rule_hits(&mut self, hits: Vec<(u32, PerCpuValues<u64>)>) -> Result<(), LoadError> {
-        let mut map: PerCpuHashMap<&mut MapData, u32, u64> = self.map_mut(maps::RULE_HITS)?;
-        for (id, values) in hits {
-            map.insert(id, values, 0).map_err(|source| LoadError::Map {
-                map: maps::RULE_HITS,
-                what: "writing",
-                source,
-            })?;
-        }
-        Ok(())
-    }
-
-    fn clear_hits(&mut self) -> Result<(), LoadError> {
-        let mut hits: PerCpuHashMap<&mut MapData, u32, u64> = self.map_mut(maps::RULE_HITS)?;
-        let keys: Vec<u32> = hits.keys().filter_map(Result::ok).collect();
-        for key in keys {
-            let _ = hits.remove(&key);
-        }
-        Ok(())
     }
 
     /// Takes the events ring buffer out of the instance, for one reader.

@@ -74,6 +74,8 @@ pub struct Tables {
     /// Rules (resolved prefixes) per family.
     pub v4_rules: usize,
     pub v6_rules: usize,
+    /// The highest rule id in either table: the hit counters cover ids up to it.
+    pub max_rule_id: u32,
     /// NAT64 prefixes besides the well-known one, judged by the IPv4 table (written to the
     /// config words with the tables).
     pub nat64: Vec<Nat64Prefix>,
@@ -96,10 +98,12 @@ pub fn compile(
     rules: impl IntoIterator<Item = TableRule>,
 ) -> Result<Tables, TableError> {
     let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    let mut max_rule_id = 0;
     for rule in rules {
         if rule.id > word::MAX_RULE_ID {
             return Err(TableError::RuleId { id: rule.id });
         }
+        max_rule_id = max_rule_id.max(rule.id);
         let spec = Spec::new(&rule);
         if rule.net.addr().is_ipv4() { v4.push(spec) } else { v6.push(spec) }
     }
@@ -132,7 +136,7 @@ pub fn compile(
             return Err(TableError::TooManyChunks { family, chunks, max: most });
         }
     }
-    Ok(Tables { v4, v6, v4_rules, v6_rules, nat64: Vec::new() })
+    Ok(Tables { v4, v6, v4_rules, v6_rules, max_rule_id, nat64: Vec::new() })
 }
 
 /// Most intervals of an IPv4 table: its bucket table takes some of the chunks.

@@ -14,7 +14,7 @@ use aya_obj::{
 };
 use cgroup_connect::loader::bpf_object;
 use cgroup_connect_common::{
-    Chunk, TABLE_CLASSES, TABLE_FLAGS, V4Record, V6Record, maps, programs,
+    Chunk, HIT_CLASSES, HitCount, TABLE_CLASSES, TABLE_FLAGS, V4Record, V6Record, maps, programs,
 };
 
 fn object() -> Object {
@@ -104,7 +104,8 @@ fn maps_are_the_named_ones_and_all_pinned() {
     let named: BTreeSet<&str> = maps::RULES_V4
         .into_iter()
         .chain(maps::RULES_V6)
-        .chain([maps::STATS, maps::RULE_HITS, maps::EVENTS, maps::CONFIG])
+        .chain(maps::RULE_HITS)
+        .chain([maps::STATS, maps::EVENTS, maps::CONFIG])
         .chain([maps::OBSERVED, maps::OBSERVE_STATS])
         .chain(maps::REFERENCES)
         .collect();
@@ -145,5 +146,21 @@ fn table_templates_follow_the_size_classes() {
             assert_eq!(inner.max_entries(), class, "{outer}");
             assert_eq!(inner.map_flags(), TABLE_FLAGS, "{outer}");
         }
+    }
+}
+
+/// The loader creates each hit-counter array from its outer map's template the same way.
+#[test]
+fn hit_templates_follow_the_hit_classes() {
+    let object = object();
+    for (outer, class) in maps::RULE_HITS.into_iter().zip(HIT_CLASSES) {
+        let inner = object.maps[outer]
+            .inner()
+            .unwrap_or_else(|| panic!("{outer} declares no inner-map template"));
+        assert_eq!(inner.map_type(), BPF_MAP_TYPE_ARRAY as u32, "{outer}");
+        assert_eq!(inner.key_size(), 4, "{outer}");
+        assert_eq!(inner.value_size() as usize, size_of::<HitCount>(), "{outer}");
+        assert_eq!(inner.max_entries(), class, "{outer}");
+        assert_eq!(inner.map_flags(), TABLE_FLAGS, "{outer}");
     }
 }

@@ -11,8 +11,8 @@ use std::{
 };
 
 use common::{
-    BLOCKER, Blocker, Outcome::Blocked, TempDir, blocker_ok, blocker_output, connect_in, flood, lo,
-    outcome, temp_cgroup,
+    BLOCKER, Blocker, Outcome::Blocked, TempDir, blocker_ok, blocker_output, connect_each,
+    connect_in, flood, lo, outcome, temp_cgroup,
 };
 
 /// `list --json` as (id, rule, origin) triples.
@@ -150,6 +150,43 @@ fn reports_name_the_rules_in_force() {
     );
     let origin = listed(&b.name).into_iter().find(|r| r.0 == id).unwrap().2;
     assert_eq!(origin, "\"blocker add\"");
+}
+
+/// The addresses 127.1.0.0 onwards, one per rule id from 1.
+fn many(n: u32) -> Vec<std::net::SocketAddr> {
+    (0..n).map(|i| lo(&std::net::Ipv4Addr::from(0x7f01_0000 + i).to_string())).collect()
+}
+
+/// Every rule is counted, however many are hit (no eviction: more than the 16,384 rules the
+/// earlier LRU table held), and counts survive a reload that grows the counter array past its
+/// size class (16,383 rule ids in the first).
+#[test]
+fn every_rule_is_counted_across_a_growing_reload() {
+    require_privileges!();
+    let cg = temp_cgroup();
+    let dir = TempDir::new("many-hits");
+    let text = |n: u32| many(n).iter().map(|a| a.ip().to_string() + "\n").collect::<String>();
+    let list = dir.write("list.txt", &text(16_000));
+    let b = Blocker::start(&[
+        "--cgroup",
+        cg.path().to_str().unwrap(),
+        "--block-list",
+        list.to_str().unwrap(),
+    ]);
+    assert_eq!(connect_each(cg.path(), &many(16_000)), 16_000, "every attempt blocked");
+    assert_eq!(flood(cg.path(), lo("127.1.0.0"), 2), 2);
+    // 20,000 rules: the same 16,000 first (same ids), then 4,000 more.
+    let _ = dir.write("list.txt", &text(20_000));
+    let _ = blocker_ok(&["reload", &b.name]);
+    let added: Vec<_> = many(20_000).split_off(16_000);
+    assert_eq!(connect_each(cg.path(), &added), 4_000, "every new attempt blocked");
+    let mut hits = rule_hits(&b.name);
+    hits.sort_by_key(|h| (std::cmp::Reverse(h.2), h.0));
+    assert_eq!(hits[0], (1, "block 127.1.0.0".to_owned(), 3), "the first rule's hits kept");
+    assert_eq!(hits[1], (2, "block 127.1.0.1".to_owned(), 1), "{hits:?}");
+    let stats: serde_json::Value =
+        serde_json::from_str(&blocker_ok(&["stats", &b.name, "--json"])).unwrap();
+    assert_eq!(stats["blocked"], 20_002, "{stats}");
 }
 
 /// `blocker events NAME` with its lines on a channel.

@@ -34,8 +34,8 @@ pub use mounts::{BpfMount, as_nobody, in_private_cgroup_root, in_private_mounts}
 pub use netns::Netns;
 pub use notify::NotifySocket;
 pub use probe::{
-    Outcome, Place, Probe, ProbeReport, Prober, Setup, connect_in, flood, listener, lo, outcome,
-    probe, probe_with, send_connected_with_cmsg,
+    Outcome, Place, Probe, ProbeReport, Prober, Setup, connect_each, connect_in, flood, listener,
+    lo, outcome, probe, probe_with, send_connected_with_cmsg,
 };
 pub use scene::{Scene, expect_cmsg_sends_judged_by_peer};
 pub use tempdir::TempDir;

@@ -195,10 +195,22 @@ pub fn connect_in(cgroup: &Path, dst: SocketAddr) -> Result<(), i32> {
 /// how many failed with EPERM.
 #[must_use]
 pub fn flood(cgroup: &Path, dst: SocketAddr, count: u32) -> u32 {
-    let addr = socket2::SockAddr::from(dst);
-    in_child(&format!("flood of {count} connects to {dst}"), Some(cgroup), None, || {
+    connect_each(cgroup, &vec![dst; count as usize])
+}
+
+/// Makes one TCP connect to each of `dsts` from a child in `cgroup`, as fast as it can;
+/// returns how many failed with EPERM.
+#[must_use]
+pub fn connect_each(cgroup: &Path, dsts: &[SocketAddr]) -> u32 {
+    let addrs: Vec<socket2::SockAddr> = dsts.iter().map(|&d| socket2::SockAddr::from(d)).collect();
+    let what = format!(
+        "{} connects to {} and on",
+        dsts.len(),
+        dsts.first().map_or_else(String::new, ToString::to_string)
+    );
+    in_child(&what, Some(cgroup), None, || {
         let mut eperm: u32 = 0;
-        for _ in 0..count {
+        for addr in &addrs {
             // SAFETY: raw syscalls on memory prepared before the fork.
             unsafe {
                 let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
