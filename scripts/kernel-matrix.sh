@@ -243,12 +243,13 @@ export BPF_CPU=${BPF_CPU:-v3}
 BLOCKER=$ROOT_DIR/target/release/blocker
 # The integration tests of the userspace crate: the ones that load programs. Not those that
 # need what the guests lack: formats checks the output formats with Python, containers runs a
-# container runtime, deploy reads the Kubernetes manifests (none depends on the kernel); they
-# run on the host, in `cargo test`.
+# container runtime, deploy reads the Kubernetes manifests (none depends on the kernel); dns
+# runs dnsmasq and Python's resolver (its programs load in every other test binary); they run
+# on the host, in `cargo test`.
 mapfile -t TESTS < <(cargo test --release --locked -p cgroup-connect --no-run \
     --message-format=json 2>/dev/null |
     jq -r 'select(.reason == "compiler-artifact" and .target.kind == ["test"])
-        | select(.target.name | IN("formats", "containers", "deploy") | not) | .executable')
+        | select(.target.name | IN("formats", "containers", "deploy", "dns") | not) | .executable')
 if [[ ${#TESTS[@]} -eq 0 ]]; then
     echo "error: cargo built no integration test binaries" >&2
     exit 1

@@ -18,7 +18,7 @@ BPF_LINKER_VERSION=${BPF_LINKER_VERSION:-0.13}
 # tests/containers.rs runs a real container (runc, not crun: crun refuses hybrid cgroup hosts).
 # systemd (systemd-analyze), man-db, groff-base, zsh and fish: scripts/check-packaging.sh.
 APT_PACKAGES=(iproute2 bpftool nftables iptables ipset python3-jsonschema python3-prometheus-client
-    podman runc busybox-static systemd man-db groff-base zsh fish)
+    podman runc busybox-static systemd man-db groff-base zsh fish dnsmasq-base)
 
 need_root_for_apt() {
     if [[ $(id -u) -ne 0 ]]; then

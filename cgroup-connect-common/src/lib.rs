@@ -9,6 +9,7 @@
 //! - [`sock_addr`]: the destination's address and port, from network byte order; the peer
 //!   when a send names none; where `0.0.0.0` and `::` go; IPv4-mapped and NAT64 addresses.
 //! - [`observe`]: what observe mode records of each destination;
+//! - [`dns`]: the DNS redirect's shared types;
 //! - [`packet`]: which packets the packet checks judge, and how they read their headers.
 //!
 //! Every item is also exported at the crate root.
@@ -19,6 +20,7 @@
 )]
 
 pub mod decision;
+pub mod dns;
 pub mod event;
 pub mod names;
 pub mod observe;
@@ -29,7 +31,7 @@ pub mod word;
 
 pub use decision::{MAX_SEARCH_STEPS, Rank, decide, decide_v4, entry_matches};
 pub use event::{Event, RULE_FAILED_CLOSED, RULE_REFUSED_SHAPE, hook, verdict};
-pub use names::{CONFIG_AUDIT, EVENTS_BYTES, config, maps, programs, stats};
+pub use names::{CONFIG_AUDIT, DNS_ORIGINS_CAPACITY, EVENTS_BYTES, config, maps, programs, stats};
 pub use observe::{OBSERVE_CAPACITY, Observed, ObservedKey, observe_stats};
 pub use sock_addr::{
     LOOPBACK4, LOOPBACK6, MAPPED_LOOPBACK4, MAX_NAT64_PREFIXES, NAT64_WELL_KNOWN, Source,
@@ -67,4 +69,6 @@ mod pod {
     unsafe impl aya::Pod for super::Observed {}
     // SAFETY: one u64.
     unsafe impl aya::Pod for super::HitCount {}
+    // SAFETY: #[repr(C)], two u32s, every bit pattern valid.
+    unsafe impl aya::Pod for super::dns::Origin {}
 }

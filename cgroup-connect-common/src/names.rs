@@ -16,8 +16,13 @@ pub mod programs {
     pub const SENDMSG4: &str = "check_sendmsg4";
     /// `cgroup/sendmsg6`: the same on IPv6 UDP sockets.
     pub const SENDMSG6: &str = "check_sendmsg6";
+    /// `cgroup/recvmsg4`: gives a datagram from the DNS forwarder the address of the resolver
+    /// it answers for (see [`crate::dns`]); changes nothing else.
+    pub const RECVMSG4: &str = "dns_recvmsg4";
+    /// `cgroup/getpeername4`: the same for the peer of a socket connected to the forwarder.
+    pub const GETPEERNAME4: &str = "dns_getpeername4";
     /// The `sock_addr` programs, in the order they are attached.
-    pub const ALL: [&str; 4] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6];
+    pub const ALL: [&str; 6] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6, RECVMSG4, GETPEERNAME4];
     /// `cgroup_skb/egress`: the packet checks, for what the `sock_addr` hooks cannot see
     /// (raw, ping, UDP-Lite and SCTP sockets, IPv4 options, IPv6 extension headers). Attached
     /// after the others unless `blocker run --no-packet-checks`.
@@ -37,8 +42,18 @@ pub mod programs {
     /// when some socket kind is allowed.
     pub const PACKET_CHECKS: [&str; 4] = [SOCKET, SETSOCKOPT, SENDMSG_OPTIONS, EGRESS];
     /// Every program whose link an instance may pin.
-    pub const LINKED: [&str; 8] =
-        [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6, SOCKET, SETSOCKOPT, SENDMSG_OPTIONS, EGRESS];
+    pub const LINKED: [&str; 10] = [
+        CONNECT4,
+        CONNECT6,
+        SENDMSG4,
+        SENDMSG6,
+        RECVMSG4,
+        GETPEERNAME4,
+        SOCKET,
+        SETSOCKOPT,
+        SENDMSG_OPTIONS,
+        EGRESS,
+    ];
     /// `cgroup/connect4` that allows everything: the benchmarks' reference, never attached by
     /// the blocker.
     pub const REFERENCE_ALLOW: &str = "reference_allow";
@@ -98,8 +113,11 @@ pub mod maps {
     pub const REFERENCE_PREFIXES: &str = "reference_prefixes";
     /// The benchmarks' maps, in the object but never pinned.
     pub const REFERENCES: [&str; 2] = [REFERENCE_HOSTS, REFERENCE_PREFIXES];
+    /// LRU hash: socket cookie -> [`crate::dns::Origin`], the resolver a DNS query of that
+    /// socket was sent to before the programs sent it to the forwarder.
+    pub const DNS_ORIGINS: &str = "dns_origins";
     /// Every map an instance pins.
-    pub const PINNED: [&str; 20] = [
+    pub const PINNED: [&str; 21] = [
         RULES_V4[0],
         RULES_V4[1],
         RULES_V4[2],
@@ -120,6 +138,7 @@ pub mod maps {
         CONFIG,
         OBSERVED,
         OBSERVE_STATS,
+        DNS_ORIGINS,
     ];
 }
 
@@ -139,8 +158,11 @@ pub mod config {
     pub const NAT64: u32 = 4;
     /// The hit-counter class that holds the rule hits.
     pub const HITS_CLASS: u32 = NAT64 + 3 * crate::MAX_NAT64_PREFIXES;
+    /// The DNS forwarder's port on 127.0.0.1 (`blocker run --dns-port`), 0 when there is none:
+    /// then DNS is judged like any other traffic and not redirected.
+    pub const DNS_PORT: u32 = HITS_CLASS + 1;
     /// Number of words.
-    pub const LEN: u32 = HITS_CLASS + 1;
+    pub const LEN: u32 = DNS_PORT + 1;
 }
 
 /// Indices of the [`maps::STATS`] totals.
@@ -161,6 +183,9 @@ pub mod stats {
 
 /// [`maps::CONFIG`] flag: judge and report, block nothing.
 pub const CONFIG_AUDIT: u32 = 1;
+/// Entries of [`maps::DNS_ORIGINS`]: sockets whose DNS queries the forwarder may still be
+/// answering; the least recently used go first.
+pub const DNS_ORIGINS_CAPACITY: u32 = 65_536;
 /// Bytes of the [`maps::EVENTS`] ring buffer (a power of two, a page multiple): about 14,000
 /// events; when it is full, events are counted in [`stats::EVENTS_LOST`] and dropped.
 pub const EVENTS_BYTES: u32 = 1 << 20;

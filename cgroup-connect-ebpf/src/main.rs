@@ -46,19 +46,21 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_probe_read_kernel,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_socket_uid, bpf_ktime_get_boot_ns, bpf_sk_fullsock,
-            bpf_skb_cgroup_id,
+            bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_get_socket_uid,
+            bpf_ktime_get_boot_ns, bpf_sk_fullsock, bpf_skb_cgroup_id,
         },
     },
     macros::{btf_map, cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, lsm_cgroup},
     programs::{LsmContext, SkBuffContext, SockAddrContext, SockContext, SockoptContext},
 };
 use cgroup_connect_common::{
-    ALLOW, BLOCK, CONFIG_AUDIT, Chunk, EVENTS_BYTES, Event, HIT_CLASSES, HitCount,
-    OBSERVE_CAPACITY, Observed, ObservedKey, Proto, RULE_FAILED_CLOSED, RULE_REFUSED_SHAPE, Record,
-    Source, TABLE_CLASSES, TABLE_FLAGS, V4_LOOPBACK_RECORD, V4Record, V6Record, config, decide,
-    decide_v4, hook, ip4_from_user, ip6_from_user, judge_reached, mapped_ip4, nat64_ip4,
-    observe_stats, or_peer,
+    ALLOW, BLOCK, CONFIG_AUDIT, Chunk, DNS_ORIGINS_CAPACITY, EVENTS_BYTES, Event, HIT_CLASSES,
+    HitCount, LOOPBACK4, OBSERVE_CAPACITY, Observed, ObservedKey, Proto, RULE_FAILED_CLOSED,
+    RULE_REFUSED_SHAPE, Record, Source, TABLE_CLASSES, TABLE_FLAGS, V4_LOOPBACK_RECORD, V4Record,
+    V6Record, config, decide, decide_v4,
+    dns::{DNS_PORT, Origin},
+    hook, ip4_from_user, ip6_from_user, judge_reached, mapped_ip4, nat64_ip4, observe_stats,
+    or_peer,
     packet::{
         self, CMSG_HEADER, ETH_P_IP_BE, ETH_P_IPV6_BE, IPV4_HEADER, IPV6_HEADER, MAX_CMSGS,
         MAX_EXT_HEADERS, MAX_IP_OPTIONS, MAX_IP_OPTIONS_LEN, Next, OptionKind, OptionStep,
@@ -215,6 +217,9 @@ static OBSERVE_STATS: PerCpuArray<u64, { observe_stats::COUNT as usize }> = PerC
 
 #[btf_map(name = "events")]
 static EVENTS: RingBuf<Event, { EVENTS_BYTES as usize }> = RingBuf::new();
+
+#[btf_map(name = "dns_origins")]
+static DNS_ORIGINS: LruHashMap<u64, Origin, { DNS_ORIGINS_CAPACITY as usize }> = LruHashMap::new();
 
 #[btf_map(name = "config")]
 static CONFIG: Array<u32, { config::LEN as usize }> = Array::new();
@@ -791,7 +796,11 @@ fn try_v4(ctx: &SockAddrContext, hook: u8) -> Result<i32, i32> {
         port,
         packet: None,
     };
-    finish(&attempt, word)
+    let verdict = finish(&attempt, word)?;
+    if port == DNS_PORT && verdict == ALLOW {
+        return Ok(dns_redirect_v4(ctx, addr));
+    }
+    Ok(verdict)
 }
 
 /// The verdict for an IPv6 destination; IPv4-mapped and NAT64 ones are judged by the IPv4
@@ -846,7 +855,100 @@ fn try_v6(ctx: &SockAddrContext, hook: u8) -> Result<i32, i32> {
         None => (judge_v6(addr, port, proto), addr),
     };
     let attempt = Attempt { family: 6, hook, protocol: sa.protocol, addr, port, packet: None };
-    finish(&attempt, word)
+    let verdict = finish(&attempt, word)?;
+    if port == DNS_PORT && verdict == ALLOW {
+        return Ok(dns_refuse_v6());
+    }
+    Ok(verdict)
+}
+
+/// The forwarder's port (`config::DNS_PORT`), 0 when there is none. Fails closed: a missing
+/// config word is a bug, and DNS that passes the forwarder by would leave hostname rules
+/// without the answers the caller got.
+#[inline(always)]
+fn dns_forwarder() -> Result<u32, i32> {
+    CONFIG.get(config::DNS_PORT).copied().ok_or(BLOCK)
+}
+
+/// An allowed IPv4 DNS call (port 53, UDP or TCP), with a forwarder: sent to it on 127.0.0.1
+/// instead, the resolver kept under the socket's cookie (`DNS_ORIGINS`) for the forwarder and
+/// for `dns_restore`. Fails closed (BLOCK) when the resolver cannot be kept: the forwarder
+/// would not know where to send the query.
+#[inline(always)]
+fn dns_redirect_v4(ctx: &SockAddrContext, addr: u32) -> i32 {
+    let forwarder = match dns_forwarder() {
+        Ok(0) => return ALLOW,
+        Ok(port) => port,
+        Err(fail_closed) => return fail_closed,
+    };
+    // SAFETY: the program's own context, as the helper takes it (from 4.20 for sock_addr).
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let origin = Origin { addr, port: u32::from(DNS_PORT) };
+    if DNS_ORIGINS.insert(cookie, origin, 0).is_err() {
+        return BLOCK;
+    }
+    // SAFETY: user_ip4 and user_port of a connect4 or sendmsg4 context are writable.
+    #[expect(clippy::cast_possible_truncation, reason = "a port number")]
+    unsafe {
+        (*ctx.sock_addr).user_ip4 = LOOPBACK4.to_be();
+        (*ctx.sock_addr).user_port = u32::from((forwarder as u16).to_be());
+    }
+    ALLOW
+}
+
+/// An allowed IPv6 DNS call, with a forwarder: refused (fails closed). The forwarder listens
+/// on IPv4 only; let through, the answer would reach the caller without its addresses in the
+/// tables (docs/design.md, "DNS").
+#[inline(always)]
+fn dns_refuse_v6() -> i32 {
+    match dns_forwarder() {
+        Ok(0) => ALLOW,
+        Ok(_) => {
+            count(stats::BLOCKED);
+            BLOCK
+        }
+        Err(fail_closed) => fail_closed,
+    }
+}
+
+/// The DNS answers' sender, as the caller sees it: a datagram from the forwarder
+/// (127.0.0.1:`config::DNS_PORT`) to a socket whose query it forwarded reads as coming from
+/// the resolver the query named. The kernel lets these hooks only rewrite; they never refuse.
+#[cgroup_sock_addr(recvmsg4)]
+#[expect(clippy::needless_pass_by_value, reason = "the macro passes the context by value")]
+pub fn dns_recvmsg4(ctx: SockAddrContext) -> i32 {
+    dns_restore(&ctx);
+    ALLOW
+}
+
+/// The same for `getpeername()` on a socket connected to the forwarder (TCP, connected UDP).
+#[cgroup_sock_addr(getpeername4)]
+#[expect(clippy::needless_pass_by_value, reason = "the macro passes the context by value")]
+pub fn dns_getpeername4(ctx: SockAddrContext) -> i32 {
+    dns_restore(&ctx);
+    ALLOW
+}
+
+#[inline(always)]
+fn dns_restore(ctx: &SockAddrContext) {
+    // SAFETY: the kernel hands every sock_addr program a valid bpf_sock_addr.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let Ok(forwarder) = dns_forwarder() else { return };
+    if forwarder == 0
+        || u32::from(port_from_user(sa.user_port)) != forwarder
+        || ip4_from_user(sa.user_ip4) != LOOPBACK4
+    {
+        return;
+    }
+    // SAFETY: as in dns_redirect_v4.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    // SAFETY: a value of this map, read once.
+    let Some(origin) = (unsafe { DNS_ORIGINS.get(cookie) }).copied() else { return };
+    #[expect(clippy::cast_possible_truncation, reason = "a port number")]
+    {
+        sa.user_ip4 = origin.addr.to_be();
+        sa.user_port = u32::from((origin.port as u16).to_be());
+    }
 }
 
 /// The address the socket of a connect is bound to (`bpf_sock.src_ip4`), from which routing

@@ -12,6 +12,7 @@
 mod btf;
 pub mod cgroup;
 pub mod cli;
+pub mod dns;
 pub mod events;
 pub mod explain;
 pub mod features;

@@ -871,6 +871,23 @@ impl Instance {
         })
     }
 
+    /// Sets the DNS forwarder's port (`config::DNS_PORT`; 0: no forwarder, DNS is not
+    /// redirected).
+    ///
+    /// # Errors
+    /// [`LoadError::Map`].
+    pub fn set_dns_port(&mut self, port: u16) -> Result<(), LoadError> {
+        self.set_config_word(config::DNS_PORT, u32::from(port))
+    }
+
+    /// The DNS forwarder's port in force, 0 when there is none.
+    ///
+    /// # Errors
+    /// [`LoadError::Map`].
+    pub fn dns_port(&self) -> Result<u32, LoadError> {
+        self.config_word(config::DNS_PORT)
+    }
+
     /// Turns audit mode on or off, keeping the socket kinds allowed.
     ///
     /// # Errors
@@ -1237,6 +1254,8 @@ fn attach_type(name: &str) -> CgroupSockAddrAttachType {
         programs::CONNECT6 => CgroupSockAddrAttachType::Connect6,
         programs::SENDMSG4 => CgroupSockAddrAttachType::UDPSendMsg4,
         programs::SENDMSG6 => CgroupSockAddrAttachType::UDPSendMsg6,
+        programs::RECVMSG4 => CgroupSockAddrAttachType::UDPRecvMsg4,
+        programs::GETPEERNAME4 => CgroupSockAddrAttachType::GetPeerName4,
         _ => CgroupSockAddrAttachType::Connect4,
     }
 }

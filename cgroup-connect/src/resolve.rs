@@ -4,6 +4,11 @@
 //! New addresses go in before stale ones come out: a name's addresses are those of its latest
 //! answer plus those of the answer before, so a client that cached the previous answer is
 //! still judged by the rule until the next refresh. A failed refresh keeps what the name had.
+//!
+//! With the DNS forwarder (`blocker run --dns-port`, module [`crate::dns`]), a name also stands
+//! for the addresses the cgroup's own queries got ([`Names::learn`]), each until its TTL plus a
+//! grace period, at most [`Learning::max`] of them (the oldest learned go first, counted). A
+//! wildcard name (`*.example.com`) has only those: it is never resolved by the blocker.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
@@ -44,18 +49,107 @@ struct NameState {
     refresh_at: Option<Instant>,
 }
 
+/// How long learned addresses stay, and how many there may be.
+#[derive(Clone, Copy, Debug)]
+pub struct Learning {
+    /// Kept this long past the answer's TTL: a client may connect a little after its cache
+    /// says the answer expired, or reuse it for a connection it opens late.
+    pub grace: Duration,
+    /// Learned addresses kept at most, over all names; past it, the oldest learned go first.
+    pub max: usize,
+}
+
+impl Default for Learning {
+    fn default() -> Self {
+        Self { grace: Duration::from_mins(5), max: 10_000 }
+    }
+}
+
+/// One learned address: until when, and the order it was learned in.
+#[derive(Clone, Copy, Debug)]
+struct Learned {
+    until: Instant,
+    order: u64,
+}
+
+/// The addresses learned from DNS answers, by the policy's name that covers them.
+#[derive(Default)]
+struct LearnedAddrs {
+    by_name: BTreeMap<String, BTreeMap<IpAddr, Learned>>,
+    learning: Learning,
+    count: usize,
+    next_order: u64,
+    evicted: u64,
+}
+
 /// The hostnames of a policy and their addresses.
 #[derive(Default)]
+#[expect(clippy::struct_field_names, reason = "`names` are the policy's hostnames")]
 pub struct Names {
     resolver: Option<TokioResolver>,
     names: BTreeMap<String, NameState>,
+    learned: LearnedAddrs,
+}
+
+/// Whether `name` is a wildcard (`*.example.com`).
+#[must_use]
+pub fn is_wildcard(name: &str) -> bool {
+    name.starts_with("*.")
+}
+
+/// Whether the rule's name `rule` (lowercase, `example.com` or `*.example.com`) covers the
+/// name `asked` from a DNS message (any case, maybe with the root's dot): exactly, or for a
+/// wildcard, one or more labels under it (not the parent itself).
+#[must_use]
+pub fn covers(rule: &str, asked: &str) -> bool {
+    let asked = asked.strip_suffix('.').unwrap_or(asked);
+    match rule.strip_prefix('*') {
+        Some(suffix) => {
+            asked.len() > suffix.len()
+                && asked.is_char_boundary(asked.len() - suffix.len())
+                && asked[asked.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+        }
+        None => asked.eq_ignore_ascii_case(rule),
+    }
+}
+
+impl LearnedAddrs {
+    /// Drops the address learned first.
+    fn evict_oldest(&mut self) {
+        let oldest = self
+            .by_name
+            .iter()
+            .flat_map(|(name, l)| l.iter().map(move |(addr, e)| (e.order, name, *addr)))
+            .min();
+        let Some((_, name, addr)) = oldest else { return };
+        let name = name.clone();
+        if let Some(entries) = self.by_name.get_mut(&name) {
+            entries.remove(&addr);
+            if entries.is_empty() {
+                self.by_name.remove(&name);
+            }
+        }
+        self.count -= 1;
+        self.evicted += 1;
+    }
+
+    /// Drops the addresses whose time is up. Returns whether any was dropped.
+    fn expire(&mut self, now: Instant) -> bool {
+        let before = self.count;
+        for entries in self.by_name.values_mut() {
+            entries.retain(|_, e| e.until > now);
+        }
+        self.by_name.retain(|_, l| !l.is_empty());
+        self.count = self.by_name.values().map(BTreeMap::len).sum();
+        self.count != before
+    }
 }
 
 impl Names {
     /// No names yet.
     #[must_use]
     pub fn new() -> Self {
-        Self { resolver: None, names: BTreeMap::new() }
+        Self::default()
     }
 
     /// Makes the names exactly `wanted`: resolves the new ones, forgets the others.
@@ -66,6 +160,8 @@ impl Names {
     pub async fn sync(&mut self, wanted: &BTreeSet<String>) -> Result<(), ResolveError> {
         let new: Vec<String> =
             wanted.iter().filter(|n| !self.names.contains_key(*n)).cloned().collect();
+        self.learned.by_name.retain(|n, _| wanted.contains(n));
+        self.learned.count = self.learned.by_name.values().map(BTreeMap::len).sum();
         if !new.is_empty() {
             let more = Self::resolve(new).await?;
             if self.resolver.is_none() {
@@ -87,16 +183,16 @@ impl Names {
     /// Never: every name it looks up is one it holds.
     pub async fn resolve(names: impl IntoIterator<Item = String>) -> Result<Self, ResolveError> {
         let mut this = Self {
-            resolver: None,
             names: names.into_iter().map(|n| (n, NameState::default())).collect(),
+            ..Self::default()
         };
-        if this.names.is_empty() {
+        if this.names.keys().all(|n| is_wildcard(n)) {
             return Ok(this);
         }
         let mut builder = TokioResolver::builder_tokio().map_err(ResolveError::Config)?;
         builder.options_mut().ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         this.resolver = Some(builder.build().map_err(ResolveError::Config)?);
-        let names: Vec<String> = this.names.keys().cloned().collect();
+        let names: Vec<String> = this.names.keys().filter(|n| !is_wildcard(n)).cloned().collect();
         for name in names {
             let (addrs, until) = this.lookup(&name).await?;
             let state = this.names.get_mut(&name).expect("known name");
@@ -122,15 +218,85 @@ impl Names {
         Ok((addrs, now + ttl))
     }
 
-    /// The addresses `name` stands for now: its latest answer and the one before.
+    /// The addresses `name` stands for now: its latest answer and the one before, and those
+    /// learned from the cgroup's own queries.
     pub fn addrs<'a>(&'a self, name: &str) -> impl Iterator<Item = IpAddr> + use<'a> {
-        self.names.get(name).into_iter().flat_map(|s| s.latest.union(&s.previous).copied())
+        let resolved =
+            self.names.get(name).into_iter().flat_map(|s| s.latest.union(&s.previous).copied());
+        let learned = self.learned.by_name.get(name).into_iter().flat_map(|l| l.keys().copied());
+        let all: BTreeSet<IpAddr> = resolved.chain(learned).collect();
+        all.into_iter()
     }
 
-    /// When the next name is due, if there are names.
+    /// When the next name is due, or the next learned address expires.
     #[must_use]
     pub fn next_refresh(&self) -> Option<Instant> {
-        self.names.values().filter_map(|s| s.refresh_at).min()
+        let learned = self.learned.by_name.values().flat_map(|l| l.values().map(|e| e.until));
+        self.names.values().filter_map(|s| s.refresh_at).chain(learned).min()
+    }
+
+    /// Sets how long learned addresses stay and how many there may be.
+    pub fn set_learning(&mut self, learning: Learning) {
+        self.learned.learning = learning;
+    }
+
+    /// Learned addresses held now.
+    #[must_use]
+    pub fn learned_count(&self) -> usize {
+        self.learned.count
+    }
+
+    /// Learned addresses dropped to stay within [`Learning::max`], since start.
+    #[must_use]
+    pub fn evicted(&self) -> u64 {
+        self.learned.evicted
+    }
+
+    /// Learns a DNS answer: `chain` is the name asked and the CNAME targets it led to,
+    /// `addrs` the A and AAAA records at its end with their TTLs (seconds). Every name of the
+    /// policy that covers a name of the chain stands for those addresses from now until their
+    /// TTL plus the grace period. Returns whether a name got an address it did not stand for
+    /// (the tables must then change before the answer is passed on).
+    pub fn learn(&mut self, chain: &[String], addrs: &[(IpAddr, u32)]) -> bool {
+        if addrs.is_empty() {
+            return false;
+        }
+        let rules: Vec<String> = self
+            .names
+            .keys()
+            .filter(|rule| chain.iter().any(|asked| covers(rule, asked)))
+            .cloned()
+            .collect();
+        let now = Instant::now();
+        let mut changed = false;
+        for rule in rules {
+            for &(addr, ttl) in addrs {
+                let until = now + Duration::from_secs(u64::from(ttl)) + self.learned.learning.grace;
+                let known = self
+                    .names
+                    .get(&rule)
+                    .is_some_and(|s| s.latest.contains(&addr) || s.previous.contains(&addr));
+                let order = self.learned.next_order;
+                self.learned.next_order += 1;
+                let entries = self.learned.by_name.entry(rule.clone()).or_default();
+                if let Some(entry) = entries.get_mut(&addr) {
+                    entry.until = entry.until.max(until);
+                } else {
+                    entries.insert(addr, Learned { until, order });
+                    self.learned.count += 1;
+                    changed |= !known;
+                }
+            }
+        }
+        while self.learned.count > self.learned.learning.max.max(1) {
+            self.learned.evict_oldest();
+        }
+        changed
+    }
+
+    /// Drops the learned addresses whose time is up. Returns whether any was dropped.
+    fn expire(&mut self, now: Instant) -> bool {
+        self.learned.expire(now)
     }
 
     /// Re-resolves the names that are due. Returns whether any name's addresses changed.
@@ -146,7 +312,7 @@ impl Names {
             .filter(|(_, s)| s.refresh_at.is_some_and(|t| t <= now))
             .map(|(n, _)| n.clone())
             .collect();
-        let mut changed = false;
+        let mut changed = self.expire(now);
         for name in due {
             let result = self.lookup(&name).await;
             let state = self.names.get_mut(&name).expect("known name");
@@ -167,5 +333,48 @@ impl Names {
             }
         }
         changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_cover_subdomains_not_the_parent() {
+        assert!(covers("*.example.com", "a.example.com"));
+        assert!(covers("*.example.com", "A.b.Example.COM."));
+        assert!(!covers("*.example.com", "example.com"));
+        assert!(!covers("*.example.com", "badexample.com"));
+        assert!(covers("example.com", "EXAMPLE.com."));
+        assert!(!covers("example.com", "a.example.com"));
+    }
+
+    fn names(of: &[&str]) -> Names {
+        let mut names = Names::new();
+        for n in of {
+            names.names.insert((*n).to_owned(), NameState::default());
+        }
+        names
+    }
+
+    #[test]
+    fn learns_through_cname_chains_and_evicts_the_oldest() {
+        let mut n = names(&["*.example.com", "other.org"]);
+        n.set_learning(Learning { grace: Duration::ZERO, max: 2 });
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let c: IpAddr = "2001:db8::3".parse().unwrap();
+        let chain = ["www.example.com.".to_owned(), "cdn.net.".to_owned()];
+        assert!(n.learn(&chain, &[(a, 60)]));
+        assert!(!n.learn(&chain, &[(a, 60)]), "known already");
+        assert!(!n.learn(&["example.com".to_owned()], &[(b, 60)]), "the parent is not covered");
+        assert!(n.learn(&["x.cdn.net".to_owned(), "Other.ORG".to_owned()], &[(b, 60), (c, 60)]));
+        assert_eq!(n.learned_count(), 2);
+        assert_eq!(n.evicted(), 1);
+        assert_eq!(n.addrs("*.example.com").count(), 0, "the oldest went first");
+        assert_eq!(n.addrs("other.org").collect::<Vec<_>>(), vec![b, c]);
+        assert!(n.expire(Instant::now() + Duration::from_secs(61)));
+        assert_eq!(n.learned_count(), 0);
     }
 }

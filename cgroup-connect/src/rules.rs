@@ -282,7 +282,8 @@ fn parse_host(rule: &str, text: &str) -> Result<Host, RuleError> {
         }
         return Ok(Host::Net(net));
     }
-    if !is_hostname(addr) {
+    // `*.example.com`: one or more labels under example.com, learned from DNS answers only.
+    if !is_hostname(addr.strip_prefix("*.").unwrap_or(addr)) {
         return Err(RuleError::Host { rule: rule.to_owned(), value: addr.to_owned() });
     }
     if len.is_some() {
@@ -467,6 +468,8 @@ mod tests {
         );
         assert_eq!(dest("tcp://[::1]:22").proto, Proto::Tcp);
         assert_eq!(dest("localhost").host, Host::Name("localhost".into()));
+        assert_eq!(dest("*.Example.COM:443").host, Host::Name("*.example.com".into()));
+        assert!("*.".parse::<Destination>().is_err() && "a.*.com".parse::<Destination>().is_err());
         assert_eq!(dest("0.0.0.0/0").host, net("0.0.0.0/0"));
         assert_eq!(dest("::/0").host, net("::/0"));
     }

@@ -119,6 +119,10 @@ pub struct State {
     /// Absent in the state files of versions that had only the egress one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packet_programs: Option<Vec<String>>,
+    /// The DNS forwarder's port (`--dns-port`): the programs send the cgroup's DNS there, and
+    /// with no process serving the instance, that DNS fails. Absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_port: Option<u16>,
     /// When it was first attached, in seconds since the epoch.
     pub since: u64,
     /// The `blocker run` process serving it, if any.
@@ -230,6 +234,7 @@ impl State {
             packet_checks: true,
             allow_sockets: vec![],
             packet_programs: None,
+            dns_port: None,
             since,
             pid: None,
             pid_start: None,

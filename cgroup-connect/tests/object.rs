@@ -8,7 +8,9 @@ use aya_obj::{
     EbpfSectionKind, Object, ProgramSection,
     programs::{
         CgroupSkbAttachType,
-        CgroupSockAddrAttachType::{Connect4, Connect6, UDPSendMsg4, UDPSendMsg6},
+        CgroupSockAddrAttachType::{
+            Connect4, Connect6, GetPeerName4, UDPRecvMsg4, UDPSendMsg4, UDPSendMsg6,
+        },
         CgroupSockAttachType, CgroupSockoptAttachType,
     },
 };
@@ -83,6 +85,8 @@ fn programs_are_the_named_ones_at_their_hooks() {
             programs::CONNECT6 | programs::REFERENCE_ALLOW6 => matches!(attach_type, Connect6),
             programs::SENDMSG4 => matches!(attach_type, UDPSendMsg4),
             programs::SENDMSG6 => matches!(attach_type, UDPSendMsg6),
+            programs::RECVMSG4 => matches!(attach_type, UDPRecvMsg4),
+            programs::GETPEERNAME4 => matches!(attach_type, GetPeerName4),
             _ => unreachable!("{name} is in the set above"),
         };
         assert!(right, "{name} attaches at {attach_type:?}");
@@ -105,7 +109,7 @@ fn maps_are_the_named_ones_and_all_pinned() {
         .into_iter()
         .chain(maps::RULES_V6)
         .chain(maps::RULE_HITS)
-        .chain([maps::STATS, maps::EVENTS, maps::CONFIG])
+        .chain([maps::STATS, maps::EVENTS, maps::CONFIG, maps::DNS_ORIGINS])
         .chain([maps::OBSERVED, maps::OBSERVE_STATS])
         .chain(maps::REFERENCES)
         .collect();

@@ -18,9 +18,10 @@ fn sigkill_of_a_pinned_instance_keeps_enforcing_and_a_restart_adopts_it() {
     let path = cg.path().to_str().unwrap();
     let mut first =
         Blocker::start(&["--cgroup", path, "--name", &name, "--pin", "--block", "127.0.0.2"]);
-    // The four sock_addr programs and three packet checks: socket, setsockopt, and the LSM one
-    // or, where the kernel does not load it, the egress one.
-    assert_eq!(attached_count(cg.path()), 7);
+    // The four sock_addr programs, the DNS forwarder's two (recvmsg4, getpeername4) and three
+    // packet checks: socket, setsockopt, and the LSM one or, where the kernel does not load it,
+    // the egress one.
+    assert_eq!(attached_count(cg.path()), 9);
     let prober = Prober::start(
         cg.path(),
         vec![(lo("127.0.0.2"), vec![Blocked]), (lo("127.0.0.1"), vec![Allowed])],
@@ -51,7 +52,7 @@ fn sigkill_of_a_pinned_instance_keeps_enforcing_and_a_restart_adopts_it() {
         "127.0.0.3",
     ]);
     assert!(second.attached_line.contains("adopted"), "{}", second.attached_line);
-    assert_eq!(attached_count(cg.path()), 7, "adopted, not stacked");
+    assert_eq!(attached_count(cg.path()), 9, "adopted, not stacked");
     assert_eq!(
         outcome(connect_in(cg.path(), lo("127.0.0.3"))),
         Blocked,

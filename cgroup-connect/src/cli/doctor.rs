@@ -99,7 +99,37 @@ pub fn run_checks(verifier_log: Option<&Path>) -> Vec<Check> {
     let mut checks = vec![kernel(), bpf_syscall(), capabilities(), cgroup2(), memlock()];
     checks.extend(feature_checks());
     checks.extend([cgroup_bpf(verifier_log), jit(), toolchain_nightly(), rust_src(), bpf_linker()]);
+    checks.extend(dns_forwarders());
     checks
+}
+
+/// One line per instance with a DNS forwarder (`--dns-port`): up, or down with the cgroup's
+/// DNS failing (a warning: the instance still enforces, and fails closed).
+fn dns_forwarders() -> Vec<Check> {
+    crate::pins::instance_names()
+        .iter()
+        .filter_map(|name| {
+            let paths = crate::pins::InstancePaths::new(name).ok()?;
+            let state = crate::state::State::load(&paths).ok()??;
+            let port = state.dns_port?;
+            Some(if state.process_alive() {
+                Check::ok("dns", format!("instance {name}: DNS forwarder up on 127.0.0.1:{port}"))
+            } else {
+                Check::bad(
+                    "dns",
+                    Status::Warn,
+                    format!(
+                        "instance {name}: DNS forwarder down (127.0.0.1:{port}): DNS from its \
+                         cgroup fails"
+                    ),
+                    format!(
+                        "start it again: blocker run --name {name} --dns-port {port} ..., or \
+                         blocker detach {name}"
+                    ),
+                )
+            })
+        })
+        .collect()
 }
 
 /// The version, for information: the feature checks decide.

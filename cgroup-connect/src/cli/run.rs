@@ -12,13 +12,14 @@ use anyhow::Context as _;
 use crate::{
     cgroup::{self, CgroupDir, CgroupError},
     cli::runtime::{Request, Signals, block_on},
+    dns::{self, Forwarder},
     events::{self, EventReader},
     instance,
     metrics::{self, Snapshot},
     pins::{self, InstancePaths},
     policy::Sources,
     privileges,
-    resolve::Names,
+    resolve::{Learning, Names},
     rules::{Action, Destination, Nat64Prefix},
     state::{Counts, State},
     systemd,
@@ -160,6 +161,18 @@ pub struct RunArgs {
     /// the old policy.
     #[arg(long)]
     pub watch: bool,
+    /// Send the cgroup's DNS (UDP and TCP to port 53, IPv4 resolvers) through a forwarder on
+    /// 127.0.0.1:PORT, which puts the addresses of answers for hostname rules (`example.com`,
+    /// `*.example.com`) into the tables before the application gets them. DNS to IPv6
+    /// resolvers is refused then; with the forwarder gone, the cgroup's DNS fails
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub dns_port: Option<u16>,
+    /// How long a learned address stays past its answer's TTL
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "5m")]
+    pub dns_grace: std::time::Duration,
+    /// Learned addresses kept at most; past it the oldest learned go first (counted)
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub dns_max_learned: usize,
     /// When the kernel refuses a program, write the verifier's whole log to FILE (- for
     /// standard output); the error line shows only the verifier's reason
     #[arg(long, value_name = "FILE")]
@@ -230,6 +243,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     state.audit = args.audit;
     state.observe_capacity = args.observe_capacity;
     state.packet_checks = !args.no_packet_checks;
+    state.dns_port = args.dns_port;
     state.allow_sockets.clone_from(&args.allow_sockets);
     state.pinned = args.pin;
     let metrics_addr = args.metrics.as_deref().map(metrics::parse_addr).transpose()?;
@@ -331,7 +345,9 @@ async fn serve(
     let mut files = args.watch.then(|| watch_given_files(&state.sources)).transpose()?;
     let mut signals = Signals::new(true)?;
     let mut names = Names::new();
+    names.set_learning(Learning { grace: args.dns_grace, max: args.dns_max_learned });
     // Bound before anything attaches, so a busy port leaves nothing behind.
+    let forwarder = bind_forwarder(args.dns_port).await?;
     let listener = match metrics_addr {
         Some(addr) => {
             Some(metrics::bind(addr).await.with_context(|| format!("serving metrics on {addr}"))?)
@@ -348,7 +364,9 @@ async fn serve(
     let view = Arc::new(Mutex::new(PolicyView::new(paths, &applied.record)));
     // What can still fail fails before `attached` is printed, and then takes down what this
     // start made (a pinned instance that was adopted keeps enforcing, as before it).
-    let (mut events, metrics) = match reporting(&mut instance, paths, &view, sink, listener) {
+    let ready = dns_forwarder(&mut instance, paths, forwarder)
+        .and_then(|learned| Ok((learned, reporting(&mut instance, paths, &view, sink, listener)?)));
+    let (mut learned, (mut events, metrics)) = match ready {
         Ok(ready) => ready,
         Err(e) => {
             let _ = instance::stop(paths, instance, args.pin && adopted);
@@ -394,6 +412,7 @@ async fn serve(
                     reload(paths, &mut names, Reload::Signal, say, files.as_mut(), args.audit, &view).await;
                 }
             },
+            Some(answer) = next_learned(learned.as_mut()) => learn(paths, &mut names, answer, say, args.audit, &view).await,
             () = sleep_until(refresh) => {
                 if names.refresh().await {
                     reload(paths, &mut names, Reload::Refresh, say, files.as_mut(), args.audit, &view).await;
@@ -694,12 +713,15 @@ enum Reload {
     Signal,
     /// `--watch` saw the files change.
     Files,
-    /// A hostname re-resolved to other addresses.
+    /// A hostname re-resolved to other addresses, or learned addresses expired.
     Refresh,
+    /// The DNS forwarder learned addresses for a hostname rule.
+    Learned,
 }
 
 /// Re-reads the sources and swaps the tables, counting it; on failure the old policy stays in
-/// force. With `--watch`, the files of the new policy are watched from then on.
+/// force. With `--watch`, the files of the new policy are watched from then on. Returns whether
+/// the new tables are in force.
 async fn reload(
     paths: &InstancePaths,
     names: &mut Names,
@@ -708,7 +730,7 @@ async fn reload(
     files: Option<&mut FileWatch>,
     audit: bool,
     view: &Mutex<PolicyView>,
-) {
+) -> bool {
     // The rule texts in force are let go while the new policy compiles (not held beside it);
     // the next event or scrape reads them from the record in force then.
     view.lock().unwrap_or_else(PoisonError::into_inner).forget();
@@ -716,9 +738,10 @@ async fn reload(
         Reload::Signal => "reloaded",
         Reload::Files => "files changed on disk, reloaded",
         Reload::Refresh => "hostnames re-resolved",
+        Reload::Learned => "hostnames learned from DNS",
     };
     let count = |state: &mut State| {
-        if why == Reload::Refresh {
+        if matches!(why, Reload::Refresh | Reload::Learned) {
             state.reloads.refreshed();
         } else {
             state.reloads.reloaded();
@@ -727,16 +750,23 @@ async fn reload(
     };
     match instance::apply(paths, names, count).await {
         Ok(applied) => {
-            let _ = say.line(&format!("{what}: {}", applied.summary(false)));
+            if why == Reload::Learned {
+                // One a DNS answer: not a line each.
+                tracing::debug!("{what}: {}", applied.summary(false));
+            } else {
+                let _ = say.line(&format!("{what}: {}", applied.summary(false)));
+            }
             systemd::ready(&status_line(&applied.counts, audit));
             if let Some(files) = files {
                 watch_rule_files(files, &applied.policy);
             }
+            true
         }
         Err(e) => {
             tracing::error!("{what} failed, the old policy stays in force: {e:#}");
             systemd::ready(&format!("{what} failed, the old policy stays in force"));
             instance::count_failed_reload(paths);
+            false
         }
     }
 }
@@ -747,6 +777,57 @@ async fn next_events(events: &mut Option<Events>, view: &Mutex<PolicyView>) -> a
     let batch = reader.next_batch().await?;
     let mut view = view.lock().unwrap_or_else(PoisonError::into_inner);
     Ok(events::write_batch(&batch, &mut view, sink, true)?)
+}
+
+/// Binds the DNS forwarder's sockets, when `--dns-port` asks for them.
+async fn bind_forwarder(port: Option<u16>) -> anyhow::Result<Option<Forwarder>> {
+    let Some(port) = port else { return Ok(None) };
+    let forwarder = Forwarder::bind(port)
+        .await
+        .with_context(|| format!("binding the DNS forwarder on 127.0.0.1:{port}"))?;
+    Ok(Some(forwarder))
+}
+
+/// Sets the forwarder's port in the programs (0 without one, so an adopted instance stops
+/// redirecting) and starts it; returns where its answers arrive.
+fn dns_forwarder(
+    instance: &mut crate::loader::Instance,
+    paths: &InstancePaths,
+    forwarder: Option<Forwarder>,
+) -> anyhow::Result<Option<tokio::sync::mpsc::Receiver<dns::Learn>>> {
+    let Some(forwarder) = forwarder else {
+        instance.set_dns_port(0)?;
+        return Ok(None);
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    let port = forwarder.port();
+    forwarder.spawn(&paths.map(cgroup_connect_common::maps::DNS_ORIGINS), tx)?;
+    instance.set_dns_port(port)?;
+    Ok(Some(rx))
+}
+
+/// Puts an answer's addresses in force (a swap, when a name got a new one), then lets the
+/// forwarder pass it on; a failed swap drops it (fails closed).
+async fn learn(
+    paths: &InstancePaths,
+    names: &mut Names,
+    answer: dns::Learn,
+    say: Say,
+    audit: bool,
+    view: &Mutex<PolicyView>,
+) {
+    let in_force = !names.learn(&answer.chain, &answer.addrs)
+        || reload(paths, names, Reload::Learned, say, None, audit, view).await;
+    let _ = answer.done.send(in_force);
+}
+
+async fn next_learned(
+    learned: Option<&mut tokio::sync::mpsc::Receiver<dns::Learn>>,
+) -> Option<dns::Learn> {
+    match learned {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

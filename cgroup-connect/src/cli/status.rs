@@ -41,6 +41,11 @@ struct Row {
     counts: Counts,
     /// NAT64 prefixes besides the well-known `64:ff9b::/96`.
     nat64: Vec<String>,
+    /// The DNS forwarder's port (`--dns-port`), null without one.
+    dns_port: Option<u16>,
+    /// "off" (no forwarder), "up" (the serving process runs it) or "down" (the programs send
+    /// the cgroup's DNS to a forwarder that is gone: DNS from the cgroup fails).
+    dns: &'static str,
     /// Waiting for a cgroup that was never attached (not made yet, rather than removed).
     #[serde(skip)]
     never_attached: bool,
@@ -102,6 +107,14 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
             r.since.as_deref().unwrap_or(UNKNOWN),
             r.pid.map(|p| format!(", pid {p}")).unwrap_or_default()
         );
+        match (r.dns, r.dns_port) {
+            ("up", Some(port)) => println!("{}: DNS forwarder up on 127.0.0.1:{port}", r.name),
+            ("down", Some(port)) => println!(
+                "{}: DNS forwarder down (127.0.0.1:{port}): DNS from the cgroup fails until                  `blocker run --name {} --dns-port {port} ...` serves it again",
+                r.name, r.name
+            ),
+            _ => {}
+        }
     }
     Ok(())
 }
@@ -154,6 +167,12 @@ fn row(paths: &InstancePaths) -> Row {
             .map(|s| s.nat64.iter().map(ToString::to_string).collect())
             .unwrap_or_default(),
         never_attached: state.as_ref().is_some_and(|s| s.cgroup_id == Some(NOT_ATTACHED)),
+        dns_port: state.as_ref().and_then(|s| s.dns_port),
+        dns: match state.as_ref().and_then(|s| s.dns_port) {
+            None => "off",
+            Some(_) if running => "up",
+            Some(_) => "down",
+        },
         counts: state.map(|s| s.counts).unwrap_or_default(),
     }
 }

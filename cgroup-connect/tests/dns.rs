@@ -1,0 +1,338 @@
+//! The DNS forwarder (`run --dns-port`, issue 13): real resolvers in the cgroup (glibc's, through
+//! getent and Python's getaddrinfo, and a hand-made TCP query) ask a real dnsmasq, and every
+//! address an answer names is judged by the hostname rules on the first connect.
+//!
+//! Everything runs in a test network namespace: dnsmasq on 192.0.2.53, the blocker (so its
+//! forwarder's 127.0.0.1 is the namespace's), and the clients, each in a private mount
+//! namespace whose /etc/resolv.conf names dnsmasq. Connects go to addresses on the namespace's
+//! `lo` with nothing listening: ECONNREFUSED means allowed, EPERM blocked.
+mod common;
+
+use std::{
+    os::unix::process::CommandExt as _,
+    path::Path,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{Blocker, Netns, TempCgroup, TempDir, temp_cgroup};
+
+const DNSMASQ: &str = "/usr/sbin/dnsmasq";
+const PYTHON: &str = "/usr/bin/python3";
+/// The forwarder's port in the namespace.
+const FORWARDER: &str = "5353";
+
+/// dnsmasq's names, as its hosts file (re-read on SIGHUP: the rotation).
+const HOSTS: &str = "192.0.2.11 rot.test\n192.0.2.31 wild.test\n192.0.2.32 a.wild.test\n\
+                     192.0.2.33 b.c.wild.test\n";
+
+/// Whether dnsmasq and python3 are here; prints why not (fails under CI=true).
+fn tools_present() -> bool {
+    let missing: Vec<&str> =
+        [DNSMASQ, PYTHON].into_iter().filter(|p| !Path::new(p).exists()).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none_or(|v| v != "true"),
+        "CI=true: {missing:?} missing (./scripts/setup.sh installs dnsmasq-base)"
+    );
+    eprintln!("skipping: {missing:?} missing (./scripts/setup.sh installs dnsmasq-base)");
+    false
+}
+
+/// dnsmasq in the namespace, stopped (by its pid) on drop.
+struct Dnsmasq(Child);
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A namespace with dnsmasq, a cgroup and a blocker serving it with the forwarder.
+struct DnsScene {
+    blocker: Option<Blocker>,
+    dir: TempDir,
+    cgroup: TempCgroup,
+    dnsmasq: Dnsmasq,
+    netns: Netns,
+}
+
+impl DnsScene {
+    /// Starts dnsmasq, then `blocker run --dns-port` with `args` (rules and flags).
+    fn new(args: &[&str]) -> Self {
+        let netns = Netns::new(&["192.0.2.0/24", "2001:db8::/64"]);
+        let dir = TempDir::new("dns");
+        let hosts = dir.write("hosts", HOSTS);
+        let _ = dir.write("resolv.conf", "nameserver 192.0.2.53\noptions timeout:2 attempts:1\n");
+        let netns_arg = format!("--net={}", netns.path().display());
+        let hosts_arg = format!("--addn-hosts={}", hosts.display());
+        let dnsmasq = Command::new("nsenter")
+            .args([&netns_arg, DNSMASQ, "--keep-in-foreground", "--no-resolv", "--no-hosts"])
+            .args([&hosts_arg, "--listen-address=192.0.2.53", "--bind-interfaces"])
+            .args(["--local-ttl=1", "--pid-file=", "--user=root", "--cname=alias.test,rot.test"])
+            .args(["--address=/deep.wild.test/192.0.2.34"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start dnsmasq: {e}"));
+        let dnsmasq = Dnsmasq(dnsmasq);
+        let cgroup = temp_cgroup();
+        let mut this = Self { blocker: None, dir, cgroup, dnsmasq, netns };
+        this.wait_for_dnsmasq();
+        this.start(args);
+        this
+    }
+
+    /// Starts (or, after [`Blocker::stop`], restarts) the blocker in the namespace, with the
+    /// test's resolv.conf.
+    fn start(&mut self, args: &[&str]) {
+        let cg = self.cgroup.path().display().to_string();
+        let (resolv, netns) = (self.resolv(), self.netns_arg());
+        let mut all = vec!["--cgroup", &cg, "--dns-port", FORWARDER];
+        all.extend_from_slice(args);
+        let blocker = Blocker::start_under(&wrapper(&resolv, &netns), &all);
+        // The stopped one's guard is not dropped: it would detach the pinned instance.
+        std::mem::forget(self.blocker.replace(blocker));
+    }
+
+    fn netns_arg(&self) -> String {
+        format!("--net={}", self.netns.path().display())
+    }
+
+    fn resolv(&self) -> String {
+        self.dir.path().join("resolv.conf").display().to_string()
+    }
+
+    /// Runs `cmd` from the cgroup, in the namespace, with the test's resolv.conf; at most 20 s.
+    fn client(&self, cmd: &[&str]) -> Output {
+        let procs = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.cgroup.path().join("cgroup.procs"))
+            .unwrap_or_else(|e| panic!("open cgroup.procs: {e}"));
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&procs);
+        let (resolv, netns) = (self.resolv(), self.netns_arg());
+        let mut command = Command::new("timeout");
+        command.arg("20").args(wrapper(&resolv, &netns)).args(cmd);
+        // SAFETY: the child only writes to a descriptor it inherited (async-signal-safe).
+        unsafe {
+            command.pre_exec(move || {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let out = command.output().unwrap_or_else(|e| panic!("run {cmd:?} in the cgroup: {e}"));
+        drop(procs);
+        out
+    }
+
+    /// Resolves `name` with getaddrinfo (IPv4) in the cgroup and connects to each address it
+    /// got, port 80: `(address, "blocked" | "allowed" | error)` each.
+    fn resolve_and_connect(&self, name: &str) -> Vec<(String, String)> {
+        let script = "import socket, sys\n\
+            for ai in socket.getaddrinfo(sys.argv[1], 80, socket.AF_INET, socket.SOCK_STREAM):\n\
+            \x20   s = socket.socket(); ip = ai[4][0]\n\
+            \x20   try:\n\
+            \x20       s.connect((ip, 80)); print(ip, 'connected')\n\
+            \x20   except PermissionError: print(ip, 'blocked')\n\
+            \x20   except ConnectionRefusedError: print(ip, 'allowed')\n";
+        let out = self.client(&[PYTHON, "-c", script, name]);
+        assert!(
+            out.status.success(),
+            "resolving {name} in the cgroup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_owned(), b.to_owned())))
+            .collect()
+    }
+
+    /// Connects to `ip`:80 from the cgroup without asking DNS.
+    fn connect(&self, ip: &str) -> String {
+        let script = "import socket, sys\ns = socket.socket()\ntry:\n\
+            \x20   s.connect((sys.argv[1], 80)); print('connected')\n\
+            except PermissionError: print('blocked')\n\
+            except ConnectionRefusedError: print('allowed')\n";
+        let out = self.client(&[PYTHON, "-c", script, ip]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Rewrites dnsmasq's hosts file and makes it re-read it.
+    fn serve_hosts(&self, hosts: &str) {
+        let _ = self.dir.write("hosts", hosts);
+        let pid = i32::try_from(self.dnsmasq.0.id()).expect("pid");
+        // SAFETY: our own child, still running.
+        unsafe { libc::kill(pid, libc::SIGHUP) };
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    /// Waits (up to 5 s) until dnsmasq listens on 192.0.2.53:53 in the namespace.
+    fn wait_for_dnsmasq(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let listening = Command::new("nsenter")
+                .args([&self.netns_arg(), "ss", "-Hlun", "src", "192.0.2.53:53"])
+                .output()
+                .is_ok_and(|o| !o.stdout.is_empty());
+            if listening {
+                return;
+            }
+            assert!(Instant::now() < deadline, "dnsmasq did not start in the test namespace");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `unshare -m -- sh -c SCRIPT RESOLV NETNS`, to be followed by a program and its arguments:
+/// runs it in a private mount namespace where /etc/resolv.conf is `resolv`, in `netns`.
+fn wrapper<'a>(resolv: &'a str, netns: &'a str) -> [&'a str; 8] {
+    let script =
+        "mount --bind \"$0\" /etc/resolv.conf && ns=$1 && shift && exec nsenter \"$ns\" -- \"$@\"";
+    ["unshare", "-m", "--", "sh", "-c", script, resolv, netns]
+}
+
+fn verdicts(got: &[(String, String)]) -> Vec<(&str, &str)> {
+    got.iter().map(|(a, v)| (a.as_str(), v.as_str())).collect()
+}
+
+#[test]
+fn rotated_answers_cnames_and_wildcards_are_judged_on_the_first_connect() {
+    require_privileges!();
+    if !tools_present() {
+        return;
+    }
+    let scene = DnsScene::new(&["--block", "rot.test", "--block", "*.wild.test"]);
+    assert_eq!(verdicts(&scene.resolve_and_connect("rot.test")), [("192.0.2.11", "blocked")]);
+    // The answer changes: the new address is blocked on the first connect after it.
+    for rotated in ["192.0.2.12", "192.0.2.13"] {
+        scene.serve_hosts(&HOSTS.replace("192.0.2.11", rotated));
+        assert_eq!(verdicts(&scene.resolve_and_connect("rot.test")), [(rotated, "blocked")]);
+    }
+    // A CNAME to a blocked name: its final address is the blocked name's.
+    scene.serve_hosts(&HOSTS.replace("192.0.2.11", "192.0.2.14"));
+    assert_eq!(verdicts(&scene.resolve_and_connect("alias.test")), [("192.0.2.14", "blocked")]);
+    // A wildcard covers one label or more, in any case, and not the name itself.
+    assert_eq!(verdicts(&scene.resolve_and_connect("a.wild.test")), [("192.0.2.32", "blocked")]);
+    assert_eq!(verdicts(&scene.resolve_and_connect("B.C.Wild.Test")), [("192.0.2.33", "blocked")]);
+    assert_eq!(
+        verdicts(&scene.resolve_and_connect("x.y.deep.wild.test")),
+        [("192.0.2.34", "blocked")]
+    );
+    assert_eq!(verdicts(&scene.resolve_and_connect("wild.test")), [("192.0.2.31", "allowed")]);
+    // glibc's own resolver takes the answer: its source reads as 192.0.2.53:53.
+    let out = scene.client(&["getent", "ahostsv4", "a.wild.test"]);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("192.0.2.32"),
+        "getent: {out:?}"
+    );
+    // DNS to an IPv6 resolver is refused: the forwarder would not see it.
+    let v6 = scene.client(&[
+        PYTHON,
+        "-c",
+        "import socket\ns = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\ntry:\n    \
+         s.sendto(b'x', ('2001:db8::53', 53)); print('sent')\nexcept PermissionError: print('blocked')",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&v6.stdout).trim(), "blocked");
+}
+
+#[test]
+fn in_deny_mode_the_answered_addresses_are_allowed_and_no_others() {
+    require_privileges!();
+    if !tools_present() {
+        return;
+    }
+    let scene = DnsScene::new(&[
+        "--default",
+        "deny",
+        "--allow",
+        "udp://192.0.2.53:53",
+        "--allow",
+        "tcp://192.0.2.53:53",
+        "--allow",
+        "*.wild.test",
+    ]);
+    assert_eq!(verdicts(&scene.resolve_and_connect("a.wild.test")), [("192.0.2.32", "allowed")]);
+    assert_eq!(verdicts(&scene.resolve_and_connect("wild.test")), [("192.0.2.31", "blocked")]);
+    scene.serve_hosts(&HOSTS.replace("192.0.2.32", "192.0.2.42"));
+    assert_eq!(verdicts(&scene.resolve_and_connect("a.wild.test")), [("192.0.2.42", "allowed")]);
+}
+
+#[test]
+fn learned_addresses_expire_after_ttl_and_grace() {
+    require_privileges!();
+    if !tools_present() {
+        return;
+    }
+    let scene = DnsScene::new(&["--block", "*.wild.test", "--dns-grace", "1s"]);
+    assert_eq!(verdicts(&scene.resolve_and_connect("a.wild.test")), [("192.0.2.32", "blocked")]);
+    // TTL 1 s (dnsmasq's --local-ttl) plus 1 s of grace; bounded at 15 s.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while scene.connect("192.0.2.32") != "allowed" {
+        assert!(Instant::now() < deadline, "192.0.2.32 still blocked 15 s after its answer");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn dns_over_tcp_is_forwarded_and_learned() {
+    require_privileges!();
+    if !tools_present() {
+        return;
+    }
+    let scene = DnsScene::new(&["--block", "*.wild.test"]);
+    let script = "import socket, struct\n\
+        q = struct.pack('>6H', 0x1234, 0x0100, 1, 0, 0, 0) + b'\\x01a\\x04wild\\x04test\\x00' + struct.pack('>HH', 1, 1)\n\
+        s = socket.create_connection(('192.0.2.53', 53), timeout=5)\n\
+        s.sendall(struct.pack('>H', len(q)) + q)\n\
+        n = struct.unpack('>H', s.recv(2))[0]\n\
+        a = b''\n\
+        while len(a) < n:\n    a += s.recv(n - len(a))\n\
+        ip = socket.inet_ntoa(a[-4:])\n\
+        c = socket.socket()\n\
+        try:\n    c.connect((ip, 80)); v = 'connected'\n\
+        except PermissionError: v = 'blocked'\n\
+        except ConnectionRefusedError: v = 'allowed'\n\
+        print(s.getpeername()[0], s.getpeername()[1], ip, v)\n";
+    let out = scene.client(&[PYTHON, "-c", script]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "192.0.2.53 53 192.0.2.32 blocked",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_stopped_forwarder_fails_closed_and_a_restart_serves_again() {
+    require_privileges!();
+    if !tools_present() {
+        return;
+    }
+    let name = common::instance_name();
+    let args = ["--block", "*.wild.test", "--name", &name, "--pin"];
+    let mut scene = DnsScene::new(&args);
+    assert_eq!(verdicts(&scene.resolve_and_connect("a.wild.test")), [("192.0.2.32", "blocked")]);
+    let row = common::status_row(&name);
+    assert_eq!((&row["dns"], &row["dns_port"]), (&"up".into(), &5353.into()), "{row}");
+    let (status, _) = scene.blocker.as_mut().expect("started").stop(libc::SIGTERM);
+    assert!(status.success(), "blocker exit: {status}");
+    assert_eq!(common::status_row(&name)["dns"], "down", "status says the cgroup's DNS fails");
+    let text = common::blocker_ok(&["status"]);
+    assert!(text.contains("DNS forwarder down"), "{text}");
+    let doctor = common::blocker_output(&["doctor"], None);
+    let doctor = String::from_utf8_lossy(&doctor.stdout);
+    assert!(doctor.contains(&format!("instance {name}: DNS forwarder down")), "{doctor}");
+    // The pinned programs still send DNS to the forwarder, which is gone: no answer.
+    let out = scene.client(&["getent", "ahostsv4", "a.wild.test"]);
+    assert!(!out.status.success(), "DNS answered without the forwarder: {out:?}");
+    // A restart adopts the pinned instance and serves DNS again.
+    scene.start(&args);
+    assert!(scene.blocker.as_ref().is_some_and(|b| b.attached_line.contains("adopted")));
+    assert_eq!(verdicts(&scene.resolve_and_connect("b.c.wild.test")), [("192.0.2.33", "blocked")]);
+}
