@@ -21,8 +21,14 @@ pub mod programs {
     pub const RECVMSG4: &str = "dns_recvmsg4";
     /// `cgroup/getpeername4`: the same for the peer of a socket connected to the forwarder.
     pub const GETPEERNAME4: &str = "dns_getpeername4";
-    /// The `sock_addr` programs, in the order they are attached.
+    /// The `sock_addr` programs, in the order they are attached (the [`DNS`] ones only with a
+    /// forwarder); every instance loads them all.
     pub const ALL: [&str; 6] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6, RECVMSG4, GETPEERNAME4];
+    /// The `sock_addr` programs every instance attaches and pins.
+    pub const DECIDING: [&str; 4] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6];
+    /// The DNS forwarder's programs: attached and pinned only by an instance with one
+    /// (`--dns-port`), so that without it no UDP receive in the cgroup runs a program.
+    pub const DNS: [&str; 2] = [RECVMSG4, GETPEERNAME4];
     /// `cgroup_skb/egress`: the packet checks, for what the `sock_addr` hooks cannot see
     /// (raw, ping, UDP-Lite and SCTP sockets, IPv4 options, IPv6 extension headers). Attached
     /// after the others unless `blocker run --no-packet-checks`.

@@ -773,7 +773,7 @@ fn try_v4(ctx: &SockAddrContext, hook: u8) -> Result<i32, i32> {
             let sk = peer_socket(ctx);
             // SAFETY: see peer_socket; dst_ip4 is readable from 5.1, one u32.
             let peer = unsafe { (*sk).dst_ip4 };
-            (ip4_from_user(peer), peer_port(sk))
+            dns_peer_v4(ctx, (ip4_from_user(peer), peer_port(sk)))
         })
     } else {
         (addr, port)
@@ -894,6 +894,30 @@ fn dns_redirect_v4(ctx: &SockAddrContext, addr: u32) -> i32 {
         (*ctx.sock_addr).user_port = u32::from((forwarder as u16).to_be());
     }
     ALLOW
+}
+
+/// A connected socket's peer as its caller named it: for a socket connect4 sent to the
+/// forwarder, the resolver kept under its cookie, so that a send with ancillary data and no
+/// address is judged as the DNS call it is (and not as one to 127.0.0.1:PORT). The config and
+/// the map are read only for a loopback peer; without a forwarder, or with no resolver kept,
+/// the peer stays as it is (judged by the rules as any other).
+#[inline(always)]
+fn dns_peer_v4(ctx: &SockAddrContext, peer: (u32, u16)) -> (u32, u16) {
+    if peer.0 != LOOPBACK4 {
+        return peer;
+    }
+    match dns_forwarder() {
+        Ok(port) if port != 0 && port == u32::from(peer.1) => {}
+        _ => return peer,
+    }
+    // SAFETY: as in dns_redirect_v4.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    // SAFETY: a value of this map, read once.
+    match unsafe { DNS_ORIGINS.get(cookie) }.copied() {
+        #[expect(clippy::cast_possible_truncation, reason = "a port number")]
+        Some(origin) => (origin.addr, origin.port as u16),
+        None => peer,
+    }
 }
 
 /// An allowed IPv6 DNS call, with a forwarder: refused (fails closed). The forwarder listens

@@ -305,6 +305,8 @@ fn attach(
             // Pinned by a version with other packet checks, or with other flags: the checks
             // asked for now join its pinned maps, the others go.
             instance.set_packet_checks(paths, cgroup, checks)?;
+            // Its DNS programs and port, as this start asks (with or without a forwarder).
+            instance.set_dns(paths, cgroup, state.dns_port)?;
             state.since = previous.as_ref().map_or(state.since, |p| p.since);
             (instance, true, !on_cgroup)
         } else {
@@ -319,8 +321,10 @@ fn attach(
                 )?,
             };
             let tables = &compiled.tables;
-            let pinned = state.pinned;
-            (Instance::create(paths, cgroup, tables, state.audit, pinned, prepared)?, false, false)
+            let (pinned, dns) = (state.pinned, state.dns_port);
+            let created =
+                Instance::create(paths, cgroup, tables, state.audit, pinned, dns, prepared)?;
+            (created, false, false)
         };
         pending.commit()?;
         // The checks in force are those whose programs are pinned now (every instance pins

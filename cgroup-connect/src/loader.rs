@@ -474,13 +474,14 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// Loads the programs, writes `tables`, sets audit mode, pins the maps under `paths`, then
-    /// attaches connect4, connect6, sendmsg4 and sendmsg6 to `cgroup` through BPF links (so
-    /// programs of other tools on the same cgroup keep running), then the packet checks if
+    /// Loads the programs, writes `tables`, sets audit mode and the DNS forwarder's port, pins
+    /// the maps under `paths`, then attaches connect4, connect6, sendmsg4 and sendmsg6 to
+    /// `cgroup` through BPF links (so programs of other tools on the same cgroup keep running),
+    /// recvmsg4 and getpeername4 only with a forwarder (`dns_port`), then the packet checks if
     /// `prepared` loaded them, pinning the links too when `pin_links` is set.
     ///
-    /// The tables are in place before the first attach: the instance enforces its whole policy
-    /// from its first decision. On error nothing stays attached or pinned. With no `cgroup`
+    /// The tables and the port are in place before the first attach: the instance enforces its
+    /// whole policy, and sends DNS to the forwarder, from its first decision. On error nothing stays attached or pinned. With no `cgroup`
     /// (one that is not made yet) nothing is attached: [`Instance::reattach`] attaches the
     /// pinned programs once it is there.
     ///
@@ -492,6 +493,7 @@ impl Instance {
         tables: &Tables,
         audit: bool,
         pin_links: bool,
+        dns_port: Option<u16>,
         prepared: Prepared,
     ) -> Result<Self, LoadError> {
         // Nothing may stay attached or pinned after an error: the body runs in a closure so
@@ -505,6 +507,8 @@ impl Instance {
             }
             this.swap(tables, &[])?;
             this.set_flags(audit, prepared.checks.map_or(0, |c| c.allowed_sockets))?;
+            this.set_dns_port(dns_port.unwrap_or(0))?;
+            let sock_addr = sock_addr_programs(dns_port.is_some());
             for name in maps::PINNED {
                 let path = paths.map(name);
                 this.maps[name].pin(&path).map_err(|source| LoadError::Pin {
@@ -513,7 +517,7 @@ impl Instance {
                     source,
                 })?;
             }
-            for name in programs::ALL {
+            for &name in &sock_addr {
                 let path = paths.program(name);
                 program(&mut ebpf, name)?.pin(&path).map_err(pin_error("a program", path))?;
             }
@@ -524,7 +528,7 @@ impl Instance {
             }
             let Some(cgroup) = cgroup else { return Ok(this) };
             let attaching = std::time::Instant::now();
-            for name in programs::ALL {
+            for name in sock_addr {
                 let link = attach_link(program(&mut ebpf, name)?, name, cgroup)?;
                 this.links.push(hold(link, pin_links.then(|| paths.link(name)))?);
             }
@@ -557,11 +561,13 @@ impl Instance {
         let mut links = Vec::with_capacity(programs::LINKED.len());
         for name in programs::LINKED {
             let path = paths.program(name);
+            // The packet checks the instance has (`--no-packet-checks`: none), and the DNS
+            // programs only with a forwarder.
+            let optional = programs::PACKET_CHECKS.contains(&name) || programs::DNS.contains(&name);
+            if optional && !path.exists() {
+                continue;
+            }
             let link = if programs::PACKET_CHECKS.contains(&name) {
-                // The packet checks the instance has (`--no-packet-checks`: none).
-                if !path.exists() {
-                    continue;
-                }
                 let mut program = pinned_check(name, &path)
                     .map_err(|source| LoadError::OpenProgram { path, source })?;
                 attach_check(&mut program, name, cgroup, paths)?
@@ -654,24 +660,54 @@ impl Instance {
         }
         for name in programs::PACKET_CHECKS {
             if !wanted.contains(&name) {
-                // Detached at once, though this process holds the link too (opened with the
-                // instance), then unpinned.
-                let path = paths.link(name);
-                if path.exists() {
-                    detach_pinned_link(&path)
-                        .map_err(|source| LoadError::Unpin { path: path.clone(), source })?;
-                }
-                unpin_link(paths, name)?;
-                let path = paths.program(name);
-                match std::fs::remove_file(&path) {
-                    Err(source) if source.kind() != io::ErrorKind::NotFound => {
-                        return Err(LoadError::Unpin { path, source });
-                    }
-                    _ => {}
-                }
+                remove_program(paths, name)?;
             }
         }
         Ok(())
+    }
+
+    /// Gives an instance opened from its pins the DNS forwarder `dns_port` asks for. With one,
+    /// the DNS programs it lacks are loaded on its pinned maps, pinned and attached (pinned
+    /// links), then the port is written: replies are shown from the resolver before any query
+    /// goes to the forwarder. Without one, the port is cleared first (DNS goes to the resolvers
+    /// again), then the DNS programs are detached and unpinned. With no `cgroup` (not made
+    /// yet) the programs are only pinned, for [`Instance::reattach`].
+    ///
+    /// # Errors
+    /// A [`LoadError`]; programs added before the failure stay, and the port is unchanged.
+    pub fn set_dns(
+        &mut self,
+        paths: &InstancePaths,
+        cgroup: Option<&CgroupDir>,
+        dns_port: Option<u16>,
+    ) -> Result<(), LoadError> {
+        let Some(port) = dns_port else {
+            self.set_dns_port(0)?;
+            for name in programs::DNS {
+                remove_program(paths, name)?;
+            }
+            return Ok(());
+        };
+        let missing = |name: &&'static str| {
+            !paths.program(name).exists() || (cgroup.is_some() && !paths.link(name).exists())
+        };
+        if programs::DNS.iter().any(missing) {
+            features::lift_memlock_limit();
+            // An instance of an older version has no observe map: it gets the default size.
+            let mut ebpf = load_object(None, Some(paths), OBSERVE_CAPACITY)?;
+            for name in programs::DNS.iter().copied().filter(missing) {
+                let program = program(&mut ebpf, name)?;
+                program.load().map_err(|source| LoadError::program(name, source))?;
+                let path = paths.program(name);
+                let _ = std::fs::remove_file(&path);
+                program.pin(&path).map_err(pin_error("a program", path))?;
+                let Some(cgroup) = cgroup else { continue };
+                unpin_link(paths, name)?;
+                let link = attach_link(program, name, cgroup)?;
+                self.links.push(hold(link, Some(paths.link(name)))?);
+            }
+        }
+        self.set_dns_port(port)
     }
 
     /// Replaces the tables of both families, each in one atomic step, then the NAT64 prefixes,
@@ -1146,6 +1182,30 @@ fn attach(
     // other programs (the kernel attaches it with BPF_F_ALLOW_MULTI); it rejects any flag, so
     // the mode must be the flag-less Single.
     program.attach(cgroup, CgroupAttachMode::Single).map_err(attach_error(name, cgroup))
+}
+
+/// Detaches the pinned link of program `name` at once (though this process may hold it too,
+/// opened with the instance), then unpins it and the program. Missing pins are fine.
+fn remove_program(paths: &InstancePaths, name: &str) -> Result<(), LoadError> {
+    let path = paths.link(name);
+    if path.exists() {
+        detach_pinned_link(&path)
+            .map_err(|source| LoadError::Unpin { path: path.clone(), source })?;
+    }
+    unpin_link(paths, name)?;
+    let path = paths.program(name);
+    match std::fs::remove_file(&path) {
+        Err(source) if source.kind() != io::ErrorKind::NotFound => {
+            Err(LoadError::Unpin { path, source })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The `sock_addr` programs an instance attaches, in order: the DNS forwarder's too with `dns`.
+fn sock_addr_programs(dns: bool) -> Vec<&'static str> {
+    let dns = if dns { &programs::DNS[..] } else { &[] };
+    programs::DECIDING.iter().chain(dns).copied().collect()
 }
 
 /// Attaches `program` to `cgroup` and takes its link over from aya.

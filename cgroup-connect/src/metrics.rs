@@ -9,7 +9,10 @@
 use std::{
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use cgroup_connect_common::{CHUNK_RECORDS, Chunk, V4Record, V6Record};
@@ -77,6 +80,41 @@ pub struct Snapshot {
     pub reloads: Reloads,
     /// Size of the IPv4 and IPv6 tables in force, in chunks.
     pub table_chunks: (u32, u32),
+    /// The DNS forwarder's learned addresses, with one (`--dns-port`).
+    pub dns: Option<DnsCounts>,
+}
+
+/// The DNS forwarder's learned addresses, as the serving loop last left them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DnsCounts {
+    /// Addresses learned from answers and in force now.
+    pub learned: u64,
+    /// Learned addresses evicted (the oldest first) to stay within `--dns-max-learned`.
+    pub evicted: u64,
+}
+
+/// [`DnsCounts`] shared between the serving loop, which sets them, and the scrapes.
+#[derive(Debug, Default)]
+pub struct SharedDnsCounts {
+    learned: AtomicU64,
+    evicted: AtomicU64,
+}
+
+impl SharedDnsCounts {
+    /// Sets both counts.
+    pub fn set(&self, counts: DnsCounts) {
+        self.learned.store(counts.learned, Ordering::Relaxed);
+        self.evicted.store(counts.evicted, Ordering::Relaxed);
+    }
+
+    /// The counts last set.
+    #[must_use]
+    pub fn get(&self) -> DnsCounts {
+        DnsCounts {
+            learned: self.learned.load(Ordering::Relaxed),
+            evicted: self.evicted.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl Snapshot {
@@ -102,6 +140,7 @@ impl Snapshot {
             counts: state.as_ref().map(|s| s.counts).unwrap_or_default(),
             reloads: state.map(|s| s.reloads).unwrap_or_default(),
             table_chunks: instance.table_chunks().unwrap_or_default(),
+            dns: None,
         }
     }
 }
@@ -213,7 +252,7 @@ fn families(s: &Snapshot) -> Vec<Family> {
     let (c4, c6) = (u64::from(s.table_chunks.0), u64::from(s.table_chunks.1));
     let records = u64::from(CHUNK_RECORDS);
     let (b4, b6) = (n(size_of::<Chunk<V4Record>>()), n(size_of::<Chunk<V6Record>>()));
-    vec![
+    let mut families = vec![
         Family::by(
             "decisions",
             "Decisions by verdict",
@@ -295,6 +334,26 @@ fn families(s: &Snapshot) -> Vec<Family> {
             unit: None,
             samples: vec![(vec![("version", env!("CARGO_PKG_VERSION").to_owned())], 1)],
         },
+    ];
+    families.extend(s.dns.map_or_else(Vec::new, dns_families));
+    families
+}
+
+/// The DNS forwarder's families.
+fn dns_families(dns: DnsCounts) -> Vec<Family> {
+    vec![
+        Family::one(
+            "dns_learned",
+            "Addresses learned from the DNS forwarder's answers and in force",
+            Kind::Gauge,
+            dns.learned,
+        ),
+        Family::one(
+            "dns_evictions",
+            "Learned addresses evicted, the oldest first, to stay within --dns-max-learned",
+            Kind::Counter,
+            dns.evicted,
+        ),
     ]
 }
 
@@ -468,6 +527,7 @@ mod tests {
             counts: Counts { rules: 1, ipv4: 1, ipv6: 0 },
             reloads: Reloads { reloads: 4, hostname_refreshes: 1, failed: 2, last: 1_700_000_000 },
             table_chunks: (2, 8),
+            dns: Some(DnsCounts { learned: 7, evicted: 3 }),
         }
     }
 
@@ -494,6 +554,8 @@ mod tests {
             "cgroup_connect_hostname_refreshes_total{instance=\"web\"} 1",
             "cgroup_connect_reload_failures_total{instance=\"web\"} 2",
             "cgroup_connect_last_reload_timestamp_seconds{instance=\"web\"} 1700000000",
+            "cgroup_connect_dns_learned{instance=\"web\"} 7",
+            "cgroup_connect_dns_evictions_total{instance=\"web\"} 3",
         ] {
             assert!(om.contains(line), "no {line} in\n{om}");
             assert!(prom.contains(line), "no {line} in\n{prom}");

@@ -155,10 +155,11 @@ impl InstancePaths {
     }
 
     /// Whether every program of the instance is pinned (instances made by earlier builds pinned
-    /// only maps and links).
+    /// only maps and links); the DNS forwarder's are pinned only with one, and reloaded when
+    /// missing.
     #[must_use]
     pub fn has_pinned_programs(&self) -> bool {
-        cgroup_connect_common::programs::ALL.iter().all(|p| self.program(p).exists())
+        cgroup_connect_common::programs::DECIDING.iter().all(|p| self.program(p).exists())
     }
 
     /// Whether anything of the instance exists.

@@ -242,6 +242,47 @@ fn rotated_answers_cnames_and_wildcards_are_judged_on_the_first_connect() {
 }
 
 #[test]
+fn the_learned_and_evicted_counts_are_in_the_metrics() {
+    require_privileges!();
+    if !tools_present() {
+        return;
+    }
+    let args = ["--block", "*.wild.test", "--dns-max-learned", "1", "--metrics", "127.0.0.1:0"];
+    let scene = DnsScene::new(&args);
+    let blocker = scene.blocker.as_ref().expect("started");
+    let line = blocker.wait_for_line("serving metrics on", Duration::from_secs(10));
+    let url = line.expect("the metrics line").replace("serving metrics on ", "");
+    // Scraped from the cgroup, in the namespace where the blocker serves them.
+    let scrape = || {
+        let code = format!(
+            "import urllib.request\nprint(urllib.request.urlopen('{url}').read().decode())"
+        );
+        let out = scene.client(&[PYTHON, "-c", &code]);
+        assert!(out.status.success(), "scrape {url}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let sample = |text: &str, name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("cgroup_connect_{name}{{")))
+            .and_then(|l| l.rsplit(' ').next())
+            .map_or_else(|| panic!("no {name} in\n{text}"), str::to_owned)
+    };
+    let text = scrape();
+    assert_eq!(
+        (sample(&text, "dns_learned"), sample(&text, "dns_evictions_total")),
+        ("0".into(), "0".into())
+    );
+    assert_eq!(verdicts(&scene.resolve_and_connect("a.wild.test")), [("192.0.2.32", "blocked")]);
+    assert_eq!(verdicts(&scene.resolve_and_connect("b.c.wild.test")), [("192.0.2.33", "blocked")]);
+    // At most one learned address: the first went when the second came.
+    let text = scrape();
+    assert_eq!(
+        (sample(&text, "dns_learned"), sample(&text, "dns_evictions_total")),
+        ("1".into(), "1".into())
+    );
+}
+
+#[test]
 fn in_deny_mode_the_answered_addresses_are_allowed_and_no_others() {
     require_privileges!();
     if !tools_present() {
@@ -261,6 +302,23 @@ fn in_deny_mode_the_answered_addresses_are_allowed_and_no_others() {
     assert_eq!(verdicts(&scene.resolve_and_connect("wild.test")), [("192.0.2.31", "blocked")]);
     scene.serve_hosts(&HOSTS.replace("192.0.2.32", "192.0.2.42"));
     assert_eq!(verdicts(&scene.resolve_and_connect("a.wild.test")), [("192.0.2.42", "allowed")]);
+    // A connected socket's send with ancillary data and no address is judged as the DNS call
+    // to the allowed resolver (not as one to the forwarder's 127.0.0.1:PORT), and learned.
+    let script = "import socket, struct\n\
+        q = struct.pack('>HHHHHH', 7, 0x100, 1, 0, 0, 0) + b'\\x01b\\x01c\\x04wild\\x04test\\x00' \
+        + struct.pack('>HH', 1, 1)\n\
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+        s.connect(('192.0.2.53', 53))\n\
+        s.settimeout(5)\n\
+        try:\n\
+        \x20   s.sendmsg([q], [(socket.IPPROTO_IP, socket.IP_TTL, struct.pack('i', 64))])\n\
+        except PermissionError:\n\
+        \x20   print('blocked'); raise SystemExit\n\
+        a = s.recv(512)\n\
+        print('answered' if bytes([192, 0, 2, 33]) in a else 'no address')\n";
+    let out = scene.client(&[PYTHON, "-c", script]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "answered", "{out:?}");
+    assert_eq!(scene.connect("192.0.2.33"), "allowed", "the answer was learned");
 }
 
 #[test]

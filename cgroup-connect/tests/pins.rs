@@ -18,10 +18,9 @@ fn sigkill_of_a_pinned_instance_keeps_enforcing_and_a_restart_adopts_it() {
     let path = cg.path().to_str().unwrap();
     let mut first =
         Blocker::start(&["--cgroup", path, "--name", &name, "--pin", "--block", "127.0.0.2"]);
-    // The four sock_addr programs, the DNS forwarder's two (recvmsg4, getpeername4) and three
-    // packet checks: socket, setsockopt, and the LSM one or, where the kernel does not load it,
-    // the egress one.
-    assert_eq!(attached_count(cg.path()), 9);
+    // The four sock_addr programs and three packet checks: socket, setsockopt, and the LSM one
+    // or, where the kernel does not load it, the egress one.
+    assert_eq!(attached_count(cg.path()), 7);
     let prober = Prober::start(
         cg.path(),
         vec![(lo("127.0.0.2"), vec![Blocked]), (lo("127.0.0.1"), vec![Allowed])],
@@ -52,7 +51,7 @@ fn sigkill_of_a_pinned_instance_keeps_enforcing_and_a_restart_adopts_it() {
         "127.0.0.3",
     ]);
     assert!(second.attached_line.contains("adopted"), "{}", second.attached_line);
-    assert_eq!(attached_count(cg.path()), 9, "adopted, not stacked");
+    assert_eq!(attached_count(cg.path()), 7, "adopted, not stacked");
     assert_eq!(
         outcome(connect_in(cg.path(), lo("127.0.0.3"))),
         Blocked,
@@ -76,6 +75,62 @@ fn sigkill_of_a_pinned_instance_keeps_enforcing_and_a_restart_adopts_it() {
         "pins removed"
     );
     assert_eq!(outcome(connect_in(cg.path(), lo("127.0.0.2"))), Allowed);
+}
+
+/// A port free on 127.0.0.1 for both UDP and TCP a moment ago, for a DNS forwarder.
+fn free_port() -> String {
+    for _ in 0..20 {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a TCP port");
+        let port = tcp.local_addr().expect("its address").port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port.to_string();
+        }
+    }
+    panic!("no port free for both UDP and TCP in 20 tries");
+}
+
+#[test]
+fn the_dns_programs_are_attached_exactly_while_the_instance_has_a_forwarder() {
+    require_privileges!();
+    let cg = temp_cgroup();
+    let name = instance_name();
+    let path = cg.path().to_str().unwrap();
+    let port = free_port();
+    let pins = Path::new("/sys/fs/bpf/cgroup-connect").join(&name);
+    let dns_pins = || {
+        ["prog_dns_recvmsg4", "link_dns_recvmsg4", "prog_dns_getpeername4", "link_dns_getpeername4"]
+            .map(|p| pins.join(p).exists())
+    };
+    let run = |dns: bool| {
+        let mut args = vec!["--cgroup", path, "--name", &name, "--pin", "--block", "127.0.0.2"];
+        if dns {
+            args.extend(["--dns-port", &port]);
+        }
+        Blocker::start(&args)
+    };
+    let mut first = run(true);
+    // The seven of an instance without a forwarder, and recvmsg4 and getpeername4.
+    assert_eq!(attached_count(cg.path()), 9);
+    assert_eq!(dns_pins(), [true; 4]);
+    assert_eq!(common::status_row(&name)["dns"], "up");
+    let _ = first.stop(libc::SIGKILL);
+    // Adopted without --dns-port: the DNS programs go, links and program pins.
+    let mut second = run(false);
+    assert!(second.attached_line.contains("adopted"), "{}", second.attached_line);
+    assert_eq!(attached_count(cg.path()), 7, "no DNS programs without a forwarder");
+    assert_eq!(dns_pins(), [false; 4], "DNS program and link pins removed");
+    assert_eq!(common::status_row(&name)["dns"], "off");
+    assert_eq!(outcome(connect_in(cg.path(), lo("127.0.0.2"))), Blocked);
+    let _ = second.stop(libc::SIGKILL);
+    // Adopted with --dns-port again: they come back, once.
+    let third = run(true);
+    assert!(third.attached_line.contains("adopted"), "{}", third.attached_line);
+    assert_eq!(attached_count(cg.path()), 9, "the DNS programs again, not stacked");
+    assert_eq!(dns_pins(), [true; 4]);
+    assert_eq!(common::status_row(&name)["dns"], "up");
+    assert_eq!(outcome(connect_in(cg.path(), lo("127.0.0.2"))), Blocked);
+    drop(third);
+    assert_nothing_attached(cg.path());
 }
 
 #[test]

@@ -351,7 +351,7 @@ fn cgroup_bpf(verifier_log: Option<&Path>) -> Check {
                     lsm_missing(p.lsm_refused())
                 );
             }
-            Instance::create(&paths, Some(temp.dir()), &tables, false, false, p)
+            Instance::create(&paths, Some(temp.dir()), &tables, false, false, None, p)
         })
         .map(drop);
     let _ = crate::loader::unpin(&paths);

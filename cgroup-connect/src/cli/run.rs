@@ -15,7 +15,7 @@ use crate::{
     dns::{self, Forwarder},
     events::{self, EventReader},
     instance,
-    metrics::{self, Snapshot},
+    metrics::{self, DnsCounts, Snapshot},
     pins::{self, InstancePaths},
     policy::Sources,
     privileges,
@@ -364,8 +364,10 @@ async fn serve(
     let view = Arc::new(Mutex::new(PolicyView::new(paths, &applied.record)));
     // What can still fail fails before `attached` is printed, and then takes down what this
     // start made (a pinned instance that was adopted keeps enforcing, as before it).
-    let ready = dns_forwarder(&mut instance, paths, forwarder)
-        .and_then(|learned| Ok((learned, reporting(&mut instance, paths, &view, sink, listener)?)));
+    let ready = dns_forwarder(paths, forwarder).and_then(|learned| {
+        let counts = learned.as_ref().map(|l| Arc::clone(&l.counts));
+        Ok((learned, reporting(&mut instance, paths, &view, sink, listener, counts.as_ref())?))
+    });
     let (mut learned, (mut events, metrics)) = match ready {
         Ok(ready) => ready,
         Err(e) => {
@@ -425,6 +427,7 @@ async fn serve(
                 }
             }
         }
+        share_dns_counts(learned.as_ref(), &names);
     }
     if let Some(task) = metrics_task {
         task.abort();
@@ -675,6 +678,7 @@ fn reporting(
     view: &Arc<Mutex<PolicyView>>,
     sink: Option<Box<dyn std::io::Write + Send>>,
     listener: Option<tokio::net::TcpListener>,
+    dns: Option<&Arc<metrics::SharedDnsCounts>>,
 ) -> anyhow::Result<(Option<Events>, Option<Metrics>)> {
     let events = match sink {
         Some(sink) => Some((EventReader::new(instance.take_events()?)?, sink)),
@@ -682,10 +686,12 @@ fn reporting(
     };
     let metrics = match listener {
         Some(listener) => {
-            let (paths, view) = (paths.clone(), Arc::clone(view));
+            let (paths, view, dns) = (paths.clone(), Arc::clone(view), dns.cloned());
             let snapshot = Arc::new(move || {
                 let mut view = view.lock().unwrap_or_else(PoisonError::into_inner);
-                Snapshot::read(&paths, &mut view)
+                let mut snapshot = Snapshot::read(&paths, &mut view);
+                snapshot.dns = dns.as_ref().map(|dns| dns.get());
+                snapshot
             });
             let (bound, server) = metrics::serve(listener, snapshot).context("serving metrics")?;
             Some((bound, tokio::spawn(server)))
@@ -788,22 +794,32 @@ async fn bind_forwarder(port: Option<u16>) -> anyhow::Result<Option<Forwarder>> 
     Ok(Some(forwarder))
 }
 
-/// Sets the forwarder's port in the programs (0 without one, so an adopted instance stops
-/// redirecting) and starts it; returns where its answers arrive.
+/// A running forwarder, as the serving loop sees it.
+struct Learned {
+    /// Where its answers arrive.
+    answers: tokio::sync::mpsc::Receiver<dns::Learn>,
+    /// The learned addresses' counts, for the metrics (set after each turn of the loop).
+    counts: Arc<metrics::SharedDnsCounts>,
+}
+
+/// Starts the forwarder (its port is in the programs since the start: the calls that came
+/// in between wait in its bound sockets).
 fn dns_forwarder(
-    instance: &mut crate::loader::Instance,
     paths: &InstancePaths,
     forwarder: Option<Forwarder>,
-) -> anyhow::Result<Option<tokio::sync::mpsc::Receiver<dns::Learn>>> {
-    let Some(forwarder) = forwarder else {
-        instance.set_dns_port(0)?;
-        return Ok(None);
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel(1024);
-    let port = forwarder.port();
+) -> anyhow::Result<Option<Learned>> {
+    let Some(forwarder) = forwarder else { return Ok(None) };
+    let (tx, answers) = tokio::sync::mpsc::channel(1024);
     forwarder.spawn(&paths.map(cgroup_connect_common::maps::DNS_ORIGINS), tx)?;
-    instance.set_dns_port(port)?;
-    Ok(Some(rx))
+    Ok(Some(Learned { answers, counts: Arc::default() }))
+}
+
+/// Shares the counts of the addresses `names` learned with the metrics.
+fn share_dns_counts(learned: Option<&Learned>, names: &Names) {
+    if let Some(learned) = learned {
+        let n = u64::try_from(names.learned_count()).unwrap_or(u64::MAX);
+        learned.counts.set(DnsCounts { learned: n, evicted: names.evicted() });
+    }
 }
 
 /// Puts an answer's addresses in force (a swap, when a name got a new one), then lets the
@@ -821,11 +837,9 @@ async fn learn(
     let _ = answer.done.send(in_force);
 }
 
-async fn next_learned(
-    learned: Option<&mut tokio::sync::mpsc::Receiver<dns::Learn>>,
-) -> Option<dns::Learn> {
+async fn next_learned(learned: Option<&mut Learned>) -> Option<dns::Learn> {
     match learned {
-        Some(rx) => rx.recv().await,
+        Some(learned) => learned.answers.recv().await,
         None => std::future::pending().await,
     }
 }
