@@ -20,7 +20,7 @@ use common::{Blocker, Netns, TempCgroup, TempDir, temp_cgroup};
 const DNSMASQ: &str = "/usr/sbin/dnsmasq";
 const PYTHON: &str = "/usr/bin/python3";
 /// The forwarder's port in the namespace.
-const FORWARDER: &str = "5353";
+const FORWARDER: &str = "535";
 
 /// dnsmasq's names, as its hosts file (re-read on SIGHUP: the rotation).
 const HOSTS: &str = "192.0.2.11 rot.test\n192.0.2.31 wild.test\n192.0.2.32 a.wild.test\n\
@@ -377,7 +377,7 @@ fn a_stopped_forwarder_fails_closed_and_a_restart_serves_again() {
     let mut scene = DnsScene::new(&args);
     assert_eq!(verdicts(&scene.resolve_and_connect("a.wild.test")), [("192.0.2.32", "blocked")]);
     let row = common::status_row(&name);
-    assert_eq!((&row["dns"], &row["dns_port"]), (&"up".into(), &5353.into()), "{row}");
+    assert_eq!((&row["dns"], &row["dns_port"]), (&"up".into(), &535.into()), "{row}");
     let (status, _) = scene.blocker.as_mut().expect("started").stop(libc::SIGTERM);
     assert!(status.success(), "blocker exit: {status}");
     assert_eq!(common::status_row(&name)["dns"], "down", "status says the cgroup's DNS fails");
@@ -393,4 +393,21 @@ fn a_stopped_forwarder_fails_closed_and_a_restart_serves_again() {
     scene.start(&args);
     assert!(scene.blocker.as_ref().is_some_and(|b| b.attached_line.contains("adopted")));
     assert_eq!(verdicts(&scene.resolve_and_connect("b.c.wild.test")), [("192.0.2.33", "blocked")]);
+}
+
+/// A forwarder port that an unprivileged user could bind (and so answer the cgroup's DNS
+/// whenever the forwarder is down) is refused before anything attaches.
+#[test]
+fn an_unprivileged_forwarder_port_is_refused() {
+    require_privileges!();
+    let cg = temp_cgroup();
+    let path = cg.path().to_str().unwrap();
+    let out = common::blocker_output(
+        &["run", "--cgroup", path, "--dns-port", "5353", "--block", "192.0.2.1"],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(err.contains("--dns-port 5353") && err.contains("choose a port below"), "{err}");
+    common::assert_nothing_attached(cg.path());
 }

@@ -77,16 +77,19 @@ fn sigkill_of_a_pinned_instance_keeps_enforcing_and_a_restart_adopts_it() {
     assert_eq!(outcome(connect_in(cg.path(), lo("127.0.0.2"))), Allowed);
 }
 
-/// A port free on 127.0.0.1 for both UDP and TCP a moment ago, for a DNS forwarder.
+/// A privileged port (the blocker refuses any other for a forwarder) free on 127.0.0.1 for
+/// both UDP and TCP a moment ago, for a DNS forwarder: one of 600-999, from the test's pid on.
 fn free_port() -> String {
-    for _ in 0..20 {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a TCP port");
-        let port = tcp.local_addr().expect("its address").port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+    let first = 600 + std::process::id() % 400;
+    for k in 0..400 {
+        let port = u16::try_from(600 + (first - 600 + k) % 400).expect("below 1000");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
             return port.to_string();
         }
     }
-    panic!("no port free for both UDP and TCP in 20 tries");
+    panic!("no port of 600-999 free for both UDP and TCP");
 }
 
 #[test]

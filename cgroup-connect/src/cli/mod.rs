@@ -252,6 +252,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             || cause.is::<NotEnforcedError>()
             || matches!(cause.downcast_ref(), Some(SinkError::Symlink { .. }))
             || matches!(cause.downcast_ref(), Some(run::WatchError::NoFile))
+            || cause.is::<run::DnsPortError>()
             || matches!(cause.downcast_ref(), Some(ReaderError::Busy { .. }))
         {
             return EXIT_USAGE;

@@ -164,7 +164,8 @@ pub struct RunArgs {
     /// Send the cgroup's DNS (UDP and TCP to port 53, IPv4 resolvers) through a forwarder on
     /// 127.0.0.1:PORT, which puts the addresses of answers for hostname rules (`example.com`,
     /// `*.example.com`) into the tables before the application gets them. DNS to IPv6
-    /// resolvers is refused then; with the forwarder gone, the cgroup's DNS fails
+    /// resolvers is refused then; with the forwarder gone, the cgroup's DNS fails. PORT must be
+    /// below `net.ipv4.ip_unprivileged_port_start` (usually 1024), so no user can take it
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub dns_port: Option<u16>,
     /// How long a learned address stays past its answer's TTL
@@ -243,7 +244,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     state.audit = args.audit;
     state.observe_capacity = args.observe_capacity;
     state.packet_checks = !args.no_packet_checks;
-    state.dns_port = args.dns_port;
+    state.dns_port = args.dns_port.map(privileged_port).transpose()?;
     state.allow_sockets.clone_from(&args.allow_sockets);
     state.pinned = args.pin;
     let metrics_addr = args.metrics.as_deref().map(metrics::parse_addr).transpose()?;
@@ -519,6 +520,28 @@ fn watch_given_files(sources: &crate::policy::Sources) -> Result<FileWatch, Watc
         return Err(WatchError::NoFile);
     }
     FileWatch::new(files).map_err(WatchError::Io)
+}
+
+/// A `--dns-port` that an unprivileged user could bind.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "--dns-port {port}: choose a port below {start} (net.ipv4.ip_unprivileged_port_start): \
+     whenever the forwarder is down, any local user could bind 127.0.0.1:{port} and answer the \
+     cgroup's DNS"
+)]
+pub struct DnsPortError {
+    pub port: u16,
+    pub start: u32,
+}
+
+/// `port` if only a privileged process may bind it in this network namespace: the programs
+/// keep sending the cgroup's DNS there while the forwarder is down (a pinned instance).
+fn privileged_port(port: u16) -> Result<u16, DnsPortError> {
+    let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1024);
+    if u32::from(port) < start { Ok(port) } else { Err(DnsPortError { port, start }) }
 }
 
 /// Why `--watch` cannot watch.

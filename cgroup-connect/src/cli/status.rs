@@ -110,7 +110,8 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
         match (r.dns, r.dns_port) {
             ("up", Some(port)) => println!("{}: DNS forwarder up on 127.0.0.1:{port}", r.name),
             ("down", Some(port)) => println!(
-                "{}: DNS forwarder down (127.0.0.1:{port}): DNS from the cgroup fails until                  `blocker run --name {} --dns-port {port} ...` serves it again",
+                "{}: DNS forwarder down (127.0.0.1:{port}): DNS from the cgroup fails until \
+                 `blocker run --name {} --dns-port {port} ...` serves it again",
                 r.name, r.name
             ),
             _ => {}
