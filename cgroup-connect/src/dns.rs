@@ -31,7 +31,7 @@ use hickory_proto::{
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream, UdpSocket},
-    sync::{mpsc, oneshot},
+    sync::{Semaphore, mpsc, oneshot},
 };
 
 /// How long the forwarder waits for a resolver's answer, or for the next query on a TCP
@@ -42,6 +42,12 @@ const UDP: u8 = 17;
 const TCP: u8 = 6;
 /// Largest DNS message (TCP's 16-bit length).
 const MAX_MESSAGE: usize = 65_535;
+/// UDP queries the forwarder answers at once; more are dropped (the client asks again). Each
+/// holds a socket for up to [`UPSTREAM_TIMEOUT`]: unbounded, a process of the cgroup sending
+/// queries to a resolver that never answers would run the blocker out of file descriptors.
+const MAX_UDP_IN_FLIGHT: usize = 256;
+/// TCP connections the forwarder relays at once; more are closed. Bounded for the same reason.
+const MAX_TCP_IN_FLIGHT: usize = 64;
 
 /// An answer for the serving loop: the name asked and the CNAME targets it led to, and the A
 /// and AAAA records at its end with their TTLs. `done` says whether the addresses are in force.
@@ -112,6 +118,7 @@ async fn serve_udp(
     learn: mpsc::Sender<Learn>,
 ) {
     let mut buf = vec![0; MAX_MESSAGE];
+    let in_flight = Arc::new(Semaphore::new(MAX_UDP_IN_FLIGHT));
     loop {
         let (len, client) = match socket.recv_from(&mut buf).await {
             Ok(got) => got,
@@ -121,9 +128,16 @@ async fn serve_udp(
                 continue;
             }
         };
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            tracing::debug!(
+                "DNS forwarder: {MAX_UDP_IN_FLIGHT} UDP queries in flight, one dropped"
+            );
+            continue;
+        };
         let query = buf[..len].to_vec();
         let (socket, origins, learn) = (socket.clone(), origins.clone(), learn.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             let Some(resolver) = origin_of(&origins, UDP, client, port) else {
                 return;
             };
@@ -160,13 +174,19 @@ async fn ask_udp(resolver: SocketAddr, query: &[u8]) -> io::Result<Vec<u8>> {
 }
 
 async fn serve_tcp(listener: TcpListener, port: u16, origins: Origins, learn: mpsc::Sender<Learn>) {
+    let in_flight = Arc::new(Semaphore::new(MAX_TCP_IN_FLIGHT));
     loop {
         let Ok((client, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            tracing::debug!("DNS forwarder: {MAX_TCP_IN_FLIGHT} TCP connections open, one closed");
+            continue;
+        };
         let (origins, learn) = (origins.clone(), learn.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             let Some(resolver) = origin_of(&origins, TCP, peer, port) else {
                 return;
             };
