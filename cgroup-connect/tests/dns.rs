@@ -41,7 +41,7 @@ fn tools_present() -> bool {
     false
 }
 
-/// dnsmasq in the namespace, stopped (by its pid) on drop.
+/// A process the test started (dnsmasq, a silent resolver), stopped by its pid on drop.
 struct Dnsmasq(Child);
 
 impl Drop for Dnsmasq {
@@ -410,4 +410,46 @@ fn an_unprivileged_forwarder_port_is_refused() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(err.contains("--dns-port 5353") && err.contains("choose a port below"), "{err}");
     common::assert_nothing_attached(cg.path());
+}
+
+/// A process of the cgroup that floods the forwarder with queries to a resolver that never
+/// answers cannot run the blocker out of file descriptors: the forwarder holds at most a
+/// bounded number of queries at once, and answers again once they time out.
+#[test]
+fn a_query_flood_to_a_silent_resolver_is_bounded() {
+    require_privileges!();
+    if !tools_present() {
+        return;
+    }
+    let scene = DnsScene::new(&["--block", "*.wild.test"]);
+    let blocker_pid = scene.blocker.as_ref().expect("started").pid();
+    // A resolver that reads nothing: every forwarded query waits for the forwarder's timeout.
+    let silent = "import socket, time\n\
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('192.0.2.99', 53))\n\
+        time.sleep(60)\n";
+    let silent = Dnsmasq(
+        Command::new("nsenter")
+            .args([&scene.netns_arg(), PYTHON, "-c", silent])
+            .spawn()
+            .unwrap_or_else(|e| panic!("start the silent resolver: {e}")),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    // Paced (10 queries, then 5 ms), so the forwarder's socket buffer does not drop them.
+    let flood = "import socket, time\n\
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+        q = bytes.fromhex('abcd01000001000000000000') + b'\\x01x\\x04test\\x00\\x00\\x01\\x00\\x01'\n\
+        for i in range(3000):\n\
+        \x20   s.sendto(q, ('192.0.2.99', 53))\n\
+        \x20   if i % 10 == 9: time.sleep(0.005)\n\
+        print('sent')\n";
+    let out = scene.client(&[PYTHON, "-c", flood]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sent"), "{out:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    let fds = std::fs::read_dir(format!("/proc/{blocker_pid}/fd")).map(Iterator::count);
+    let fds = fds.unwrap_or_else(|e| panic!("the blocker is gone after the flood: {e}"));
+    assert!(fds < 600, "the blocker holds {fds} file descriptors after 3,000 queries");
+    drop(silent);
+    // The flood's queries time out (5 s); then names resolve and are judged again.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(verdicts(&scene.resolve_and_connect("a.wild.test")), [("192.0.2.32", "blocked")]);
 }
