@@ -10,10 +10,7 @@
 //! The slow steps of a start (reading, resolving, compiling, verifying the programs) run
 //! before anything is made or locked, each at an await point: dropping the start there (on
 //! SIGINT or SIGTERM) leaves nothing behind.
-use std::{
-    collections::HashSet,
-    time::{Duration, Instant as Clock},
-};
+use std::time::{Duration, Instant as Clock};
 
 use anyhow::{Context as _, bail};
 use cgroup_connect_common::{OBSERVE_CAPACITY, programs};
@@ -172,10 +169,8 @@ fn swap(paths: &InstancePaths, instance: &mut Instance, compiled: &Compiled) -> 
         if counts.is_empty() {
             return counts;
         }
-        let ids: HashSet<u32> = counts.iter().map(|(id, _)| *id).collect();
         // A record missing (an instance of an older version) or damaged: no count is kept.
-        let old = record::rules_by_id(paths, &ids).unwrap_or_default();
-        record::carry_hits(counts, &old, compiled.policy.rules.iter().map(|r| &r.rule))
+        record::carried_hits(paths, counts, &compiled.policy.rules).unwrap_or_default()
     });
     instance.swap(&compiled.tables, &kept.unwrap_or_default())?;
     Ok(())

@@ -1058,19 +1058,23 @@ impl Instance {
             .map_err(|source| LoadError::Mmap { map: name, bytes, source })
     }
 
-    /// Decisions per rule id (the default is not counted), of the rules that made any.
+    /// Decisions per rule id (the default is not counted), of the rules that made any, in id
+    /// order.
     ///
     /// # Errors
     /// [`LoadError::Map`] or [`LoadError::Mmap`].
     pub fn rule_hits(&self) -> Result<Vec<(u32, u64)>, LoadError> {
         let counts = self.map_table(&maps::RULE_HITS, config::HITS_CLASS, maps::HITS)?;
-        let mut out = Vec::new();
-        for (id, count) in (0u32..).zip(counts.chunks_exact(size_of::<HitCount>())) {
-            let count = u64::from_ne_bytes(count.try_into().unwrap_or_default());
-            if count != 0 {
-                out.push((id, count));
-            }
-        }
+        let each = || {
+            (0u32..)
+                .zip(counts.chunks_exact(size_of::<HitCount>()))
+                .map(|(id, count)| (id, u64::from_ne_bytes(count.try_into().unwrap_or_default())))
+                .filter(|&(_, count)| count != 0)
+        };
+        // Counted first, so the vector takes no more than it holds (a reload keeps it beside
+        // the new tables).
+        let mut out = Vec::with_capacity(each().count());
+        out.extend(each());
         Ok(out)
     }
 

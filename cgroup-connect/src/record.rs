@@ -23,7 +23,7 @@
 //! is a rule: action, destination, its source (`N:LINE` for a file), then, for a hostname,
 //! the addresses it stood for. Rule ids count the rule lines from 1, as the tables do.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     fmt::Write as _,
     fs, io,
     os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
@@ -33,7 +33,7 @@ use std::{
 
 use crate::{
     pins::InstancePaths,
-    policy::{Origin, Policy},
+    policy::{Origin, Policy, SourcedRule},
     rules::{Action, Destination, Host, Rule},
 };
 
@@ -304,29 +304,120 @@ fn parse(text: &str) -> Result<Recorded, usize> {
     Ok(Recorded { default: default.ok_or(1_usize)?, rules })
 }
 
-/// The rules of the record in force with the given ids (for carrying their hit counts over
-/// to a new rule set).
+/// The hit counts to keep across a swap, read against the record in force: each counted rule
+/// (`counts`, by old id, in id order) that `new_rules` still holds, under its new id (its
+/// index in `new_rules`, from 1).
+///
+/// This runs beside the new rule set and its tables, so it holds 8 bytes or so a counted rule
+/// beside `counts`, not the rules: the record is read a line at a time, once to hash the
+/// counted rules (a sorted vector of 32-bit hash and old id), and once more to check that each
+/// rule of the new set whose hash matched is the old rule indeed.
 ///
 /// # Errors
 /// A [`RecordError`] ([`RecordError::Missing`] for an instance of an older version).
-pub fn rules_by_id<S: std::hash::BuildHasher>(
+pub fn carried_hits<T>(
     paths: &InstancePaths,
-    ids: &HashSet<u32, S>,
-) -> Result<HashMap<Rule, u32>, RecordError> {
-    let (text, _) = read_text(paths)?;
-    let mut out = HashMap::with_capacity(ids.len());
-    let mut id = 0u32;
-    for line in text.lines() {
-        if let Some(Item::Rule { action, dest, .. }) = Item::parse(line) {
-            id += 1;
-            if ids.contains(&id)
-                && let Ok(dest) = dest.parse::<Destination>()
-            {
-                out.insert(Rule { action, dest }, id);
+    counts: Vec<(u32, T)>,
+    new_rules: &[SourcedRule],
+) -> Result<Vec<(u32, T)>, RecordError> {
+    use std::hash::BuildHasher as _;
+    let seed = std::hash::RandomState::new();
+    let counted = |id: u32| counts.binary_search_by_key(&id, |&(i, _)| i).is_ok();
+    // Half a hash is enough: a match is checked against the rule, and few rules collide.
+    let half = |hash: u64| (hash >> 32) as u32;
+    let mut hashes: Vec<(u32, u32)> = Vec::with_capacity(counts.len());
+    each_rule(paths, |id, rule| {
+        if counted(id) {
+            hashes.push((half(seed.hash_one(rule()?)), id));
+        }
+        Some(())
+    })?;
+    hashes.sort_unstable();
+    // (old id, new id) of each new rule whose hash is a counted rule's.
+    let mut matched: Vec<(u32, u32)> = Vec::new();
+    for (new, sourced) in (1u32..).zip(new_rules) {
+        if hashes.is_empty() {
+            break;
+        }
+        let hash = half(seed.hash_one(&sourced.rule));
+        let from = hashes.partition_point(|&(h, _)| h < hash);
+        matched.extend(
+            hashes[from..].iter().take_while(|&&(h, _)| h == hash).map(|&(_, old)| (old, new)),
+        );
+    }
+    drop(hashes);
+    matched.sort_unstable();
+    // A match that is not the old rule gets new id 0, in place.
+    each_rule(paths, |id, rule| {
+        let from = matched.partition_point(|&(old, _)| old < id);
+        let mut old = None;
+        for (_, new) in matched[from..].iter_mut().take_while(|(old, _)| *old == id) {
+            let old = match &old {
+                Some(old) => old,
+                None => old.insert(rule()),
+            };
+            if !old.as_ref().is_some_and(|old| new_rules[*new as usize - 1].rule == *old) {
+                *new = 0;
             }
         }
+        Some(())
+    })?;
+    matched.retain(|&(_, new)| new != 0);
+    let confirmed = matched;
+    // A rule is in a set once, so an old id is confirmed for at most one new id.
+    Ok(counts
+        .into_iter()
+        .filter_map(|(old, count)| {
+            let at = confirmed.binary_search_by_key(&old, |&(o, _)| o).ok()?;
+            Some((confirmed[at].1, count))
+        })
+        .collect())
+}
+
+/// Calls `each` on each rule line of the record in force with its id (from 1) and a way to
+/// parse it (`None` for a rule that does not parse, which then counts for no rule).
+fn each_rule(
+    paths: &InstancePaths,
+    mut each: impl FnMut(u32, &dyn Fn() -> Option<Rule>) -> Option<()>,
+) -> Result<(), RecordError> {
+    let mut id = 0u32;
+    read_lines(paths, |line| {
+        if let Some(Item::Rule { action, dest, .. }) = Item::parse(line) {
+            id += 1;
+            // A rule that does not parse is skipped, as the carry has always done.
+            let _ = each(id, &|| Some(Rule { action, dest: dest.parse::<Destination>().ok()? }));
+        }
+        Some(())
+    })?;
+    Ok(())
+}
+
+/// Calls `each` on each line of the record in force, read a line at a time (a million rules
+/// take about 28 MB), and returns the identity of its file; `each` returning `None` makes
+/// the line [`RecordError::Damaged`].
+fn read_lines(
+    paths: &InstancePaths,
+    mut each: impl FnMut(&str) -> Option<()>,
+) -> Result<FileId, RecordError> {
+    use io::BufRead as _;
+    let (file, id) = open(paths)?;
+    let mut reader = io::BufReader::new(file);
+    let (mut line, mut n) = (String::new(), 0);
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).map_err(|source| read_error(paths, source))? == 0 {
+            return Ok(id);
+        }
+        n += 1;
+        // As `str::lines` ends a line: at `\n`, with a `\r` before it dropped.
+        let text =
+            line.strip_suffix('\n').map_or(line.as_str(), |l| l.strip_suffix('\r').unwrap_or(l));
+        each(text).ok_or_else(|| RecordError::Damaged {
+            name: paths.name.clone(),
+            path: paths.rules_file(),
+            line: n,
+        })?;
     }
-    Ok(out)
 }
 
 /// One line of a record.
@@ -422,26 +513,8 @@ impl RuleTexts {
     /// # Errors
     /// A [`RecordError`].
     pub fn read(paths: &InstancePaths) -> Result<(Self, FileId), RecordError> {
-        use io::BufRead as _;
-        let (file, id) = open(paths)?;
-        let mut reader = io::BufReader::new(file);
-        let (mut this, mut line, mut n) = (Self::empty(), String::new(), 0);
-        loop {
-            line.clear();
-            if reader.read_line(&mut line).map_err(|source| read_error(paths, source))? == 0 {
-                break;
-            }
-            n += 1;
-            // As `str::lines` ends a line: at `\n`, with a `\r` before it dropped.
-            let text = line
-                .strip_suffix('\n')
-                .map_or(line.as_str(), |l| l.strip_suffix('\r').unwrap_or(l));
-            this.add(text).ok_or_else(|| RecordError::Damaged {
-                name: paths.name.clone(),
-                path: paths.rules_file(),
-                line: n,
-            })?;
-        }
+        let mut this = Self::empty();
+        let id = read_lines(paths, |line| this.add(line))?;
         this.text.shrink_to_fit();
         this.ends.shrink_to_fit();
         Ok((this, id))
