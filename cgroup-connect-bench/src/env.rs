@@ -202,25 +202,9 @@ impl BlockerProc {
         Ok(start.elapsed())
     }
 
-    /// `blocker reload NAME` as its own process: its maximum resident set (as GNU time
-    /// reports it, from `wait4`), KiB.
+    /// `blocker reload NAME` as its own process: its maximum resident set, KiB.
     pub fn reload_command_peak_kib(&self) -> anyhow::Result<u64> {
-        let child = Command::new(&self.blocker)
-            .args(["reload", &self.name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let mut status = 0;
-        // SAFETY: rusage is plain data that wait4 fills.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: our own child, waited for once.
-        let pid =
-            unsafe { libc::wait4(i32::try_from(child.id())?, &raw mut status, 0, &raw mut usage) };
-        ensure!(
-            pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "reload failed"
-        );
-        Ok(u64::try_from(usage.ru_maxrss)?)
+        command_peak_kib(&self.blocker, &["reload", &self.name])
     }
 
     /// `blocker reload NAME --timings`: wall time and phases.
@@ -379,4 +363,19 @@ pub fn program_stats(id: u32) -> anyhow::Result<(u64, u64)> {
     let json: serde_json::Value =
         serde_json::from_str(&sh("bpftool", &["-j", "prog", "show", "id", &id.to_string()])?)?;
     Ok((json["run_time_ns"].as_u64().unwrap_or(0), json["run_cnt"].as_u64().unwrap_or(0)))
+}
+
+/// The maximum resident set (KiB) of `program ARGS`, which must succeed, as GNU time reports it
+/// but measured from a small process: `ru_maxrss` keeps, across `execve`, the peak of the
+/// memory a child ran in before it, and a child spawned from this process runs in this
+/// process's memory until its exec (the benchmark's own hundreds of MB would be reported).
+/// python3 spawns it and reads its children's `ru_maxrss`.
+pub fn command_peak_kib(program: &Path, args: &[&str]) -> anyhow::Result<u64> {
+    let script = "import resource, subprocess, sys\n\
+        r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n\
+        print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n\
+        sys.exit(r.returncode)\n";
+    let out = Command::new("python3").args(["-c", script]).arg(program).args(args).output()?;
+    ensure!(out.status.success(), "{} {args:?} failed", program.display());
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
 }

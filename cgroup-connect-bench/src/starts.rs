@@ -12,7 +12,6 @@
 use std::{
     fmt::Write as _,
     path::Path,
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -145,7 +144,8 @@ pub(crate) fn run_in(cfg: &Config, log: &mut dyn FnMut(&str)) -> anyhow::Result<
             std::thread::sleep(Duration::from_millis(500));
             figures[k][7].push(status_mib(b.pid(), "VmRSS"));
             figures[k][5].push(sighup_peak(&b).with_context(|| format!("reloading the {what}"))?);
-            figures[k][6].push(reload_verb_peak(&cfg.blocker, &b.name)?);
+            figures[k][6]
+                .push(env::command_peak_kib(&cfg.blocker, &["reload", &b.name])? as f64 / 1024.0);
         }
     }
     let rows = sources
@@ -207,29 +207,6 @@ fn sighup_peak(b: &BlockerProc) -> anyhow::Result<f64> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(status_mib(b.pid(), "VmHWM"))
-}
-
-/// The maximum resident set of `blocker reload NAME`, in MiB, from `wait4` (as GNU time).
-fn reload_verb_peak(blocker: &Path, name: &str) -> anyhow::Result<f64> {
-    let child = Command::new(blocker)
-        .args(["reload", name])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting blocker reload")?;
-    let pid = i32::try_from(child.id())?;
-    let mut status = 0;
-    // SAFETY: rusage is plain data; wait4 fills it.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waits for our own child, which `child` never waits for.
-    let waited = unsafe { libc::wait4(pid, &raw mut status, 0, &raw mut usage) };
-    anyhow::ensure!(waited == pid, "waiting for blocker reload failed");
-    anyhow::ensure!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "blocker reload {name} failed"
-    );
-    #[expect(clippy::cast_precision_loss, reason = "a resident set in KiB")]
-    Ok(usage.ru_maxrss as f64 / 1024.0)
 }
 
 /// The memory figures of the starts, as a table of text.
