@@ -530,31 +530,6 @@ impl RuleTexts {
     }
 }
 
-/// The hit counts to keep across a swap: each counted rule that the new rule set still holds,
-/// under its new id. `old` maps the counted rules to their old ids; `counts` are the counts by
-/// old id (whatever a count is: per-CPU values, say).
-pub fn carry_hits<'r, T, S: std::hash::BuildHasher>(
-    counts: Vec<(u32, T)>,
-    old: &HashMap<Rule, u32, S>,
-    new_rules: impl IntoIterator<Item = &'r Rule>,
-) -> Vec<(u32, T)> {
-    let mut new_id_of_old: HashMap<u32, u32> = HashMap::with_capacity(old.len());
-    if !old.is_empty() {
-        for (rule, new_id) in new_rules.into_iter().zip(1u32..) {
-            if let Some(&old_id) = old.get(rule) {
-                new_id_of_old.insert(old_id, new_id);
-                if new_id_of_old.len() == old.len() {
-                    break;
-                }
-            }
-        }
-    }
-    counts
-        .into_iter()
-        .filter_map(|(old_id, count)| new_id_of_old.get(&old_id).map(|&id| (id, count)))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -613,19 +588,5 @@ mod tests {
             ]
         );
         assert_eq!(record.text.matches("source ").count(), 3, "{}", record.text);
-    }
-
-    #[test]
-    fn hits_follow_their_rule_to_its_new_id() {
-        let old: HashMap<Rule, u32> =
-            [(rule("block 10.0.0.1"), 1), (rule("block 10.0.0.2"), 2), (rule("allow 10.0.0.3"), 3)]
-                .into_iter()
-                .collect();
-        let new = ["block 10.0.0.9", "allow 10.0.0.3", "block 10.0.0.1"].map(rule);
-        let counts = vec![(1, [5u64, 1]), (2, [7, 0]), (3, [0, 2])];
-        let mut carried = carry_hits(counts, &old, &new);
-        carried.sort_unstable();
-        assert_eq!(carried, [(2, [0, 2]), (3, [5, 1])], "10.0.0.2 is gone, the others moved");
-        assert!(carry_hits(vec![(1, 1)], &HashMap::new(), &new).is_empty());
     }
 }
