@@ -124,16 +124,7 @@ fn an_event_flood_is_bounded_and_losses_are_counted() {
     const N: u32 = 100_000;
     require_privileges!();
     let cg = temp_cgroup();
-    let dir = TempDir::new("flood");
-    let events = dir.path().join("events.jsonl");
-    let b = Blocker::start(&[
-        "--cgroup",
-        cg.path().to_str().unwrap(),
-        "--block",
-        "127.0.0.2",
-        "--events",
-        events.to_str().unwrap(),
-    ]);
+    let (b, _dir, events) = Blocker::with_events(cg.path(), "127.0.0.2", "flood", &[]);
     let rss = || {
         let status = std::fs::read_to_string(format!("/proc/{}/status", b.pid())).unwrap();
         status
@@ -166,17 +157,7 @@ fn an_event_flood_is_bounded_and_losses_are_counted() {
 fn audit_mode_reports_but_blocks_nothing() {
     require_privileges!();
     let cg = temp_cgroup();
-    let dir = TempDir::new("audit");
-    let events = dir.path().join("events.jsonl");
-    let b = Blocker::start(&[
-        "--cgroup",
-        cg.path().to_str().unwrap(),
-        "--audit",
-        "--block",
-        "127.0.0.2",
-        "--events",
-        events.to_str().unwrap(),
-    ]);
+    let (b, _dir, events) = Blocker::with_events(cg.path(), "127.0.0.2", "audit", &["--audit"]);
     assert!(b.attached_line.contains("audit mode"), "{}", b.attached_line);
     assert_eq!(outcome(connect_in(cg.path(), lo("127.0.0.2"))), Allowed);
     let stats: serde_json::Value =

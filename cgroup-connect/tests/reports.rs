@@ -251,16 +251,7 @@ fn one_events_reader_at_a_time() {
     let _ = first.wait();
     assert_eq!(got.len(), 3, "the one reader missed events: {got:?}");
 
-    let dir = TempDir::new("one-reader");
-    let file = dir.path().join("events.jsonl");
-    let with_sink = Blocker::start(&[
-        "--cgroup",
-        cg.path().to_str().unwrap(),
-        "--block",
-        "127.0.0.3",
-        "--events",
-        file.to_str().unwrap(),
-    ]);
+    let (with_sink, _dir, _file) = Blocker::with_events(cg.path(), "127.0.0.3", "one-reader", &[]);
     let out = blocker_output(&["events", &with_sink.name], None);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
@@ -279,16 +270,7 @@ fn events_arrive_alone_and_in_bursts() {
     const BURST: u32 = 6_000;
     require_privileges!();
     let cg = temp_cgroup();
-    let dir = TempDir::new("wake");
-    let file = dir.path().join("events.jsonl");
-    let b = Blocker::start(&[
-        "--cgroup",
-        cg.path().to_str().unwrap(),
-        "--block",
-        "127.0.0.2",
-        "--events",
-        file.to_str().unwrap(),
-    ]);
+    let (b, _dir, file) = Blocker::with_events(cg.path(), "127.0.0.2", "wake", &[]);
     assert_eq!(outcome(connect_in(cg.path(), lo("127.0.0.2"))), Blocked);
     let sent = Instant::now();
     while std::fs::read_to_string(&file).map_or(0, |t| t.lines().count()) == 0 {

@@ -36,6 +36,23 @@ impl Blocker {
         Self::start_in(std::path::Path::new("."), args)
     }
 
+    /// Starts `blocker run --cgroup CGROUP --block BLOCK ARGS --events FILE`, FILE being
+    /// `events.jsonl` in a temporary folder of its own (tagged `tag`). Returns the blocker, the
+    /// folder (it lives as long as the tuple: the blocker drops first) and the file.
+    #[must_use]
+    pub fn with_events(
+        cgroup: &std::path::Path,
+        block: &str,
+        tag: &str,
+        args: &[&str],
+    ) -> (Self, super::TempDir, PathBuf) {
+        let dir = super::TempDir::new(tag);
+        let file = dir.path().join("events.jsonl");
+        let cgroup = cgroup.to_str().unwrap();
+        let fixed = ["--cgroup", cgroup, "--block", block, "--events", file.to_str().unwrap()];
+        (Self::start(&[&fixed[..], args].concat()), dir, file)
+    }
+
     /// Like [`Blocker::start`], from the folder `cwd`.
     #[must_use]
     pub fn start_in(cwd: &std::path::Path, args: &[&str]) -> Self {
