@@ -13,6 +13,7 @@ use std::{
     io,
     os::fd::AsFd as _,
     path::{Path, PathBuf},
+    sync::{Mutex, PoisonError},
 };
 
 use aya::{
@@ -310,15 +311,11 @@ impl Prepared {
         }
         features::lift_memlock_limit();
         let started = std::time::Instant::now();
-        let mut ebpf = load_object(checks.as_ref(), None, observe_capacity)?;
-        for name in programs::ALL {
-            program(&mut ebpf, name)?.load().map_err(|source| LoadError::program(name, source))?;
-        }
+        let mut ebpf = crate::timings::time("object", || {
+            load_object(checks.as_ref(), None, observe_capacity)
+        })?;
         let mut checks = checks;
-        let mut lsm_refused = None;
-        if let Some(checks) = checks.as_mut() {
-            lsm_refused = load_checks(&mut ebpf, checks)?;
-        }
+        let lsm_refused = load_programs(&mut ebpf, &programs::ALL, checks.as_mut())?;
         crate::timings::add("verify", started.elapsed());
         Ok(Self { ebpf, checks, lsm_refused })
     }
@@ -380,40 +377,114 @@ fn load_object(
     loader.load(BPF_OBJECT).map_err(LoadError::Object)
 }
 
-/// Loads the programs of `checks`. Where the kernel refuses the control-message check (BPF LSM
-/// not active, or a kernel that lets no LSM program load), the egress check takes its place:
-/// `checks` then says so, never a check that is not in force.
-fn load_checks(ebpf: &mut Ebpf, checks: &mut PacketChecks) -> Result<Option<String>, LoadError> {
-    let mut refused = None;
-    if checks.lsm.is_some()
-        && let Err(e) = load_check(ebpf, programs::SENDMSG_OPTIONS)
-    {
-        // Not a warning: on such kernels it would be printed at every start. The attached
-        // line, `status` and `doctor` say which check is in force; `doctor` says why.
-        let e = format!("{:#}", anyhow::Error::from(e));
-        tracing::debug!("{e}: control messages are judged per packet instead (egress)");
-        checks.lsm = None;
-        refused = Some(e);
+/// The programs the verifier takes longest on (instructions it processed on 6.18: connect6
+/// 128k, sendmsg6 112k, connect4 35k, sendmsg4 33k, setsockopt 19k; the egress check, 231k,
+/// is loaded first on its own), queued first so that the loading threads end together.
+const LARGEST_FIRST: [&str; 5] = [
+    programs::CONNECT6,
+    programs::SENDMSG6,
+    programs::CONNECT4,
+    programs::SENDMSG4,
+    programs::SETSOCKOPT,
+];
+
+/// Loads (verifies) the `sock_addr` programs `sock_addr` and those of `checks`, on as many
+/// threads as there are CPUs: the kernel verifies a program in the thread that loads it, and
+/// verification is most of a start. Where the kernel refuses the control-message check (BPF
+/// LSM not active, or a kernel that lets no LSM program load), the egress check takes its
+/// place: `checks` then says so, never a check that is not in force. That check is tried
+/// first, then the egress one if it is needed, on this thread while the others take the rest.
+/// Returns why the control-message check was refused, if it was.
+fn load_programs(
+    ebpf: &mut Ebpf,
+    sock_addr: &[&'static str],
+    checks: Option<&mut PacketChecks>,
+) -> Result<Option<String>, LoadError> {
+    let mut queued: Vec<&'static str> = sock_addr.to_vec();
+    if checks.is_some() {
+        queued.extend([programs::SOCKET, programs::SETSOCKOPT]);
     }
-    for name in checks.programs() {
-        if name != programs::SENDMSG_OPTIONS {
-            load_check(ebpf, name)?;
+    queued.sort_by_key(|name| LARGEST_FIRST.iter().position(|n| n == name).unwrap_or(usize::MAX));
+    let mut all: StdHashMap<&str, &mut Program> = ebpf.programs_mut().collect();
+    let mut take = |name: &'static str| {
+        all.remove(name).map(|p| (name, p)).ok_or(LoadError::Missing { kind: "program", name })
+    };
+    let queue: Vec<_> = queued.into_iter().map(&mut take).collect::<Result<_, _>>()?;
+    let lsm = checks.as_ref().filter(|c| c.lsm.is_some());
+    let lsm = lsm.map(|_| take(programs::SENDMSG_OPTIONS)).transpose()?;
+    let egress = checks.as_ref().map(|_| take(programs::EGRESS)).transpose()?;
+    let queue = Mutex::new(queue.into_iter());
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (1..threads).map(|_| scope.spawn(|| load_queued(&queue))).collect();
+        let mut result = (|| {
+            let mut refused = None;
+            if let Some(checks) = checks {
+                if let Some((name, program)) = lsm
+                    && let Err(e) = load_program(name, program)
+                {
+                    // Not a warning: on such kernels it would be printed at every start. The
+                    // attached line, `status` and `doctor` say which check is in force;
+                    // `doctor` says why.
+                    let e = format!("{:#}", anyhow::Error::from(e));
+                    tracing::debug!("{e}: control messages are judged per packet instead (egress)");
+                    checks.lsm = None;
+                    refused = Some(e);
+                }
+                if let Some((name, program)) = egress
+                    && checks.programs().contains(&name)
+                {
+                    load_program(name, program)?;
+                }
+            }
+            load_queued(&queue)?;
+            Ok(refused)
+        })();
+        if result.is_err() {
+            // The other threads stop after the program they are loading.
+            queue.lock().unwrap_or_else(PoisonError::into_inner).by_ref().for_each(drop);
         }
+        for worker in workers {
+            let loaded = worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            if let (Ok(_), Err(e)) = (&result, loaded) {
+                result = Err(e);
+            }
+        }
+        result
+    })
+}
+
+/// Loads the programs of `queue` until it is empty or one fails.
+fn load_queued<'a, I>(queue: &Mutex<I>) -> Result<(), LoadError>
+where
+    I: Iterator<Item = (&'static str, &'a mut Program)>,
+{
+    loop {
+        let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
+        let Some((name, program)) = next else { return Ok(()) };
+        load_program(name, program)?;
     }
-    Ok(refused)
 }
 
 /// Loads (verifies) the packet-check program `name`.
 fn load_check(ebpf: &mut Ebpf, name: &'static str) -> Result<(), LoadError> {
-    let loaded = match ebpf.program_mut(name) {
-        Some(Program::CgroupSock(p)) => p.load(),
-        Some(Program::CgroupSockopt(p)) => p.load(),
-        Some(Program::CgroupSkb(p)) => p.load(),
-        Some(Program::LsmCgroup(p)) => aya::Btf::from_sys_fs()
+    load_program(name, check_program(ebpf, name)?)
+}
+
+/// Loads (verifies) `program`, named `name`; its time goes to the `name` phase of `--timings`.
+fn load_program(name: &'static str, program: &mut Program) -> Result<(), LoadError> {
+    let started = std::time::Instant::now();
+    let loaded = match program {
+        Program::CgroupSockAddr(p) => p.load(),
+        Program::CgroupSock(p) => p.load(),
+        Program::CgroupSockopt(p) => p.load(),
+        Program::CgroupSkb(p) => p.load(),
+        Program::LsmCgroup(p) => aya::Btf::from_sys_fs()
             .map_err(ProgramError::Btf)
             .and_then(|btf| p.load("socket_sendmsg", &btf)),
         _ => return Err(LoadError::Missing { kind: "program", name }),
     };
+    crate::timings::add(name, started.elapsed());
     loaded.map_err(|source| LoadError::program(name, source))
 }
 
@@ -643,7 +714,7 @@ impl Instance {
             features::lift_memlock_limit();
             // An instance of an older version has no observe map: it gets the default size.
             let mut object = load_object(Some(checks), Some(paths), OBSERVE_CAPACITY)?;
-            load_checks(&mut object, checks)?;
+            load_programs(&mut object, &[], Some(checks))?;
             ebpf = Some(object);
         }
         let wanted = checks.as_ref().map(PacketChecks::programs).unwrap_or_default();

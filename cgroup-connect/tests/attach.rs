@@ -76,3 +76,31 @@ fn several_addresses_and_coexisting_instances() {
     drop(first.stop(libc::SIGINT));
     assert_nothing_attached(cg.path());
 }
+
+/// The programs are loaded on several threads at once: every one the instance attaches was
+/// loaded, and `--timings` names each program's load beside the whole `verify` phase.
+#[test]
+fn timings_name_each_program_loaded() {
+    require_privileges!();
+    let cg = temp_cgroup();
+    let (_l, blocked_dst) = listener("127.0.0.4");
+    let cg_path = cg.path().to_str().unwrap();
+    let mut blocker = Blocker::start(&["--cgroup", cg_path, "--block", "127.0.0.4", "--timings"]);
+    assert_eq!(connect_in(cg.path(), blocked_dst), Err(EPERM));
+    let (status, _) = blocker.stop(libc::SIGTERM);
+    assert!(status.success(), "exit after SIGTERM: {status}");
+    let stderr = blocker.stderr();
+    let timings = stderr.lines().find(|l| l.starts_with("timings:")).unwrap_or_else(|| {
+        panic!("no timings line: {stderr}");
+    });
+    let checks = ["check_socket", "check_setsockopt"];
+    let packet = if blocker.attached_line.contains("egress") {
+        "check_egress"
+    } else {
+        "check_sendmsg_options"
+    };
+    let deciding = cgroup_connect_common::programs::DECIDING;
+    for phase in ["object", "verify", packet].iter().chain(&checks).chain(&deciding) {
+        assert!(timings.contains(&format!(" {phase}=")), "{phase} missing: {timings}");
+    }
+}

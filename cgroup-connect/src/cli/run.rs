@@ -143,7 +143,8 @@ pub struct RunArgs {
     /// process is then the instance's one events reader
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
-    /// Print how long each start-up phase took (read, compile, record, write, attach) to stderr
+    /// Print how long each start-up phase took (read, compile, record, object, verify and each
+    /// program's load in it, write, attach) to stderr
     #[arg(long)]
     pub timings: bool,
     /// Where to serve metrics (the help says which formats).
