@@ -10,7 +10,10 @@
 //! The slow steps of a start (reading, resolving, compiling, verifying the programs) run
 //! before anything is made or locked, each at an await point: dropping the start there (on
 //! SIGINT or SIGTERM) leaves nothing behind.
-use std::time::{Duration, Instant as Clock};
+use std::{
+    path::Path,
+    time::{Duration, Instant as Clock},
+};
 
 use anyhow::{Context as _, bail};
 use cgroup_connect_common::{OBSERVE_CAPACITY, programs};
@@ -137,7 +140,15 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 /// The policy, tables and record of a state, with hostnames resolved through `names` (which
 /// then holds exactly the policy's names).
-async fn compile(state: &State, names: &mut Names) -> anyhow::Result<Compiled> {
+///
+/// The record is written to a file in the instance's state folder as it is made
+/// ([`Record::write`]; `locked`: whether the instance's lock is held), not held in memory.
+async fn compile(
+    state: &State,
+    names: &mut Names,
+    paths: &InstancePaths,
+    locked: bool,
+) -> anyhow::Result<Compiled> {
     let read = state.clone();
     let policy = blocking(move || timings::time("read", || read.policy())).await??;
     let started = Clock::now();
@@ -145,6 +156,7 @@ async fn compile(state: &State, names: &mut Names) -> anyhow::Result<Compiled> {
     timings::add("resolve", started.elapsed());
     let addrs: std::collections::HashMap<String, Vec<std::net::IpAddr>> =
         policy.names().into_iter().map(|n| (n.clone(), names.addrs(&n).collect())).collect();
+    let paths = paths.clone();
     let (policy, tables, record) = blocking(move || {
         let addrs_of = |name: &str| addrs.get(name).cloned().unwrap_or_default();
         // The record is written once the tables are compiled, not beside: the compiler's
@@ -152,11 +164,12 @@ async fn compile(state: &State, names: &mut Names) -> anyhow::Result<Compiled> {
         let tables = timings::time("compile", || {
             table::compile(policy.default, policy.table_rules(addrs_of))
         });
-        let record = timings::time("record", || Record::of(&policy, addrs_of));
+        let tables = tables?;
+        let record = timings::time("record", || Record::write(&policy, addrs_of, &paths, locked))?;
         anyhow::Ok((policy, tables, record))
     })
     .await??;
-    let mut tables = tables?;
+    let mut tables = tables;
     tables.nat64.clone_from(&policy.nat64);
     let counts = Counts { rules: policy.rules.len(), ipv4: tables.v4_rules, ipv6: tables.v6_rules };
     Ok(Compiled { policy, tables, counts, record })
@@ -215,8 +228,13 @@ pub async fn start(
     let preparing = (!paths.has_pinned_links())
         .then(|| tokio::task::spawn_blocking(move || Prepared::load(checks, observe_capacity)));
     // Everything that can fail on the policy or the programs fails here, before anything is
-    // made, locked or attached.
-    let compiled = compile(&state, names).await?;
+    // made, locked or attached (but the folder of all instances' state folders, where the
+    // record is written as it is made: made now if missing, removed again if left empty).
+    let made = (!Path::new(pins::STATE_ROOT).exists()).then_some(MadeStateRoot);
+    if made.is_some() {
+        InstancePaths::create_state_root()?;
+    }
+    let mut compiled = compile(&state, names, paths, false).await?;
     // The policy file's socket kinds join the flag's.
     for kind in &compiled.policy.allow_sockets {
         if !state.allow_sockets.contains(kind) {
@@ -238,7 +256,8 @@ pub async fn start(
     state.counts = compiled.counts;
     state.nat64.clone_from(&compiled.tables.nat64);
     let (instance, adopted, reattached, reader) =
-        attach(paths, cgroup, &compiled, &mut state, prepared, read_events)?;
+        attach(paths, cgroup, &mut compiled, &mut state, prepared, read_events)?;
+    drop(made);
     let Compiled { policy, tables, counts, record } = compiled;
     drop(tables);
     release_free_memory();
@@ -252,12 +271,23 @@ pub async fn start(
     })
 }
 
+/// The folder of all instances' state folders, made by a start before it attached: removed
+/// when the start is done with it, if it is empty (a failed start, or another instance's
+/// detach while this one started; the record's file is removed before, with the record).
+struct MadeStateRoot;
+
+impl Drop for MadeStateRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(pins::STATE_ROOT);
+    }
+}
+
 /// Creates or adopts the instance under its lock. A failed creation removes whatever it made
 /// (pins, state, folders), so no `stale` instance is left.
 fn attach(
     paths: &InstancePaths,
     cgroup: Option<&CgroupDir>,
-    compiled: &Compiled,
+    compiled: &mut Compiled,
     state: &mut State,
     prepared: Option<Prepared>,
     read_events: bool,
@@ -400,7 +430,7 @@ pub async fn apply(
     }
     edit(&mut state)?;
     tune_allocator();
-    let compiled = compile(&state, names).await?;
+    let mut compiled = compile(&state, names, paths, true).await?;
     let new: Vec<&String> =
         compiled.policy.allow_sockets.iter().filter(|k| !state.allow_sockets.contains(k)).collect();
     if !new.is_empty() {

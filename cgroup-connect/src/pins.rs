@@ -181,6 +181,16 @@ impl InstancePaths {
         Ok(())
     }
 
+    /// Makes the folder that holds every instance's state folder ([`STATE_ROOT`]), as
+    /// [`create_dirs`](Self::create_dirs) does.
+    ///
+    /// # Errors
+    /// [`PinError::Unsafe`] or [`PinError::Io`], as for `create_dirs`.
+    pub fn create_state_root() -> Result<(), PinError> {
+        private_dir(Path::new(RUN), Path::new(STATE_ROOT))?;
+        Ok(())
+    }
+
     /// Checks the components of both folders that exist, as [`create_dirs`](Self::create_dirs)
     /// does, without making or changing anything: commands that use an existing instance call
     /// it before they trust its pins or state.

@@ -9,13 +9,14 @@ use std::{
     sync::Arc,
 };
 
+use cgroup_connect_common::Proto;
 use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
 use crate::{
     quote::{Cut, Quoted, ShortPath},
-    rules::{Action, Destination, Host, Nat64Prefix, Rule, RuleError},
+    rules::{Action, Destination, Host, Nat64Prefix, Ports, Rule, RuleError},
     table::TableRule,
 };
 
@@ -45,6 +46,244 @@ impl fmt::Display for Origin {
 pub struct SourcedRule {
     pub rule: Rule,
     pub origin: Origin,
+}
+
+/// A policy's rules, in the order read, numbered from 1: 32 bytes a rule ([`Packed`]: the
+/// address, prefix length, ports, protocol, action, and where it came from as a source number
+/// and a line), with hostnames and sources in side tables. A million-line list makes a
+/// million rules, and they are alive while the tables compile: 80 bytes a [`SourcedRule`]
+/// made most of the peak memory of a start. A [`SourcedRule`] is made when asked for.
+#[derive(Clone, Debug, Default)]
+pub struct Rules {
+    packed: Vec<Packed>,
+    /// Hostnames, by the index a [`Packed`] of kind `NAME` holds.
+    names: Vec<Box<str>>,
+    /// Where rules came from (an origin but its line), by [`Packed::source`].
+    sources: Vec<Source>,
+}
+
+/// One rule of [`Rules`].
+#[derive(Clone, Copy, Debug)]
+struct Packed {
+    /// The address's bytes (IPv4 in the first 4), or for a hostname its index in
+    /// [`Rules::names`] (little-endian, in the first 4).
+    addr: [u8; 16],
+    /// Its line in its source's file (0 for a flag or a live edit).
+    line: u32,
+    /// Its index in [`Rules::sources`].
+    source: u32,
+    /// The port range, `0..=65535` when the rule names none (the `PORTS` bit says which).
+    lo: u16,
+    hi: u16,
+    /// The prefix length (0 for a hostname).
+    len: u8,
+    /// The kind (`V4`, `V6` or `NAME`), the protocol (`Proto as u8`, shifted by `PROTO`), the
+    /// action (`BLOCK`) and whether ports are given (`PORTS`).
+    flags: u8,
+}
+
+/// [`Packed::flags`]' fields.
+mod packed {
+    pub const KIND: u8 = 0b11;
+    pub const V4: u8 = 0;
+    pub const V6: u8 = 1;
+    pub const NAME: u8 = 2;
+    pub const PROTO: u8 = 2;
+    pub const PROTO_MASK: u8 = 0b11 << PROTO;
+    pub const BLOCK: u8 = 1 << 4;
+    pub const PORTS: u8 = 1 << 5;
+}
+
+/// Where rules came from: an [`Origin`] but its line (files by their shared path).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Source {
+    Flag(&'static str),
+    File(Arc<Path>),
+    Live,
+}
+
+impl Source {
+    /// The source of `origin`, and its line (0 for a flag or a live edit).
+    pub(crate) fn of(origin: &Origin) -> (Self, usize) {
+        match origin {
+            Origin::Flag(flag) => (Self::Flag(flag), 0),
+            Origin::Line { path, line } => (Self::File(Arc::clone(path)), *line),
+            Origin::Live => (Self::Live, 0),
+        }
+    }
+
+    fn origin(&self, line: u32) -> Origin {
+        match self {
+            Self::Flag(flag) => Origin::Flag(flag),
+            Self::File(path) => Origin::Line { path: Arc::clone(path), line: line as usize },
+            Self::Live => Origin::Live,
+        }
+    }
+}
+
+/// A rule's destination host as [`Rules`] holds it, borrowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum HostRef<'a> {
+    Net(IpNet),
+    Name(&'a str),
+}
+
+impl Rules {
+    /// How many rules.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.packed.len()
+    }
+
+    /// Whether there is none.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.packed.is_empty()
+    }
+
+    /// Adds a rule at the end. A line past `u32::MAX` (a file of over 4 GB) is kept as
+    /// `u32::MAX`.
+    ///
+    /// # Panics
+    /// At 2^32 hostnames or sources (a policy holds far fewer rules).
+    pub fn push(&mut self, rule: SourcedRule) {
+        let SourcedRule { rule: Rule { action, dest }, origin } = rule;
+        let (source, line) = Source::of(&origin);
+        let source = self.sources.iter().rposition(|s| *s == source).unwrap_or_else(|| {
+            self.sources.push(source);
+            self.sources.len() - 1
+        });
+        let (kind, addr, len) = match dest.host {
+            Host::Net(IpNet::V4(net)) => {
+                let mut addr = [0; 16];
+                addr[..4].copy_from_slice(&net.addr().octets());
+                (packed::V4, addr, net.prefix_len())
+            }
+            Host::Net(IpNet::V6(net)) => (packed::V6, net.addr().octets(), net.prefix_len()),
+            Host::Name(name) => {
+                let mut addr = [0; 16];
+                let index = u32::try_from(self.names.len()).expect("fewer names than 2^32");
+                addr[..4].copy_from_slice(&index.to_le_bytes());
+                self.names.push(name);
+                (packed::NAME, addr, 0)
+            }
+        };
+        let ports = dest.ports.unwrap_or(Ports { lo: 0, hi: u16::MAX });
+        let flags = kind
+            | ((dest.proto as u8) << packed::PROTO)
+            | if action == Action::Block { packed::BLOCK } else { 0 }
+            | if dest.ports.is_some() { packed::PORTS } else { 0 };
+        self.packed.push(Packed {
+            addr,
+            line: u32::try_from(line).unwrap_or(u32::MAX),
+            source: u32::try_from(source).expect("fewer sources than rules"),
+            lo: ports.lo,
+            hi: ports.hi,
+            len,
+            flags,
+        });
+    }
+
+    /// The rule at `index` (from 0).
+    #[must_use]
+    pub fn get(&self, index: usize) -> Option<SourcedRule> {
+        self.packed.get(index).map(|p| self.sourced(p))
+    }
+
+    /// Every rule, in order.
+    #[must_use]
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = SourcedRule> + '_ {
+        self.packed.iter().map(|p| self.sourced(p))
+    }
+
+    /// Keeps the rules `keep` says to, in order.
+    pub fn retain(&mut self, mut keep: impl FnMut(&SourcedRule) -> bool) {
+        let kept: Vec<bool> = self.iter().map(|r| keep(&r)).collect();
+        let mut kept = kept.into_iter();
+        self.packed.retain(|_| kept.next().unwrap_or(true));
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.packed.truncate(len);
+    }
+
+    fn sourced(&self, p: &Packed) -> SourcedRule {
+        let (action, host, ports, proto) = self.parts(p);
+        let host = match host {
+            HostRef::Net(net) => Host::Net(net),
+            HostRef::Name(name) => Host::Name(name.into()),
+        };
+        SourcedRule {
+            rule: Rule { action, dest: Destination { host, ports, proto } },
+            origin: self.sources[p.source as usize].origin(p.line),
+        }
+    }
+
+    /// A rule's action, host, ports and protocol, with no allocation.
+    fn parts(&self, p: &Packed) -> (Action, HostRef<'_>, Option<Ports>, Proto) {
+        let action = if p.flags & packed::BLOCK == 0 { Action::Allow } else { Action::Block };
+        let host = match p.flags & packed::KIND {
+            packed::V4 => {
+                let octets: [u8; 4] = p.addr[..4].try_into().expect("4 bytes");
+                HostRef::Net(IpNet::V4(
+                    ipnet::Ipv4Net::new(octets.into(), p.len).expect("a pushed length"),
+                ))
+            }
+            packed::V6 => HostRef::Net(IpNet::V6(
+                ipnet::Ipv6Net::new(p.addr.into(), p.len).expect("a pushed length"),
+            )),
+            _ => {
+                let index = u32::from_le_bytes(p.addr[..4].try_into().expect("4 bytes"));
+                HostRef::Name(&self.names[index as usize])
+            }
+        };
+        let ports = (p.flags & packed::PORTS != 0).then_some(Ports { lo: p.lo, hi: p.hi });
+        let proto = match (p.flags & packed::PROTO_MASK) >> packed::PROTO {
+            1 => Proto::Tcp,
+            2 => Proto::Udp,
+            _ => Proto::Any,
+        };
+        (action, host, ports, proto)
+    }
+
+    /// Drops every rule that repeats an earlier one (the same action and destination), so a
+    /// rule given twice counts once, numbered where it first appears. The set of those seen
+    /// holds their indices (4 bytes a rule), not the rules.
+    fn dedup(&mut self) {
+        use std::hash::BuildHasher as _;
+        let hasher = std::hash::RandomState::new();
+        let hash = |p: &Packed| hasher.hash_one(self.parts(p));
+        let mut seen = hashbrown::HashTable::<u32>::with_capacity(self.packed.len());
+        let mut first = Vec::with_capacity(self.packed.len());
+        for (i, p) in (0u32..).zip(&self.packed) {
+            let h = hash(p);
+            let parts = self.parts(p);
+            let new = seen.find(h, |&j| self.parts(&self.packed[j as usize]) == parts).is_none();
+            if new {
+                seen.insert_unique(h, i, |&j| hash(&self.packed[j as usize]));
+            }
+            first.push(new);
+        }
+        drop(seen);
+        let mut first = first.into_iter();
+        self.packed.retain(|_| first.next().unwrap_or(true));
+    }
+}
+
+impl PartialEq for Rules {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Rules {}
+
+impl FromIterator<SourcedRule> for Rules {
+    fn from_iter<I: IntoIterator<Item = SourcedRule>>(iter: I) -> Self {
+        let mut rules = Self::default();
+        iter.into_iter().for_each(|r| rules.push(r));
+        rules
+    }
 }
 
 /// Everything that makes a policy, as given on the command line (kept in an instance's state).
@@ -96,7 +335,7 @@ impl Sources {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     pub default: Action,
-    pub rules: Vec<SourcedRule>,
+    pub rules: Rules,
     pub nat64: Vec<Nat64Prefix>,
     /// The policy file's `allow_sockets`: socket kinds the packet checks let the cgroup make
     /// (names of `packet::socket_kind::ALL`), each once, in that order.
@@ -150,17 +389,20 @@ impl Policy {
     /// # Errors
     /// The first bad file, line or value, as a [`PolicyError`].
     pub fn load(sources: &Sources) -> Result<Self, PolicyError> {
-        let mut rules = Vec::new();
+        let mut rules = Rules::default();
         let mut default = None;
         let mut nat64 = sources.nat64.clone();
         let mut allow_sockets = vec![];
         for (flag, action, dests) in
             [("--block", Action::Block, &sources.block), ("--allow", Action::Allow, &sources.allow)]
         {
-            rules.extend(dests.iter().map(|d| SourcedRule {
-                rule: Rule { action, dest: d.clone() },
-                origin: Origin::Flag(flag),
-            }));
+            rules.packed.reserve(dests.len());
+            for d in dests {
+                rules.push(SourcedRule {
+                    rule: Rule { action, dest: d.clone() },
+                    origin: Origin::Flag(flag),
+                });
+            }
         }
         for path in &sources.block_lists {
             read_list(path, Action::Block, &mut rules)?;
@@ -171,7 +413,8 @@ impl Policy {
         if let Some(path) = &sources.policy {
             default = read_policy(path, &mut rules, &mut nat64, &mut allow_sockets)?;
         }
-        dedup(&mut rules);
+        rules.dedup();
+        rules.packed.shrink_to_fit();
         let mut seen = HashSet::from([Nat64Prefix::WELL_KNOWN]);
         nat64.retain(|p| seen.insert(*p));
         if nat64.len() > cgroup_connect_common::MAX_NAT64_PREFIXES as usize {
@@ -195,11 +438,13 @@ impl Policy {
     /// The hostnames its rules name.
     #[must_use]
     pub fn names(&self) -> BTreeSet<String> {
-        self.rules
+        let rules = &self.rules;
+        rules
+            .packed
             .iter()
-            .filter_map(|r| match &r.rule.dest.host {
-                Host::Name(name) => Some(name.to_string()),
-                Host::Net(_) => None,
+            .filter_map(|p| match rules.parts(p).1 {
+                HostRef::Name(name) => Some(name.to_owned()),
+                HostRef::Net(_) => None,
             })
             .collect()
     }
@@ -215,17 +460,18 @@ impl Policy {
     where
         I: IntoIterator<Item = IpAddr> + 'a,
     {
-        self.rules.iter().zip(1u32..).flat_map(move |(sourced, id)| {
-            let rule = &sourced.rule;
-            let nets: Vec<IpNet> = match &rule.dest.host {
-                Host::Net(net) => vec![*net],
-                Host::Name(name) => addrs_of(name).into_iter().map(IpNet::from).collect(),
+        let rules = &self.rules;
+        rules.packed.iter().zip(1u32..).flat_map(move |(packed, id)| {
+            let (action, host, ports, proto) = rules.parts(packed);
+            let nets: Vec<IpNet> = match host {
+                HostRef::Net(net) => vec![net],
+                HostRef::Name(name) => addrs_of(name).into_iter().map(IpNet::from).collect(),
             };
             nets.into_iter().map(move |net| TableRule {
                 net: self.ipv4_of(net),
-                ports: rule.dest.ports,
-                proto: rule.dest.proto,
-                action: rule.action,
+                ports,
+                proto,
+                action,
                 id,
             })
         })
@@ -252,7 +498,7 @@ fn read_text(path: &Path) -> Result<String, PolicyError> {
 /// comment (netset headers, Spamhaus DROP's `1.2.3.0/24 ; SBL123`); blank lines are
 /// skipped; a count may follow the rule (ipsum's `1.2.3.4<TAB>7`). Anything else after the
 /// rule is an error: a line is never read as less than it says.
-fn read_list(path: &Path, action: Action, rules: &mut Vec<SourcedRule>) -> Result<(), PolicyError> {
+fn read_list(path: &Path, action: Action, rules: &mut Rules) -> Result<(), PolicyError> {
     let text = read_text(path)?;
     let shared: Arc<Path> = Arc::from(path);
     for (n, line) in text.lines().enumerate() {
@@ -272,16 +518,6 @@ fn read_list(path: &Path, action: Action, rules: &mut Vec<SourcedRule>) -> Resul
         }
     }
     Ok(())
-}
-
-/// Drops every rule that repeats an earlier one (the same action and destination), so a
-/// rule given twice counts once, numbered where it first appears.
-fn dedup(rules: &mut Vec<SourcedRule>) {
-    let mut seen = HashSet::with_capacity(rules.len());
-    let first: Vec<bool> = rules.iter().map(|r| seen.insert(&r.rule)).collect();
-    drop(seen);
-    let mut first = first.into_iter();
-    rules.retain(|_| first.next().unwrap_or(true));
 }
 
 #[derive(Deserialize)]
@@ -442,7 +678,7 @@ fn toml_read(
     path: &Path,
     text: &str,
     at: &impl Fn(usize) -> Origin,
-    rules: &mut Vec<SourcedRule>,
+    rules: &mut Rules,
     nat64: &mut Vec<Nat64Prefix>,
     allow_sockets: &mut Vec<String>,
 ) -> Result<Entries<'static>, PolicyError> {
@@ -463,7 +699,7 @@ fn toml_read(
         }
         allow_sockets.push(kind.value.to_string());
     }
-    rules.reserve(doc.rules.len());
+    rules.packed.reserve(doc.rules.len());
     for entry in &doc.rules {
         rules.push(entry.sourced(at)?);
     }
@@ -577,7 +813,7 @@ fn plain_line(text: &str, mut i: usize) -> Option<(Plain<'_>, usize)> {
 fn fast_read<'a>(
     text: &'a str,
     at: &impl Fn(usize) -> Origin,
-    rules: &mut Vec<SourcedRule>,
+    rules: &mut Rules,
 ) -> Option<Result<Entries<'a>, PolicyError>> {
     #[derive(Clone, Copy)]
     enum Table {
@@ -678,7 +914,7 @@ fn fast_read<'a>(
 /// to `allow_sockets`; returns its `default`, if it has one.
 fn read_policy(
     path: &Path,
-    rules: &mut Vec<SourcedRule>,
+    rules: &mut Rules,
     nat64: &mut Vec<Nat64Prefix>,
     allow_sockets: &mut Vec<String>,
 ) -> Result<Option<Action>, PolicyError> {
@@ -766,9 +1002,12 @@ path = "drop.txt"
                 "block 198.51.100.0/24:53"
             ]
         );
-        assert_eq!(p.rules[0].origin, Origin::Line { path: Arc::from(path.as_path()), line: 5 });
         assert_eq!(
-            p.rules[3].origin.to_string(),
+            p.rules.get(0).unwrap().origin,
+            Origin::Line { path: Arc::from(path.as_path()), line: 5 }
+        );
+        assert_eq!(
+            p.rules.get(3).unwrap().origin.to_string(),
             format!("{}:4", dir.0.path().join("drop.txt").display())
         );
     }
@@ -898,14 +1137,70 @@ path = "drop.txt"
             texts,
             ["block 192.0.2.3", "allow 192.0.2.1", "block 192.0.2.1", "block 192.0.2.2"]
         );
-        assert_eq!(p.rules[2].origin.to_string(), format!("{}:1", a.display()));
+        assert_eq!(p.rules.get(2).unwrap().origin.to_string(), format!("{}:1", a.display()));
     }
 
-    /// A policy holds one of these a rule (a million for a million-line list): its size is
-    /// most of the peak memory of a start.
+    /// A policy holds one of these a rule (a million for a million-line list), alive while
+    /// the tables compile: its size was most of the peak memory of a start (80 bytes a
+    /// `SourcedRule` before).
     #[test]
-    fn a_parsed_rule_takes_80_bytes() {
-        assert_eq!(size_of::<SourcedRule>(), 80);
+    fn a_parsed_rule_takes_32_bytes() {
+        assert_eq!(size_of::<Packed>(), 32);
+    }
+
+    fn rule(text: &str) -> Rule {
+        let (action, dest) = text.split_once(' ').unwrap();
+        Rule { action: action.parse().unwrap(), dest: dest.parse().unwrap() }
+    }
+
+    #[test]
+    fn rules_give_back_what_was_pushed() {
+        let file: Arc<Path> = Arc::from(Path::new("/etc/l.txt"));
+        let texts = [
+            ("block 10.0.0.0/8", Origin::Line { path: Arc::clone(&file), line: 7 }),
+            ("allow tcp://[2001:db8::/32]:80-90", Origin::Flag("--allow")),
+            ("block udp://example.com:53", Origin::Live),
+            ("allow 192.0.2.1", Origin::Line { path: Arc::from(Path::new("/b.txt")), line: 1 }),
+            ("block example.com", Origin::Line { path: Arc::clone(&file), line: 9 }),
+            ("block tcp://0.0.0.0/0:443", Origin::Line { path: file, line: usize::MAX }),
+        ];
+        let sourced: Vec<SourcedRule> = texts
+            .iter()
+            .map(|(text, origin)| SourcedRule { rule: rule(text), origin: origin.clone() })
+            .collect();
+        let rules: Rules = sourced.iter().cloned().collect();
+        let back: Vec<SourcedRule> = rules.iter().collect();
+        assert_eq!(back[..5], sourced[..5]);
+        // A line past u32::MAX is kept as u32::MAX.
+        assert_eq!(back[5].rule, sourced[5].rule);
+        assert_eq!(back[5].origin.to_string(), format!("/etc/l.txt:{}", u32::MAX));
+    }
+
+    #[test]
+    fn dedup_compares_hostnames_and_keeps_the_first() {
+        let at = |line| Origin::Line { path: Arc::from(Path::new("l.txt")), line };
+        let mut rules: Rules = [
+            "block a.example",
+            "block b.example",
+            "block a.example",
+            "allow a.example",
+            "block tcp://a.example",
+        ]
+        .iter()
+        .zip(1..)
+        .map(|(text, line)| SourcedRule { rule: rule(text), origin: at(line) })
+        .collect();
+        rules.dedup();
+        let kept: Vec<String> = rules.iter().map(|r| format!("{} {}", r.rule, r.origin)).collect();
+        assert_eq!(
+            kept,
+            [
+                "block a.example l.txt:1",
+                "block b.example l.txt:2",
+                "allow a.example l.txt:4",
+                "block tcp://a.example l.txt:5"
+            ]
+        );
     }
 
     #[test]
@@ -1061,7 +1356,7 @@ mod fuzz {
     }
 
     /// What a file reads as: its rules, default and lists, or the error's message.
-    type Read<'a> = Result<(Vec<SourcedRule>, Entries<'a>), String>;
+    type Read<'a> = Result<(Rules, Entries<'a>), String>;
 
     fn origin(line: usize) -> Origin {
         Origin::Line { path: Arc::from(Path::new("p.toml")), line }
@@ -1069,14 +1364,14 @@ mod fuzz {
 
     /// What the fast reader makes of `text`, if it takes it.
     fn fast(text: &str) -> Option<Read<'_>> {
-        let mut rules = Vec::new();
+        let mut rules = Rules::default();
         let read = fast_read(text, &origin, &mut rules)?;
         Some(read.map(|entries| (rules, entries)).map_err(|e| e.to_string()))
     }
 
     /// What the TOML parser makes of `text`.
     fn slow(text: &str) -> Read<'static> {
-        let (mut rules, mut nat64, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut rules, mut nat64, mut kinds) = (Rules::default(), Vec::new(), Vec::new());
         let read =
             toml_read(Path::new("p.toml"), text, &origin, &mut rules, &mut nat64, &mut kinds);
         read.map(|entries| (rules, entries)).map_err(|e| e.to_string())

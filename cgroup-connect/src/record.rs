@@ -27,13 +27,12 @@ use std::{
     fmt::Write as _,
     fs, io,
     os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
-    path::{Path, PathBuf},
-    sync::Arc,
+    path::PathBuf,
 };
 
 use crate::{
     pins::InstancePaths,
-    policy::{Origin, Policy, SourcedRule},
+    policy::{Origin, Policy, Rules, Source},
     rules::{Action, Destination, Host, Rule},
 };
 
@@ -64,55 +63,95 @@ pub enum RecordError {
     },
 }
 
-/// A record of a policy, ready to be saved.
+/// A record of a policy, ready to be saved: its text, or the file it was written to as it was
+/// made ([`Record::write`]).
 pub struct Record {
+    /// Empty once [`Record::prepare`] wrote it, or when it was written as it was made.
     text: String,
+    /// The file [`Record::write`] made, until [`Record::prepare`] hands it on.
+    written: Option<Written>,
+}
+
+/// A record's file written as it was made, removed if dropped before it is prepared.
+struct Written {
+    tmp: PathBuf,
+}
+
+impl Drop for Written {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 impl Record {
     /// The record of `policy`, with each hostname's addresses from `addrs_of`.
+    ///
+    /// # Panics
+    /// Never: writing to memory does not fail, and a record is text.
     pub fn of<I>(policy: &Policy, addrs_of: impl Fn(&str) -> I) -> Self
     where
         I: IntoIterator<Item = std::net::IpAddr>,
     {
-        let mut text = String::with_capacity(policy.rules.len() * 24 + 64);
-        let _ = writeln!(text, "{HEADER}\ndefault {}", policy.default);
-        let mut sources: HashMap<SourceKey, usize> = HashMap::new();
-        let mut last: Option<(SourceKey, usize)> = None;
-        for r in &policy.rules {
-            let key = SourceKey::of(&r.origin);
-            let n = match &last {
-                Some((k, n)) if *k == key => *n,
-                _ => {
-                    let next = sources.len() + 1;
-                    let n = *sources.entry(key.clone()).or_insert_with(|| {
-                        let _ = match &r.origin {
-                            Origin::Flag(flag) => writeln!(text, "source {next} flag {flag}"),
-                            Origin::Line { path, .. } => {
-                                let path = path.display().to_string();
-                                let quoted = serde_json::to_string(&path).unwrap_or_default();
-                                writeln!(text, "source {next} file {quoted}")
-                            }
-                            Origin::Live => writeln!(text, "source {next} live"),
-                        };
-                        next
-                    });
-                    last = Some((key, n));
-                    n
+        let mut text = Vec::with_capacity(policy.rules.len() * 24 + 64);
+        write_record(policy, addrs_of, &mut text).expect("writing to memory does not fail");
+        let text = String::from_utf8(text).expect("a record is text");
+        Self { text, written: None }
+    }
+
+    /// The record of `policy` written as it is made (not held in memory: 28 bytes or so a
+    /// rule): when the instance's lock is held (`locked`), to where [`Record::prepare`] would
+    /// write it, next to the record in force (the state folder must exist); else to a file of
+    /// this process's in the folder that holds the state folders (which must exist), so that a
+    /// start makes no instance folder before it attaches. Dropped before it is prepared, the
+    /// file is removed.
+    ///
+    /// # Errors
+    /// [`RecordError::Write`].
+    pub fn write<I>(
+        policy: &Policy,
+        addrs_of: impl Fn(&str) -> I,
+        paths: &InstancePaths,
+        locked: bool,
+    ) -> Result<Self, RecordError>
+    where
+        I: IntoIterator<Item = std::net::IpAddr>,
+    {
+        let err = |source| RecordError::Write { name: paths.name.clone(), source };
+        let tmp = if locked {
+            paths.state.join(format!("{RULES_FILE}.new"))
+        } else {
+            let root = paths.state.parent().unwrap_or(&paths.state);
+            root.join(format!(".{}.{RULES_FILE}.new.{}", paths.name, std::process::id()))
+        };
+        let written = Written { tmp };
+        let open = || {
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&written.tmp)
+        };
+        // The folder of all state folders goes with the last instance's detach, which another
+        // process may run at any time until this file is in it: made again, a few times.
+        let mut file = open();
+        for _ in 0..3 {
+            match &file {
+                Err(e) if !locked && e.kind() == io::ErrorKind::NotFound => {
+                    InstancePaths::create_state_root().map_err(|e| err(io::Error::other(e)))?;
+                    file = open();
                 }
-            };
-            let _ = write!(text, "{} {} {n}", r.rule.action, r.rule.dest);
-            if let Origin::Line { line, .. } = r.origin {
-                let _ = write!(text, ":{line}");
+                _ => break,
             }
-            if let Host::Name(name) = &r.rule.dest.host {
-                for addr in addrs_of(name) {
-                    let _ = write!(text, " {addr}");
-                }
-            }
-            text.push('\n');
         }
-        Self { text }
+        let file = file.map_err(err)?;
+        let mut out = io::BufWriter::with_capacity(1 << 16, file);
+        write_record(policy, addrs_of, &mut out).map_err(err)?;
+        out.into_inner().map_err(|e| err(e.into_error()))?.sync_all().map_err(err)?;
+        Ok(Self { text: String::new(), written: Some(written) })
     }
 
     /// What it records, as [`read`] gives it back once saved.
@@ -131,18 +170,76 @@ impl Record {
     }
 
     /// Writes it next to the record in force (a new file, root-only, never through a link),
-    /// to be put in force by [`Pending::commit`] once its rules are.
+    /// to be put in force by [`Pending::commit`] once its rules are; a record written as it
+    /// was made is that file already. Its text is let go then (it is not held beside the
+    /// tables while they are written into the kernel).
     ///
     /// # Errors
     /// [`RecordError::Write`].
-    pub fn prepare(&self, paths: &InstancePaths) -> Result<Pending, RecordError> {
+    pub fn prepare(&mut self, paths: &InstancePaths) -> Result<Pending, RecordError> {
         let err = |source| RecordError::Write { name: paths.name.clone(), source };
+        let dest = paths.rules_file();
+        if let Some(mut written) = self.written.take() {
+            let tmp = std::mem::take(&mut written.tmp);
+            return Ok(Pending { tmp, dest, name: paths.name.clone() });
+        }
         let tmp = paths.state.join(format!("{RULES_FILE}.new"));
-        let pending =
-            Pending { tmp: tmp.clone(), dest: paths.rules_file(), name: paths.name.clone() };
+        let pending = Pending { tmp: tmp.clone(), dest, name: paths.name.clone() };
         crate::state::write_private(&tmp, self.text.as_bytes()).map_err(err)?;
+        self.text = String::new();
         Ok(pending)
     }
+}
+
+/// Writes the record of `policy` to `out`, with each hostname's addresses from `addrs_of`.
+fn write_record<I>(
+    policy: &Policy,
+    addrs_of: impl Fn(&str) -> I,
+    out: &mut impl io::Write,
+) -> io::Result<()>
+where
+    I: IntoIterator<Item = std::net::IpAddr>,
+{
+    writeln!(out, "{HEADER}\ndefault {}", policy.default)?;
+    let mut sources: HashMap<Source, usize> = HashMap::new();
+    let mut last: Option<(Source, usize)> = None;
+    for r in policy.rules.iter() {
+        let key = Source::of(&r.origin).0;
+        let n = match &last {
+            Some((k, n)) if *k == key => *n,
+            _ => {
+                let next = sources.len() + 1;
+                let n = if let Some(&n) = sources.get(&key) {
+                    n
+                } else {
+                    match &r.origin {
+                        Origin::Flag(flag) => writeln!(out, "source {next} flag {flag}")?,
+                        Origin::Line { path, .. } => {
+                            let path = path.display().to_string();
+                            let quoted = serde_json::to_string(&path).unwrap_or_default();
+                            writeln!(out, "source {next} file {quoted}")?;
+                        }
+                        Origin::Live => writeln!(out, "source {next} live")?,
+                    }
+                    sources.insert(key.clone(), next);
+                    next
+                };
+                last = Some((key, n));
+                n
+            }
+        };
+        write!(out, "{} {} {n}", r.rule.action, r.rule.dest)?;
+        if let Origin::Line { line, .. } = r.origin {
+            write!(out, ":{line}")?;
+        }
+        if let Host::Name(name) = &r.rule.dest.host {
+            for addr in addrs_of(name) {
+                write!(out, " {addr}")?;
+            }
+        }
+        writeln!(out)?;
+    }
+    Ok(())
 }
 
 /// Name of the record in an instance's state folder.
@@ -171,24 +268,6 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.tmp);
-    }
-}
-
-/// A source as the record names it (files by their shared path).
-#[derive(Clone, PartialEq, Eq, Hash)]
-enum SourceKey {
-    Flag(&'static str),
-    File(Arc<Path>),
-    Live,
-}
-
-impl SourceKey {
-    fn of(origin: &Origin) -> Self {
-        match origin {
-            Origin::Flag(flag) => Self::Flag(flag),
-            Origin::Line { path, .. } => Self::File(Arc::clone(path)),
-            Origin::Live => Self::Live,
-        }
     }
 }
 
@@ -318,7 +397,7 @@ fn parse(text: &str) -> Result<Recorded, usize> {
 pub fn carried_hits<T>(
     paths: &InstancePaths,
     counts: Vec<(u32, T)>,
-    new_rules: &[SourcedRule],
+    new_rules: &Rules,
 ) -> Result<Vec<(u32, T)>, RecordError> {
     use std::hash::BuildHasher as _;
     let seed = std::hash::RandomState::new();
@@ -335,7 +414,7 @@ pub fn carried_hits<T>(
     hashes.sort_unstable();
     // (old id, new id) of each new rule whose hash is a counted rule's.
     let mut matched: Vec<(u32, u32)> = Vec::new();
-    for (new, sourced) in (1u32..).zip(new_rules) {
+    for (new, sourced) in (1u32..).zip(new_rules.iter()) {
         if hashes.is_empty() {
             break;
         }
@@ -356,7 +435,10 @@ pub fn carried_hits<T>(
                 Some(old) => old,
                 None => old.insert(rule()),
             };
-            if !old.as_ref().is_some_and(|old| new_rules[*new as usize - 1].rule == *old) {
+            if !old
+                .as_ref()
+                .is_some_and(|old| new_rules.get(*new as usize - 1).is_some_and(|r| r.rule == *old))
+            {
                 *new = 0;
             }
         }
@@ -533,6 +615,8 @@ impl RuleTexts {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::{path::Path, sync::Arc};
+
     use crate::policy::SourcedRule;
 
     fn rule(text: &str) -> Rule {
@@ -551,7 +635,9 @@ mod tests {
                 sourced("allow tcp://example.com:443", Origin::Flag("--allow")),
                 sourced("block [2001:db8::/32]:80-90", Origin::Line { path: file, line: 9 }),
                 sourced("block udp://10.1.2.3:53", Origin::Live),
-            ],
+            ]
+            .into_iter()
+            .collect(),
             nat64: vec![],
             allow_sockets: vec![],
         };

@@ -105,7 +105,7 @@ pub fn compile(
         }
         max_rule_id = max_rule_id.max(rule.id);
         let spec = Spec::new(&rule);
-        if rule.net.addr().is_ipv4() { v4.push(spec) } else { v6.push(spec) }
+        if rule.net.addr().is_ipv4() { v4.push(spec.v4()) } else { v6.push(spec) }
     }
     let (v4_rules, v6_rules) = (v4.len(), v6.len());
     let dw = default_word(default);
@@ -142,18 +142,25 @@ pub fn compile(
 /// Most intervals of an IPv4 table: its bucket table takes some of the chunks.
 const V4_MAX_INTERVALS: u32 = MAX_INTERVALS - V4_BUCKET_CHUNKS * CHUNK_RECORDS;
 
-/// A rule reduced to what the sweep needs: 32 bytes (a million rules make a million). Its last
-/// address and its prefix follow from its start and prefix length ([`Spec::end`],
+/// A rule reduced to what the sweep needs: 16 bytes for IPv4 (its start a `u32`), 32 for IPv6
+/// (a million rules make a million, alive beside the policy while the tables compile). Its
+/// last address and its prefix follow from its start and prefix length ([`Spec::end`],
 /// [`Spec::net`]).
 #[derive(Clone, Copy, Debug)]
-struct Spec {
-    start: u128,
+struct Spec<A = u128> {
+    start: A,
     rank: Rank,
     /// Class entry: packed ports and verdict word.
     entry: Entry,
 }
 
 impl Spec {
+    /// The same rule with an IPv4 start.
+    fn v4(self) -> Spec<u32> {
+        let start = u32::try_from(self.start).expect("IPv4 addresses fit u32");
+        Spec { start, rank: self.rank, entry: self.entry }
+    }
+
     fn new(rule: &TableRule) -> Self {
         let start = match rule.net {
             IpNet::V4(n) => u128::from(u32::from(n.network())),
@@ -163,20 +170,23 @@ impl Spec {
         let entry = (ports, word::verdict(rule.action == Action::Block, rule.proto, rule.id));
         Self { start, rank: rule.rank(), entry }
     }
+}
 
+impl<A: Copy + Into<u128>> Spec<A> {
     /// Its last address, in the family whose last address is `max`.
     fn end(&self, max: u128) -> u128 {
-        self.start | max.checked_shr(u32::from(self.rank.prefix_len)).unwrap_or(0)
+        self.start.into() | max.checked_shr(u32::from(self.rank.prefix_len)).unwrap_or(0)
     }
 
     /// Its prefix, in the family whose last address is `max`.
     fn net(&self, max: u128) -> IpNet {
         let len = self.rank.prefix_len;
-        let net = match u32::try_from(self.start) {
+        let start: u128 = self.start.into();
+        let net = match u32::try_from(start) {
             Ok(v4) if max == u128::from(u32::MAX) => {
                 IpNet::new(std::net::Ipv4Addr::from(v4).into(), len)
             }
-            _ => IpNet::new(std::net::Ipv6Addr::from(self.start).into(), len),
+            _ => IpNet::new(std::net::Ipv6Addr::from(start).into(), len),
         };
         net.expect("a rule's prefix length fits its family")
     }
@@ -288,12 +298,12 @@ fn is_unconditional(entry: Entry) -> bool {
     entry.0 == ALL_PORTS && entry.1 & word::PROTO_MASK == 0
 }
 
-fn compile_family(
+fn compile_family<A: Copy + Ord + Into<u128>>(
     family: &'static str,
     max: u128,
     max_intervals: u32,
     default: u32,
-    mut specs: Vec<Spec>,
+    mut specs: Vec<Spec<A>>,
 ) -> Result<Compiled, TableError> {
     if specs.len() > MAX_RULES_PER_FAMILY {
         return Err(TableError::TooManyRules { family, count: specs.len() });
@@ -324,11 +334,11 @@ fn compile_family(
     };
     let mut i = 0;
     while i < specs.len() {
-        let Spec { start, rank, .. } = specs[i];
-        let end = specs[i].end(max);
+        let Spec { start: at, rank, .. } = specs[i];
+        let (start, end) = (at.into(), specs[i].end(max));
         let group_end = specs[i..]
             .iter()
-            .position(|s| s.start != start || s.rank.prefix_len != rank.prefix_len)
+            .position(|s| s.start != at || s.rank.prefix_len != rank.prefix_len)
             .map_or(specs.len(), |n| i + n);
         pop_until(&mut stack, &mut out.intervals, Some(start));
         let parent = stack.last().map_or(&default_class, |f| &f.class);
@@ -829,7 +839,8 @@ mod tests {
     /// at grows with these sizes.
     #[test]
     fn the_sweep_holds_little_per_rule() {
-        assert_eq!(size_of::<Spec>(), 32);
+        assert_eq!(size_of::<Spec<u32>>(), 16, "bytes per IPv4 rule");
+        assert_eq!(size_of::<Spec>(), 32, "bytes per IPv6 rule");
         let v4 = Intervals::new(true, Slot::Direct(0));
         assert!(matches!(v4.starts, Starts::V4(_)));
         assert_eq!(size_of::<u32>() + size_of::<Slot>(), 12, "bytes per IPv4 interval");

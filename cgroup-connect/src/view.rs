@@ -4,7 +4,7 @@
 use crate::{
     loader::{Instance, LoadError},
     pins::InstancePaths,
-    record::{FileId, Record, RuleTexts},
+    record::{FileId, RuleTexts},
 };
 
 /// The rules in force of an instance as other processes may change them: read again from
@@ -16,10 +16,11 @@ pub struct PolicyView {
 }
 
 impl PolicyView {
-    /// A view starting from `record`, the one just put in force.
+    /// A view of the record just put in force, read at the first lookup (not held beside the
+    /// policy and its record while a start finishes; most instances name no rule for a while).
     #[must_use]
-    pub fn new(paths: &InstancePaths, record: &Record) -> Self {
-        Self { paths: paths.clone(), texts: record.texts(), seen: FileId::now(paths) }
+    pub fn new(paths: &InstancePaths) -> Self {
+        Self { paths: paths.clone(), texts: RuleTexts::empty(), seen: None }
     }
 
     /// A view of the record in force of instance `paths`; while there is none that reads (an

@@ -363,7 +363,7 @@ async fn serve(
     };
     let instance::Started { mut instance, adopted, reattached, applied, packet_programs, reader } =
         started;
-    let view = Arc::new(Mutex::new(PolicyView::new(paths, &applied.record)));
+    let view = Arc::new(Mutex::new(PolicyView::new(paths)));
     // What can still fail fails before `attached` is printed, and then takes down what this
     // start made (a pinned instance that was adopted keeps enforcing, as before it).
     let ready = dns_forwarder(paths, forwarder).and_then(|learned| {
@@ -557,7 +557,7 @@ pub enum WatchError {
 /// Watches every file a rule came from too (the lists a policy names).
 fn watch_rule_files(files: &mut FileWatch, policy: &crate::policy::Policy) {
     let mut more: Vec<PathBuf> = Vec::new();
-    for rule in &policy.rules {
+    for rule in policy.rules.iter() {
         if let crate::policy::Origin::Line { path, .. } = &rule.origin
             && !more.iter().any(|f| **f == **path)
         {
