@@ -2,10 +2,12 @@
 //! a table for a destination's verdict word ([`decide`], [`decide_v4`]). The BPF programs run
 //! these same functions; userspace runs them in its checks and tests.
 
+use core::cmp::Ordering;
+
 use crate::{
     table::{
         CHUNK_BITS, CHUNK_MASK, CHUNK_RECORDS, Chunk, MAX_CLASS_LEN, Record, V4_BUCKET_BASE_RECORD,
-        V4_BUCKET_SHIFT, V4Record,
+        V4_BUCKET_SHIFT, V4Record, V6_BUCKET_RECORD, V6_BUCKETS, V6Record,
     },
     word::{self, Proto},
 };
@@ -112,6 +114,76 @@ pub fn decide_v4<'a>(
         return None;
     }
     resolve(&get, get(1 + (lo >> CHUNK_BITS))?.at(lo).word, port, proto)
+}
+
+/// [`decide`] for IPv6 tables, through their bucket table (see
+/// [`crate::table::V6_BUCKET_BITS`]): a destination in the bucket window is searched between
+/// its bucket's boundaries; one below or above it between the first interval and the window's
+/// first, or the window's last and the last interval.
+#[inline(always)]
+pub fn decide_v6<'a>(
+    get: impl Fn(u32) -> Option<&'a Chunk<V6Record>>,
+    addr: (u64, u64),
+    port: u16,
+    proto: Proto,
+) -> Option<u32> {
+    let index = get(0)?;
+    // The interval count, and (as in decide) a word that is always 0, unknown to the verifier.
+    let (count, zero) = (index.at(0).key, index.at(1).word);
+    let window = index.at(V6_BUCKET_RECORD);
+    let base = window.key;
+    let entry = |b: u32| -> Option<u32> {
+        let record = get(base + (b >> 2 >> CHUNK_BITS))?.at(b >> 2);
+        let half = if b & 2 == 0 { record.hi } else { record.lo };
+        #[expect(clippy::cast_possible_truncation, reason = "two u32 entries in a u64")]
+        Some(if b & 1 == 0 { (half >> 32) as u32 } else { half as u32 })
+    };
+    let prefix = addr.0 & window.lo;
+    let (first, last) = match prefix.cmp(&window.hi) {
+        Ordering::Less => (zero, entry(0)?),
+        Ordering::Greater => (entry(V6_BUCKETS)?, count.wrapping_sub(1)),
+        Ordering::Equal => {
+            #[expect(clippy::cast_possible_truncation, reason = "masked to the bucket bits")]
+            let b = (addr.0 >> (window.word & 63)) as u32 & (V6_BUCKETS - 1);
+            (entry(b)?, entry(b + 1)?)
+        }
+    };
+    // Also refuses an empty table (count 0).
+    if last < first || last >= count {
+        return None;
+    }
+    let i = last_between(
+        |i| Some(get(1 + (i >> CHUNK_BITS))?.at(i).start()),
+        first + zero,
+        last,
+        addr,
+    )?;
+    resolve(&get, get(1 + (i >> CHUNK_BITS))?.at(i).word, port, proto)
+}
+
+/// The last `i` in `first..=last` with `key(i) <= addr`, for keys sorted ascending and
+/// `key(first) <= addr`, in at most [`MAX_SEARCH_STEPS`] steps; `None` if a key is missing or
+/// the range is too long.
+#[inline(always)]
+fn last_between<A: Ord + Copy>(
+    key: impl Fn(u32) -> Option<A>,
+    first: u32,
+    last: u32,
+    addr: A,
+) -> Option<u32> {
+    let mut at = first;
+    let mut len = last - first + 1;
+    for _ in 0..MAX_SEARCH_STEPS {
+        if len <= 1 {
+            break;
+        }
+        let half = len / 2;
+        if key(at + half)? <= addr {
+            at += half;
+        }
+        len -= half;
+    }
+    (len == 1).then_some(at)
 }
 
 /// Steps of the IPv4 bucket search: enough for every interval a table may hold.

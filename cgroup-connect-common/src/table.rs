@@ -16,7 +16,9 @@
 //! Chunk 0 is the index: its record 0 is the header (`key` = `n`, `word` = the default
 //! verdict), and its record `1 + k` is the fence of data chunk `k`: the start of its first
 //! interval. An IPv4 index also holds where its bucket table starts
-//! ([`V4_BUCKET_BASE_RECORD`]) and 127.0.0.1's verdict for any port ([`V4_LOOPBACK_RECORD`]).
+//! ([`V4_BUCKET_BASE_RECORD`]) and 127.0.0.1's verdict for any port ([`V4_LOOPBACK_RECORD`]);
+//! an IPv6 index where its bucket table starts and the address bits it is on
+//! ([`V6_BUCKET_RECORD`]).
 //!
 //! A decision is a binary search of the fences, a binary search in one chunk, then at most
 //! [`MAX_CLASS_LEN`] entries of a class: see [`crate::decide`]. The lookups are inlined by the
@@ -68,6 +70,26 @@ pub const V4_BUCKET_BASE_RECORD: u32 = CHUNK_RECORDS - 1;
 pub const V4_LOOPBACK_RECORD: u32 = CHUNK_RECORDS - 2;
 /// Chunks the bucket table takes: two `u32` entries a record.
 pub const V4_BUCKET_CHUNKS: u32 = (V4_BUCKETS + 1).div_ceil(2).div_ceil(CHUNK_RECORDS);
+
+/// IPv6 tables also have a bucket table, on the `V6_BUCKET_BITS` bits that follow the longest
+/// prefix their rules' intervals share (at most [`V6_BUCKET_MAX_PREFIX`] bits, so that the
+/// bucket bits lie in the high half): real rule sets share their top bits, so buckets on them
+/// would not split much. Entry `b` is the number of the interval that holds the window's
+/// address with `b` in those bits; entry `V6_BUCKETS` the interval right after the window (or
+/// the last). Four `u32` entries a record: `hi` holds entries `4r` (high word) and `4r + 1`,
+/// `lo` entries `4r + 2` and `4r + 3`.
+pub const V6_BUCKET_BITS: u32 = 17;
+/// Buckets of an IPv6 table; the bucket table has one more entry.
+pub const V6_BUCKETS: u32 = 1 << V6_BUCKET_BITS;
+/// The longest shared prefix a bucket window starts after.
+pub const V6_BUCKET_MAX_PREFIX: u32 = 64 - V6_BUCKET_BITS;
+/// Where the index chunk of an IPv6 table describes its bucket window: `hi` = the shared
+/// prefix (the high half's bits below it zero), `lo` = the prefix's mask on the high half,
+/// `key` = the chunk the bucket table starts in, `word` = the shift that brings the bucket
+/// bits of a high half to the bottom.
+pub const V6_BUCKET_RECORD: u32 = CHUNK_RECORDS - 1;
+/// Chunks the IPv6 bucket table takes: four `u32` entries a record.
+pub const V6_BUCKET_CHUNKS: u32 = (V6_BUCKETS + 1).div_ceil(4).div_ceil(CHUNK_RECORDS);
 
 /// log2 of [`CHUNK_RECORDS`].
 pub const CHUNK_BITS: u32 = 14;

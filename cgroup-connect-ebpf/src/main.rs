@@ -57,7 +57,7 @@ use cgroup_connect_common::{
     ALLOW, BLOCK, CONFIG_AUDIT, Chunk, DNS_ORIGINS_CAPACITY, EVENTS_BYTES, Event, HIT_CLASSES,
     HitCount, LOOPBACK4, OBSERVE_CAPACITY, Observed, ObservedKey, Proto, RULE_FAILED_CLOSED,
     RULE_REFUSED_SHAPE, Record, Source, TABLE_CLASSES, TABLE_FLAGS, V4_LOOPBACK_RECORD, V4Record,
-    V6Record, config, decide, decide_v4,
+    V6Record, config, decide_v4, decide_v6,
     dns::{DNS_PORT, Origin},
     hook, ip4_from_user, ip6_from_user, judge_reached, mapped_ip4, nat64_ip4, observe_stats,
     or_peer,
@@ -142,7 +142,7 @@ fn judge_v6_table<const CHUNKS: usize>(
 ) -> Option<u32> {
     let table = tables.get(0)?;
     let zero = u64::from(unknown_zero(table));
-    decide(|i| table.get(i), (addr.0 | zero, addr.1 | zero), port, proto)
+    decide_v6(|i| table.get(i), (addr.0 | zero, addr.1 | zero), port, proto)
 }
 
 /// A word that is always 0 (fence 0's word, as in `decide`), unknown to the verifier. Or-ed

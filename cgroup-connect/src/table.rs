@@ -10,7 +10,8 @@ use std::{collections::HashMap, net::IpAddr};
 use cgroup_connect_common::{
     ALL_PORTS, CHUNK_RECORDS, Chunk, MAX_CLASS_LEN, MAX_INTERVALS, MAX_RULES_PER_FAMILY, Proto,
     Rank, Record, TABLE_CLASSES, V4_BUCKET_BASE_RECORD, V4_BUCKET_CHUNKS, V4_BUCKET_SHIFT,
-    V4_BUCKETS, V4_LOOPBACK_RECORD, V4Record, V6Record, pack_ports, word,
+    V4_BUCKETS, V4_LOOPBACK_RECORD, V4Record, V6_BUCKET_BITS, V6_BUCKET_CHUNKS,
+    V6_BUCKET_MAX_PREFIX, V6_BUCKET_RECORD, V6_BUCKETS, V6Record, pack_ports, word,
 };
 use ipnet::IpNet;
 
@@ -121,7 +122,7 @@ pub fn compile(
             },
             dw,
         );
-    let v6 = compile_family("IPv6", u128::MAX, MAX_INTERVALS, dw, v6)?.into_chunks(
+    let mut v6 = compile_family("IPv6", u128::MAX, V6_MAX_INTERVALS, dw, v6)?.into_chunks(
         |start, key, word| {
             let (hi, lo) = halves(start);
             V6Record { hi, lo, key: if key == START { 0 } else { key }, word }
@@ -129,6 +130,7 @@ pub fn compile(
         dw,
     );
     add_v4_buckets(&mut v4);
+    add_v6_buckets(&mut v6);
     v4[0].records[V4_LOOPBACK_RECORD as usize].word = loopback_word(&v4);
     let most = *TABLE_CLASSES.last().expect("classes");
     for (family, chunks) in [("IPv4", v4.len()), ("IPv6", v6.len())] {
@@ -141,6 +143,9 @@ pub fn compile(
 
 /// Most intervals of an IPv4 table: its bucket table takes some of the chunks.
 const V4_MAX_INTERVALS: u32 = MAX_INTERVALS - V4_BUCKET_CHUNKS * CHUNK_RECORDS;
+
+/// Most intervals of an IPv6 table: its bucket table takes a chunk.
+const V6_MAX_INTERVALS: u32 = MAX_INTERVALS - V6_BUCKET_CHUNKS * CHUNK_RECORDS;
 
 /// A rule reduced to what the sweep needs: 16 bytes for IPv4 (its start a `u32`), 32 for IPv6
 /// (a million rules make a million, alive beside the policy while the tables compile). Its
@@ -454,6 +459,55 @@ fn add_v4_buckets(chunks: &mut Vec<Chunk<V4Record>>) {
         u32::try_from(base).expect("few chunks");
 }
 
+/// Appends the bucket table to an IPv6 table and describes its window in the index (see
+/// `V6_BUCKET_BITS`): the buckets are on the bits after the longest prefix that the starts of
+/// the intervals after the first share (the first starts at `::`), at most
+/// `V6_BUCKET_MAX_PREFIX` bits.
+fn add_v6_buckets(chunks: &mut Vec<Chunk<V6Record>>) {
+    let count = chunks[0].records[0].key as usize;
+    let start = |i: usize| {
+        let r = chunks[1 + i / CHUNK_RECORDS as usize].records[i % CHUNK_RECORDS as usize];
+        (u128::from(r.hi) << 64) | u128::from(r.lo)
+    };
+    let shared = if count < 2 { 0 } else { (start(1) ^ start(count - 1)).leading_zeros() };
+    let prefix_len = shared.min(V6_BUCKET_MAX_PREFIX);
+    let mask = if prefix_len == 0 { 0 } else { u64::MAX << (64 - prefix_len) };
+    let (prefix, _) = halves(start(count - 1));
+    let prefix = prefix & mask;
+    let shift = 64 - prefix_len - V6_BUCKET_BITS;
+    let mut entries = Vec::with_capacity(V6_BUCKETS as usize + 1);
+    let mut i = 0;
+    let window = u128::from(prefix) << 64;
+    for b in 0..=u128::from(V6_BUCKETS) {
+        // The first address of bucket b; for b = V6_BUCKETS, the first after the window, or
+        // none if the window ends the address space (then the last interval).
+        match window.checked_add(b << (64 + shift)) {
+            Some(first) if b < u128::from(V6_BUCKETS) || prefix | !mask != u64::MAX => {
+                while i + 1 < count && start(i + 1) <= first {
+                    i += 1;
+                }
+            }
+            _ => i = count - 1,
+        }
+        entries.push(u32::try_from(i).expect("intervals fit u32"));
+    }
+    let base = chunks.len();
+    chunks.extend(zeroed_chunks::<V6Record>(V6_BUCKET_CHUNKS as usize));
+    for (r, four) in entries.chunks(4).enumerate() {
+        let e = |k: usize| u64::from(four.get(k).copied().unwrap_or(0));
+        let record =
+            &mut chunks[base + r / CHUNK_RECORDS as usize].records[r % CHUNK_RECORDS as usize];
+        record.hi = (e(0) << 32) | e(1);
+        record.lo = (e(2) << 32) | e(3);
+    }
+    chunks[0].records[V6_BUCKET_RECORD as usize] = V6Record {
+        hi: prefix,
+        lo: mask,
+        key: u32::try_from(base).expect("few chunks"),
+        word: shift,
+    };
+}
+
 /// 127.0.0.1's verdict for any port and protocol, for a connect to `0.0.0.0` that may go there
 /// (see `V4_LOOPBACK_RECORD`): its interval's verdict word, or for a class, the first entry
 /// that blocks, else the last entry (which matches every port and protocol).
@@ -546,11 +600,11 @@ impl TableView<'_> {
     /// malformed table (the programs fail closed).
     #[must_use]
     pub fn lookup(&self, addr: IpAddr, port: u16, proto: Proto) -> Option<u32> {
-        use cgroup_connect_common::{decide, decide_v4};
+        use cgroup_connect_common::{decide_v4, decide_v6};
         match self.judged(addr) {
             IpAddr::V4(a) => decide_v4(|i| self.v4.get(i as usize), u32::from(a), port, proto),
             IpAddr::V6(a) => {
-                decide(|i| self.v6.get(i as usize), halves(u128::from(a)), port, proto)
+                decide_v6(|i| self.v6.get(i as usize), halves(u128::from(a)), port, proto)
             }
         }
     }
@@ -787,11 +841,12 @@ mod tests {
     }
 
     /// The capacity the README states: 4,169,727 scattered IPv4 host rules (the bucket
-    /// table takes two chunks) and 4,186,111 IPv6 ones fit, one more does not.
+    /// table takes two chunks) and 4,161,535 IPv6 ones (the bucket table takes three) fit, one
+    /// more does not.
     #[test]
     fn scattered_host_rules_fill_a_table_exactly() {
         for (v6, fits, family, max) in
-            [(false, 4_169_727, "IPv4", 8_339_456u32), (true, 4_186_111, "IPv6", 8_372_224)]
+            [(false, 4_169_727, "IPv4", 8_339_456u32), (true, 4_161_535, "IPv6", 8_323_072)]
         {
             let t = compile(Action::Allow, scattered(fits, v6)).unwrap();
             assert_eq!(if v6 { t.v6.len() } else { t.v4.len() }, 512, "{family}");
@@ -898,6 +953,55 @@ mod tests {
                 } else {
                     std::net::Ipv4Addr::from((u32::from(hi) << 24) | u32::from(lo)).into()
                 };
+                let got = lookup(&tables, addr, port, proto).expect("well-formed");
+                let want = oracle(default, &all, addr, port, proto);
+                prop_assert_eq!(word::blocks(got), want.0, "{}:{} {:?}", addr, port, proto);
+            }
+        }
+
+        /// The same for IPv6 rules under a shared prefix of any length, so that the bucket
+        /// window starts anywhere (or at its deepest, for one rule): probed at the rules'
+        /// edges, on both sides of the window, and anywhere.
+        #[test]
+        fn ipv6_buckets_match_the_oracle(
+            shared in 0u32..=128,
+            base in any::<u128>(),
+            rules in proptest::collection::vec(
+                (any::<u128>(), 0u8..=128, proptest::option::of(0u16..3), any::<bool>()), 0..12),
+            probes in proptest::collection::vec((any::<u128>(), 0u16..3, 1usize..3), 1..8),
+            deny in any::<bool>(),
+        ) {
+            let default = if deny { Action::Block } else { Action::Allow };
+            let keep = u128::MAX.checked_shr(shared).unwrap_or(0);
+            let under = |a: u128| (base & !keep) | (a & keep);
+            let all: Vec<TableRule> = rules
+                .iter()
+                .enumerate()
+                .map(|(i, &(a, len, port, block))| TableRule {
+                    net: IpNet::new(std::net::Ipv6Addr::from(under(a)).into(), len)
+                        .unwrap()
+                        .trunc(),
+                    ports: port.map(|p| Ports { lo: p, hi: p }),
+                    proto: Proto::Any,
+                    action: if block { Action::Block } else { Action::Allow },
+                    id: u32::try_from(i).unwrap() + 1,
+                })
+                .collect();
+            let tables = compile(default, all.iter().copied()).unwrap();
+            let mut addrs: Vec<u128> = all
+                .iter()
+                .flat_map(|r| {
+                    let s = Spec::new(r);
+                    let e = s.end(u128::MAX);
+                    [s.start.wrapping_sub(1), s.start, e, e.wrapping_add(1)]
+                })
+                .collect();
+            addrs.extend([base & !keep, (base & !keep).wrapping_sub(1), base | keep, (base | keep).wrapping_add(1), 0, u128::MAX]);
+            addrs.extend(probes.iter().flat_map(|&(a, _, _)| [a, under(a)]));
+            for (k, &a) in addrs.iter().enumerate() {
+                let (_, port, proto) = probes[k % probes.len()];
+                let proto = [Proto::Any, Proto::Tcp, Proto::Udp][proto];
+                let addr = IpAddr::V6(a.into());
                 let got = lookup(&tables, addr, port, proto).expect("well-formed");
                 let want = oracle(default, &all, addr, port, proto);
                 prop_assert_eq!(word::blocks(got), want.0, "{}:{} {:?}", addr, port, proto);
