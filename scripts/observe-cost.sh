@@ -2,11 +2,13 @@
 # Observe mode's cost per decision (issue 12), with bpf_stats: the connect4 program's
 # run_time_ns / run_cnt over a burst of connects from a test cgroup, for
 #   enforce   the same rules without --audit (one flag test more than before observe mode);
-#   hit       --audit, the same 64 destinations again and again (an entry's update);
+#   enforce1  as enforce, one destination again and again;
+#   hit1      --audit, one destination again and again (a slot of the CPU's cache);
+#   hit       --audit, the same 64 destinations again and again (slots of the CPU's cache);
 #   new       --audit, a new destination each connect (an insert into the LRU hash);
 #   evict     --audit, a new destination each connect into a full map (an insert that evicts).
 #   sudo ./scripts/observe-cost.sh [CONNECTS]     (default 100000 per case)
-# Uses target/release/blocker as built; makes its own cgroup and instances, removes them on
+# Uses target/release/blocker as built (or $BLOCKER); makes its own cgroup and instances, removes them on
 # exit. Connects go to 127.0.0.0/8 ports where nothing listens (refused at once). It asserts
 # nothing: read docs/performance.md. bpf_stats is global: turned on for the run, then restored.
 set -euo pipefail
@@ -14,7 +16,7 @@ source "$(dirname "$0")/lib.sh"
 require_root "observe-cost.sh"
 cd "$ROOT_DIR"
 n=${1:-100000}
-blocker=target/release/blocker
+blocker=${BLOCKER:-target/release/blocker}
 root=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/self/mounts)
 cg="$root/cgroup-connect-observe-cost-$$"
 name="observe-cost-$$"
@@ -30,14 +32,15 @@ trap cleanup EXIT
 mkdir "$cg"
 echo 1 >/proc/sys/kernel/bpf_stats_enabled
 
-# Connects from a child in the cgroup: MODE same (64 destinations in turn) or new (port and
+# Connects from a child in the cgroup: MODE one (one destination), same (64 destinations in
+# turn) or new (port and
 # address change each time: 2^24 addresses * ports, never the same twice in a run).
 workload() {
     sh -c 'echo $$ > "$1/cgroup.procs" && exec python3 - "$2" "$3" "$4"' _ "$cg" "$1" "$n" "$2" <<'EOF'
 import socket, sys
 mode, n, salt = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 for i in range(n):
-    k = i % 64 if mode == "same" else i + salt * n
+    k = 0 if mode == "one" else i % 64 if mode == "same" else i + salt * n
     addr = "127.%d.%d.%d" % ((k >> 16) & 255, (k >> 8) & 255, (k & 255) | 1)
     s = socket.socket()
     try:
@@ -84,6 +87,8 @@ measure() {
 
 rules=(--block 192.0.2.0/24 --allow 127.0.0.0/8)
 measure enforce same 0 "${rules[@]}"
+measure enforce1 one 0 "${rules[@]}"
+measure hit1 one 0 --audit "${rules[@]}"
 measure hit same 0 --audit "${rules[@]}"
 measure new new 1 --audit "${rules[@]}"
 measure evict new 2 --audit --observe-capacity 4096 "${rules[@]}"

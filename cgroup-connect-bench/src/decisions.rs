@@ -31,6 +31,8 @@ use crate::{
 pub const ALLOW_ONLY: &str = "allow-only";
 pub const BLOCKER: &str = "blocker";
 pub const BLOCKER_READER: &str = "blocker + events reader";
+/// The blocker in observe mode (`--audit`, issue 12): every decision recorded, nothing blocked.
+pub const BLOCKER_AUDIT: &str = "blocker --audit";
 pub const HASH_MAP: &str = "hash map";
 pub const LPM_TRIE: &str = "LPM trie";
 
@@ -258,6 +260,10 @@ pub(crate) fn run_in(cfg: &Config, log: &mut dyn FnMut(&str)) -> anyhow::Result<
         let once = Config { load_repeats: 1, reload_repeats: 0, ..cfg.clone() };
         start_blocker(&once, &list_v4, false, &["--events", "-"], maps::TABLE_V4, log)?
     };
+    let (_, place_audit) = {
+        let once = Config { load_repeats: 1, reload_repeats: 0, ..cfg.clone() };
+        start_blocker(&once, &list_v4, false, &["--audit"], maps::TABLE_V4, log)?
+    };
     let mut references = vec![];
     let allow4 = reference(ALLOW_ONLY, false, Reference::attach)?;
     let allow6 = reference(ALLOW_ONLY, true, Reference::attach_allow6)?;
@@ -275,7 +281,7 @@ pub(crate) fn run_in(cfg: &Config, log: &mut dyn FnMut(&str)) -> anyhow::Result<
         entries: prefixes.len(),
         map_kib: env::new_maps_memlock(&before, &[maps::REFERENCE_PREFIXES])? as f64 / 1024.0,
     });
-    let places = [allow4, place_v4, place_reader, hash, lpm, allow6, place_v6];
+    let places = [allow4, place_v4, place_reader, place_audit, hash, lpm, allow6, place_v6];
     let evict = vec![1u8; cfg.evict_bytes];
 
     // per_round[workload][place]: ns per decision, one per round.
@@ -297,7 +303,9 @@ pub(crate) fn run_in(cfg: &Config, log: &mut dyn FnMut(&str)) -> anyhow::Result<
                     workload.evict.then_some(evict.as_slice()),
                 )?;
                 let (t1, c1) = env::program_stats(place.program)?;
-                let want = if place.variant == ALLOW_ONLY { 0 } else { workload.blocked };
+                // Audit mode blocks nothing.
+                let lets_all = [ALLOW_ONLY, BLOCKER_AUDIT].contains(&place.variant);
+                let want = if lets_all { 0 } else { workload.blocked };
                 ensure!(
                     failed == 0 && no == want,
                     "{} in {}: {no} connects refused (want {want}), {failed} failed otherwise",
@@ -341,11 +349,12 @@ pub(crate) fn run_in(cfg: &Config, log: &mut dyn FnMut(&str)) -> anyhow::Result<
             series(wa, pa).iter().zip(&series(wb, pb)).map(|(a, b)| a / b).collect();
         Stat::of(&ratios).median
     };
-    let ratio = |wn: &str| {
+    let ratio_of = |wn: &str, variant: &str| {
         rows.iter()
-            .find(|r| r.workload == wn && r.variant == BLOCKER)
+            .find(|r| r.workload == wn && r.variant == variant)
             .map_or(f64::NAN, |r| r.ratio_to_allow_only)
     };
+    let ratio = |wn: &str| ratio_of(wn, BLOCKER);
     let mib = |kib: f64| kib / 1024.0;
     let targets = vec![
         Target::new("IPv4, one allowed destination", "x allow-only", 1.5, ratio(ONE_ALLOWED)),
@@ -401,6 +410,25 @@ pub(crate) fn run_in(cfg: &Config, log: &mut dyn FnMut(&str)) -> anyhow::Result<
             blocker_v4.reload_command_peak_rss_kib.map_or(f64::NAN, |s| s.median) / 1000.0,
         ),
         Target::new("start to enforcing", "s", 0.5, blocker_v4.start_seconds.median),
+        // Issue 12: observe mode's cost per decision within issue 11's targets.
+        Target::new(
+            "audit mode, IPv4, one allowed destination",
+            "x allow-only",
+            1.5,
+            ratio_of(ONE_ALLOWED, BLOCKER_AUDIT),
+        ),
+        Target::new(
+            "audit mode, IPv4, one blocked destination",
+            "x allow-only",
+            2.0,
+            ratio_of(ONE_BLOCKED, BLOCKER_AUDIT),
+        ),
+        Target::new(
+            "audit mode, IPv4, distinct allowed destinations",
+            "x allow-only",
+            5.0,
+            ratio_of(DISTINCT_ALLOWED, BLOCKER_AUDIT),
+        ),
     ];
     drop(places);
     Ok(DecisionsReport {
@@ -477,7 +505,11 @@ fn start_blocker(
         table_kib.push(env::new_maps_memlock(&maps_before, &[table])? as f64 / 1024.0);
         let name = if v6 { programs::CONNECT6 } else { programs::CONNECT4 };
         let program = env::attached_program(cg.path(), name)?;
-        let variant = if args.is_empty() { BLOCKER } else { BLOCKER_READER };
+        let variant = match args {
+            [] => BLOCKER,
+            ["--audit"] => BLOCKER_AUDIT,
+            _ => BLOCKER_READER,
+        };
         kept = Some(Place { variant, v6, program, blocker: Some(b), _reference: None, ns, cg });
     }
     let place = kept.context("no start")?;
@@ -530,7 +562,7 @@ pub fn render(r: &DecisionsReport) -> String {
         r.loadavg_before,
         r.loadavg_after
     );
-    let variants = [ALLOW_ONLY, BLOCKER, BLOCKER_READER, HASH_MAP, LPM_TRIE];
+    let variants = [ALLOW_ONLY, BLOCKER, BLOCKER_READER, BLOCKER_AUDIT, HASH_MAP, LPM_TRIE];
     let _ = write!(s, "{:<50} {:>7}", "median ns per decision (x allow-only)", "calls");
     for v in variants {
         let _ = write!(s, " {v:>24}");

@@ -76,9 +76,10 @@ fn every_measurement_runs() {
 /// the memory figures and targets are there.
 fn decisions_ran(d: &cgroup_connect_bench::decisions::DecisionsReport) {
     use cgroup_connect_bench::decisions::{
-        ALLOW_ONLY, BLOCKER, BLOCKER_READER, HALF_BLOCKED, HASH_MAP, LPM_TRIE, ONE_BLOCKED,
+        ALLOW_ONLY, BLOCKER, BLOCKER_AUDIT, BLOCKER_READER, HALF_BLOCKED, HASH_MAP, LPM_TRIE,
+        ONE_BLOCKED,
     };
-    let v4 = [ALLOW_ONLY, BLOCKER, BLOCKER_READER, HASH_MAP, LPM_TRIE];
+    let v4 = [ALLOW_ONLY, BLOCKER, BLOCKER_READER, BLOCKER_AUDIT, HASH_MAP, LPM_TRIE];
     let workloads: Vec<&str> = d.rows.iter().map(|r| r.workload).fold(vec![], |mut seen, w| {
         if !seen.contains(&w) {
             seen.push(w);
@@ -95,8 +96,9 @@ fn decisions_ran(d: &cgroup_connect_bench::decisions::DecisionsReport) {
     }
     for r in &d.rows {
         assert!(r.ns_per_decision.median > 0.0 && r.ratio_to_allow_only > 0.0, "{r:?}");
-        let blocks =
-            r.variant != ALLOW_ONLY && (r.workload == ONE_BLOCKED || r.workload == HALF_BLOCKED);
+        // Allow-only and audit mode refuse nothing.
+        let blocks = ![ALLOW_ONLY, BLOCKER_AUDIT].contains(&r.variant)
+            && (r.workload == ONE_BLOCKED || r.workload == HALF_BLOCKED);
         assert_eq!(r.refused > 0, blocks, "{r:?}");
     }
     assert!(d.rules_v4_covered_share > 0.0 && d.rules_v4_covered_share < 0.5, "{d:?}");

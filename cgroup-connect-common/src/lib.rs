@@ -32,7 +32,10 @@ pub mod word;
 pub use decision::{MAX_SEARCH_STEPS, Rank, decide, decide_v4, decide_v6, entry_matches};
 pub use event::{Event, RULE_FAILED_CLOSED, RULE_REFUSED_SHAPE, hook, verdict};
 pub use names::{CONFIG_AUDIT, DNS_ORIGINS_CAPACITY, EVENTS_BYTES, config, maps, programs, stats};
-pub use observe::{OBSERVE_CAPACITY, Observed, ObservedKey, observe_stats};
+pub use observe::{
+    OBSERVE_CAPACITY, OBSERVE_SETS, ObserveSet, ObserveSlot, Observed, ObservedKey, observe_set,
+    observe_stats,
+};
 pub use sock_addr::{
     LOOPBACK4, LOOPBACK6, MAPPED_LOOPBACK4, MAX_NAT64_PREFIXES, NAT64_WELL_KNOWN, Source,
     ip4_from_user, ip6_from_user, judge_reached, mapped_ip4, nat64_ip4, or_peer, port_from_user,
@@ -68,6 +71,10 @@ mod pod {
     unsafe impl aya::Pod for super::ObservedKey {}
     // SAFETY: #[repr(C)], four u64s.
     unsafe impl aya::Pod for super::Observed {}
+    // SAFETY: #[repr(C)], the two above and a u64 (24 + 32 + 8 bytes, 8-aligned, no padding).
+    unsafe impl aya::Pod for super::ObserveSlot {}
+    // SAFETY: #[repr(C)], an array of the above.
+    unsafe impl aya::Pod for super::ObserveSet {}
     // SAFETY: one u64.
     unsafe impl aya::Pod for super::HitCount {}
     // SAFETY: #[repr(C)], two u32s, every bit pattern valid.

@@ -109,6 +109,9 @@ pub mod maps {
     /// LRU hash of [`crate::ObservedKey`] -> [`crate::Observed`]: in audit mode, every
     /// destination judged (observe mode, read by `blocker learn`).
     pub const OBSERVED: &str = "observed";
+    /// Per-CPU array of [`crate::ObserveSet`]s: each CPU's cache of the destinations it
+    /// judged last in audit mode, in front of [`OBSERVED`].
+    pub const OBSERVE_CACHE: &str = "observe_cache";
     /// Per-CPU array of `u64` totals of observe mode, indexed by [`crate::observe_stats`].
     pub const OBSERVE_STATS: &str = "observe_stats";
     /// Hash of IPv4 hosts (`u32` in network byte order -> `u8`) for [`super::programs::REFERENCE_HASH`].
@@ -123,7 +126,7 @@ pub mod maps {
     /// socket was sent to before the programs sent it to the forwarder.
     pub const DNS_ORIGINS: &str = "dns_origins";
     /// Every map an instance pins.
-    pub const PINNED: [&str; 21] = [
+    pub const PINNED: [&str; 22] = [
         RULES_V4[0],
         RULES_V4[1],
         RULES_V4[2],
@@ -145,6 +148,7 @@ pub mod maps {
         OBSERVED,
         OBSERVE_STATS,
         DNS_ORIGINS,
+        OBSERVE_CACHE,
     ];
 }
 

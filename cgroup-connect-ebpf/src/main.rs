@@ -46,7 +46,7 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_probe_read_kernel,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_get_socket_uid,
+            bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_get_socket_uid, bpf_jiffies64,
             bpf_ktime_get_boot_ns, bpf_sk_fullsock, bpf_skb_cgroup_id,
         },
     },
@@ -55,12 +55,12 @@ use aya_ebpf::{
 };
 use cgroup_connect_common::{
     ALLOW, BLOCK, CONFIG_AUDIT, Chunk, DNS_ORIGINS_CAPACITY, EVENTS_BYTES, Event, HIT_CLASSES,
-    HitCount, LOOPBACK4, OBSERVE_CAPACITY, Observed, ObservedKey, Proto, RULE_FAILED_CLOSED,
-    RULE_REFUSED_SHAPE, Record, Source, TABLE_CLASSES, TABLE_FLAGS, V4_LOOPBACK_RECORD, V4Record,
-    V6Record, config, decide_v4, decide_v6,
+    HitCount, LOOPBACK4, OBSERVE_CAPACITY, OBSERVE_SETS, ObserveSet, Observed, ObservedKey, Proto,
+    RULE_FAILED_CLOSED, RULE_REFUSED_SHAPE, Record, Source, TABLE_CLASSES, TABLE_FLAGS,
+    V4_LOOPBACK_RECORD, V4Record, V6Record, config, decide_v4, decide_v6,
     dns::{DNS_PORT, Origin},
-    hook, ip4_from_user, ip6_from_user, judge_reached, mapped_ip4, nat64_ip4, observe_stats,
-    or_peer,
+    hook, ip4_from_user, ip6_from_user, judge_reached, mapped_ip4, nat64_ip4, observe_set,
+    observe_stats, or_peer,
     packet::{
         self, CMSG_HEADER, ETH_P_IP_BE, ETH_P_IPV6_BE, IPV4_HEADER, IPV6_HEADER, MAX_CMSGS,
         MAX_EXT_HEADERS, MAX_IP_OPTIONS, MAX_IP_OPTIONS_LEN, Next, OptionKind, OptionStep,
@@ -211,6 +211,10 @@ fn hit_in<const N: usize>(hits: &Hits<N>, rule: u32) {
 #[btf_map(name = "observed")]
 static OBSERVED: LruHashMap<ObservedKey, Observed, { OBSERVE_CAPACITY as usize }> =
     LruHashMap::new();
+
+/// Each CPU's cache of the destinations it judged last, in front of `OBSERVED`.
+#[btf_map(name = "observe_cache")]
+static OBSERVE_CACHE: PerCpuArray<ObserveSet, { OBSERVE_SETS as usize }> = PerCpuArray::new();
 
 #[btf_map(name = "observe_stats")]
 static OBSERVE_STATS: PerCpuArray<u64, { observe_stats::COUNT as usize }> = PerCpuArray::new();
@@ -1088,13 +1092,13 @@ fn count(index: u32) {
 }
 
 /// Observe mode: records the decision under its destination (first and last seen, counts).
-/// Never changes a verdict: an entry that cannot be made only loses the record, counted in
-/// `observe_stats::LOST`. A full map evicts its least recently seen destination.
+/// When one of the two slots of this CPU's cache that the destination may take holds it, the
+/// decision is counted there: no hashing of the key, no lock, no atomic, and the clock read
+/// only when the jiffy changed (a clock read costs more than the rest of the hit). Otherwise
+/// the slot seen less recently gives its destination to `OBSERVED` ([`fold`]) and this one
+/// takes it. Never changes a verdict: a record that cannot be kept is counted in
+/// `observe_stats::LOST`.
 #[inline(always)]
-#[expect(
-    clippy::needless_borrows_for_generic_args,
-    reason = "by reference, the lookup and the insert share one stack copy of the key"
-)]
 fn observe(attempt: &Attempt, blocks: bool) {
     #[expect(clippy::cast_possible_truncation, reason = "the protocol numbers we record fit u8")]
     let key = ObservedKey {
@@ -1105,28 +1109,103 @@ fn observe(attempt: &Attempt, blocks: bool) {
         protocol: attempt.protocol as u8,
         pad: 0,
     };
+    // SAFETY: a plain helper without arguments (5.5; CAP_BPF, which loading needs anyway).
+    let jiffies = unsafe { bpf_jiffies64() };
+    let would_block = u64::from(blocks);
+    let Some(set) = OBSERVE_CACHE.get_ptr_mut(observe_set(&key)) else {
+        // No cache element (cannot happen: the index is below its size): straight to the map.
+        fold(&key, &observed_now(would_block));
+        return;
+    };
+    // SAFETY: this CPU's element; the program runs with migration off, so only this CPU's
+    // programs touch it (a task preempted inside the program could lose an increment).
+    let [a, b] = unsafe { &mut (*set).ways };
+    for held in [&mut *a, &mut *b] {
+        if held.seen.count != 0 && same_destination(&held.key, &key) {
+            if held.clock_jiffies != jiffies {
+                // SAFETY: a plain helper without arguments.
+                held.seen.last_ns = unsafe { bpf_ktime_get_boot_ns() };
+                held.clock_jiffies = jiffies;
+            }
+            held.seen.count += 1;
+            held.seen.would_block += would_block;
+            return;
+        }
+    }
+    let held = if a.seen.last_ns <= b.seen.last_ns { a } else { b };
+    if held.seen.count != 0 {
+        fold(&held.key, &held.seen);
+    }
+    held.key = key;
+    held.seen = observed_now(would_block);
+    held.clock_jiffies = jiffies;
+}
+
+/// A record of one decision, now.
+#[inline(always)]
+fn observed_now(would_block: u64) -> Observed {
     // SAFETY: a plain helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let would_block = u64::from(blocks);
-    if let Some(seen) = OBSERVED.get_ptr_mut(&key) {
-        // SAFETY: the map's value for this key; a rare lost update on another CPU only loses
-        // a count or moves a time by an instant.
-        unsafe {
-            (*seen).last_ns = now;
-            (*seen).count += 1;
-            (*seen).would_block += would_block;
-        }
+    Observed { first_ns: now, last_ns: now, count: 1, would_block }
+}
+
+/// Whether two keys name one destination, field by field (the padding is always 0).
+#[inline(always)]
+fn same_destination(a: &ObservedKey, b: &ObservedKey) -> bool {
+    a.addr_lo == b.addr_lo
+        && a.addr_hi == b.addr_hi
+        && a.port == b.port
+        && a.family == b.family
+        && a.protocol == b.protocol
+}
+
+/// Adds what a CPU saw of `key` to its entry in `OBSERVED`, making the entry when there is
+/// none (a full map evicts its least recently used destination). The counts are added
+/// atomically, so CPUs folding the same destination lose none.
+#[inline(always)]
+fn fold(key: &ObservedKey, seen: &Observed) {
+    // Looked up first: an insert into an LRU hash takes a free node (evicting, when full)
+    // before it finds that the key exists.
+    if let Some(entry) = OBSERVED.get_ptr_mut(key) {
+        add_to(entry, seen);
         return;
     }
-    let seen = Observed { first_ns: now, last_ns: now, count: 1, would_block };
-    // BPF_NOEXIST: an entry another CPU made meanwhile is kept (this decision is then lost).
-    let total = match OBSERVED.insert(&key, &seen, u64::from(aya_ebpf::bindings::BPF_NOEXIST)) {
+    // BPF_NOEXIST: an entry another CPU made meanwhile is kept, and this record added to it.
+    let total = match OBSERVED.insert(key, seen, u64::from(aya_ebpf::bindings::BPF_NOEXIST)) {
         Ok(()) => observe_stats::RECORDED,
-        Err(_) => observe_stats::LOST,
+        Err(_) => match OBSERVED.get_ptr_mut(key) {
+            Some(entry) => return add_to(entry, seen),
+            None => observe_stats::LOST,
+        },
     };
     if let Some(n) = OBSERVE_STATS.get_ptr_mut(total) {
+        let add = if total == observe_stats::LOST { seen.count } else { 1 };
         // SAFETY: as in count.
-        unsafe { *n += 1 };
+        unsafe { *n += add };
+    }
+}
+
+/// Adds `seen` to the map entry `entry`: counts atomically; the times by plain stores (two
+/// CPUs at the same instant may keep either's time, an instant apart).
+#[inline(always)]
+fn add_to(entry: *mut Observed, seen: &Observed) {
+    // SAFETY: a value of OBSERVED, 8-aligned, alive while the program runs; its counts are only
+    // ever changed atomically. The results are unused: the plain `BPF_XADD` every kernel knows.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            &raw mut (*entry).count,
+            seen.count,
+        );
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            &raw mut (*entry).would_block,
+            seen.would_block,
+        );
+        if seen.first_ns < (*entry).first_ns {
+            (*entry).first_ns = seen.first_ns;
+        }
+        if seen.last_ns > (*entry).last_ns {
+            (*entry).last_ns = seen.last_ns;
+        }
     }
 }
 

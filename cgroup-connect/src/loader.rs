@@ -30,8 +30,9 @@ use aya::{
     },
 };
 use cgroup_connect_common::{
-    CONFIG_AUDIT, HIT_CLASSES, HitCount, MAX_NAT64_PREFIXES, OBSERVE_CAPACITY, Observed,
-    ObservedKey, TABLE_CLASSES, config, maps, observe_stats, packet::socket_kind, programs, stats,
+    CONFIG_AUDIT, HIT_CLASSES, HitCount, MAX_NAT64_PREFIXES, OBSERVE_CAPACITY, ObserveSet,
+    Observed, ObservedKey, TABLE_CLASSES, config, maps, observe_stats, packet::socket_kind,
+    programs, stats,
 };
 
 use crate::{
@@ -1055,7 +1056,24 @@ impl Instance {
             _ => 0,
         };
         // An entry evicted while iterating is skipped, not an error.
-        let entries: Vec<(ObservedKey, Observed)> = map.iter().flatten().collect();
+        let mut merged: StdHashMap<ObservedKey, Observed> = map.iter().flatten().collect();
+        let in_map = merged.len() as u64;
+        // What each CPU's cache holds and has not yet added to the map (none for an instance
+        // pinned by a version without the cache).
+        if self.maps.contains_key(maps::OBSERVE_CACHE) {
+            let cache: PerCpuArray<&MapData, ObserveSet> = self.map(maps::OBSERVE_CACHE)?;
+            let err = |source| LoadError::Map { map: maps::OBSERVE_CACHE, what: "reading", source };
+            for set in 0..cache.len() {
+                for held in cache.get(&set, 0).map_err(err)?.iter().flat_map(|s| &s.ways) {
+                    if held.seen.count != 0 {
+                        merged
+                            .entry(held.key)
+                            .and_modify(|e| e.merge(&held.seen))
+                            .or_insert(held.seen);
+                    }
+                }
+            }
+        }
         let array: PerCpuArray<&MapData, u64> = self.map(maps::OBSERVE_STATS)?;
         let err = |source| LoadError::Map { map: maps::OBSERVE_STATS, what: "reading", source };
         let total = |i| array.get(&i, 0).map(|v| v.iter().sum::<u64>()).map_err(err);
@@ -1063,7 +1081,8 @@ impl Instance {
             capacity,
             recorded: total(observe_stats::RECORDED)?,
             lost: total(observe_stats::LOST)?,
-            entries,
+            in_map,
+            entries: merged.into_iter().collect(),
         })
     }
 
@@ -1159,7 +1178,7 @@ impl Instance {
 }
 
 /// The maps of observe mode, which an instance pinned by an older version lacks.
-const OBSERVE_MAPS: [&str; 2] = [maps::OBSERVED, maps::OBSERVE_STATS];
+const OBSERVE_MAPS: [&str; 3] = [maps::OBSERVED, maps::OBSERVE_STATS, maps::OBSERVE_CACHE];
 
 /// Observe mode's record of an instance: see [`Instance::observed`].
 #[derive(Debug, Clone, Default)]
@@ -1170,6 +1189,9 @@ pub struct Observations {
     pub recorded: u64,
     /// Decisions that could not be recorded.
     pub lost: u64,
+    /// Entries the map holds now (the destinations only in a CPU's cache are not among them).
+    pub in_map: u64,
+    /// Every destination, the map's entry and each CPU's cached part merged.
     pub entries: Vec<(ObservedKey, Observed)>,
 }
 
@@ -1177,7 +1199,7 @@ impl Observations {
     /// Destinations the map evicted to make room for newer ones.
     #[must_use]
     pub fn evicted(&self) -> u64 {
-        self.recorded.saturating_sub(self.entries.len() as u64)
+        self.recorded.saturating_sub(self.in_map)
     }
 }
 

@@ -13,7 +13,7 @@ use std::{
 
 use common::{
     Blocker, Netns, Outcome, Place, Probe, Scene, TempCgroup, TempDir, blocker_ok, blocker_output,
-    outcome, probe,
+    connect_each, flood, outcome, probe,
 };
 
 /// The namespace's addresses: the workload's servers listen on some of them (IPv6 ones each
@@ -194,6 +194,35 @@ fn since_leaves_out_older_destinations() {
     let _enforced = enforce(&cgroup, &policy);
     assert_eq!(check(&cgroup, &netns, Probe::UdpSendto, "192.0.2.2:53"), Outcome::Allowed);
     assert_eq!(check(&cgroup, &netns, Probe::TcpConnect, "192.0.2.1:7"), Outcome::Blocked);
+}
+
+/// Counts are exact whether a destination stayed in a CPU's cache or went to the shared map:
+/// more destinations than the caches hold, each reached twice, and one reached many times,
+/// are each learnt with their exact number of decisions.
+#[test]
+fn counts_are_exact_across_the_cpu_caches_and_the_map() {
+    require_privileges!();
+    let scene = Scene::new(&[], &["--audit"]);
+    // 1,500 loopback addresses where nothing listens (refused at once, allowed by the
+    // blocker): three times what a CPU's cache holds.
+    let many: Vec<SocketAddr> = (0..6u8)
+        .flat_map(|a| (1..=250u8).map(move |b| SocketAddr::from(([127, 77, a, b], 9))))
+        .collect();
+    let hot = SocketAddr::from(([127, 78, 0, 1], 9));
+    for _ in 0..2 {
+        assert_eq!(connect_each(scene.cgroup.path(), &many), 0, "observe mode blocks nothing");
+    }
+    assert_eq!(flood(scene.cgroup.path(), hot, 2000), 0, "observe mode blocks nothing");
+    let dir = TempDir::new("learn-counts");
+    let (_, text) = learn(&scene.blocker.name, &dir, &[]);
+    assert_eq!(text.matches("[[rule]]").count(), many.len() + 1, "{text}");
+    assert_eq!(
+        text.matches("# 2 decisions, first seen ").count(),
+        many.len(),
+        "each of the many destinations counted twice"
+    );
+    assert!(text.contains("# 2000 decisions, first seen "), "{text}");
+    assert!(text.contains("0 evicted, 0 decisions not recorded"), "{text}");
 }
 
 /// An address that came from a hostname rule of the instance is written as that hostname.

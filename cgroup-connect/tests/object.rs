@@ -110,7 +110,7 @@ fn maps_are_the_named_ones_and_all_pinned() {
         .chain(maps::RULES_V6)
         .chain(maps::RULE_HITS)
         .chain([maps::STATS, maps::EVENTS, maps::CONFIG, maps::DNS_ORIGINS])
-        .chain([maps::OBSERVED, maps::OBSERVE_STATS])
+        .chain([maps::OBSERVED, maps::OBSERVE_STATS, maps::OBSERVE_CACHE])
         .chain(maps::REFERENCES)
         .collect();
     assert_eq!(found, named, "maps in the object, and named in cgroup-connect-common");
