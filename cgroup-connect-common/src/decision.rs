@@ -7,7 +7,8 @@ use core::cmp::Ordering;
 use crate::{
     table::{
         CHUNK_BITS, CHUNK_MASK, CHUNK_RECORDS, Chunk, MAX_CLASS_LEN, Record, V4_BUCKET_BASE_RECORD,
-        V4_BUCKET_SHIFT, V4Record, V6_BUCKET_RECORD, V6_BUCKETS, V6Record,
+        V4_BUCKET_SHIFT, V4_CHUNK_BUCKET_BITS, V4_KEY_BITS, V4_SLOT_BITS, V4Record,
+        V6_BUCKET_RECORD, V6_BUCKETS, V6Record,
     },
     word::{self, Proto},
 };
@@ -68,9 +69,8 @@ pub fn decide<'a, R: Record + 'a>(
     resolve(&get, chunk.at(i).word(), port, proto)
 }
 
-/// [`decide`] for IPv4 tables, through their bucket table: the interval that holds `addr` is
-/// between the buckets' boundaries, found in a few steps for rules spread over the address
-/// space, and never more steps than [`decide`] takes.
+/// [`decide`] for IPv4 tables, which are packed (see [`V4_BUCKET_SHIFT`]): the bucket of
+/// `addr` names its intervals, a search of their two-byte keys finds the one that holds it.
 #[inline(always)]
 pub fn decide_v4<'a>(
     get: impl Fn(u32) -> Option<&'a Chunk<V4Record>>,
@@ -78,34 +78,47 @@ pub fn decide_v4<'a>(
     port: u16,
     proto: Proto,
 ) -> Option<u32> {
+    resolve(&get, interval_v4(&get, addr)?, port, proto)
+}
+
+/// The word of the interval of an IPv4 table that holds `addr` (a verdict or a class), before
+/// the class is tried: `None` for a malformed table.
+///
+/// Bucket `b`'s entry is the first interval that starts at or after `b << V4_BUCKET_SHIFT`,
+/// so the intervals that start in the bucket are those from its entry to the next one's; the
+/// interval just before them holds the bucket's first address. Their keys are the low bits of
+/// their starts, all in one chunk of the key array.
+#[inline(always)]
+pub fn interval_v4<'a>(get: impl Fn(u32) -> Option<&'a Chunk<V4Record>>, addr: u32) -> Option<u32> {
     let index = get(0)?;
-    let count = index.at(0).key;
-    if count == 0 {
+    if index.at(0).key == 0 {
         return None;
     }
     // As in decide: a word that is always 0, unknown to the verifier.
     let zero = index.at(1).word;
-    let base = index.at(V4_BUCKET_BASE_RECORD).key;
-    let bucket = |b: u32| -> Option<u32> {
-        let record = get(base + (b >> 1 >> CHUNK_BITS))?.at(b >> 1);
-        Some(if b & 1 == 0 { record.key } else { record.word })
-    };
+    let bases = index.at(V4_BUCKET_BASE_RECORD);
     let b = addr >> V4_BUCKET_SHIFT;
-    let first = bucket(b)?;
-    let last = bucket(b + 1)?;
-    if last < first || last >= count {
+    let buckets = get(bases.key + (b >> V4_CHUNK_BUCKET_BITS))?;
+    let at = b & ((1 << V4_CHUNK_BUCKET_BITS) - 1);
+    let (first, end) = (buckets.slot(at), buckets.slot(at + 1));
+    if end < first {
         return None;
     }
-    // The last interval in first..=last whose start is <= addr; `first`'s start is.
-    let mut lo = first + zero;
-    let mut len = last - first + 1;
-    for _ in 0..MAX_SEARCH_STEPS {
+    let keys = get(bases.word + (end.wrapping_sub(1) >> V4_KEY_BITS))?;
+    // The last interval in first-1..end whose key is <= the low bits of `addr`; first-1
+    // (which starts before the bucket) is never read. In bucket 0, interval 0 starts at 0 and
+    // its key is 0, so the wrapped first-1 is never the answer of a well-formed table (if it
+    // were, no chunk has its number, and the read below fails).
+    let low = (addr & ((1 << V4_BUCKET_SHIFT) - 1)) as u16;
+    let mut lo = first.wrapping_sub(1).wrapping_add(zero);
+    let mut len = end - first + 1;
+    for _ in 0..V4_SEARCH_STEPS {
         if len <= 1 {
             break;
         }
         let half = len / 2;
-        let mid = lo + half;
-        if get(1 + (mid >> CHUNK_BITS))?.at(mid).key <= addr {
+        let mid = lo.wrapping_add(half);
+        if keys.key16(mid) <= low {
             lo = mid;
         }
         len -= half;
@@ -113,7 +126,7 @@ pub fn decide_v4<'a>(
     if len != 1 {
         return None;
     }
-    resolve(&get, get(1 + (lo >> CHUNK_BITS))?.at(lo).word, port, proto)
+    Some(get(1 + (lo >> V4_SLOT_BITS))?.slot(lo))
 }
 
 /// [`decide`] for IPv6 tables, through their bucket table (see
@@ -186,8 +199,12 @@ fn last_between<A: Ord + Copy>(
     (len == 1).then_some(at)
 }
 
-/// Steps of the IPv4 bucket search: enough for every interval a table may hold.
+/// Steps of the IPv6 and unbucketed searches: enough for every interval a table may hold.
 pub const MAX_SEARCH_STEPS: u32 = 24;
+
+/// Steps of the IPv4 bucket search: enough for the most intervals one bucket may hold (one
+/// a key, and the one before them).
+pub const V4_SEARCH_STEPS: u32 = V4_BUCKET_SHIFT + 1;
 
 /// The verdict an interval's `word` leads to: the word itself if it is a verdict, else the
 /// first entry of its class that matches `port` and `proto`, trying at most [`MAX_CLASS_LEN`];

@@ -29,7 +29,9 @@ pub mod sock_addr;
 pub mod table;
 pub mod word;
 
-pub use decision::{MAX_SEARCH_STEPS, Rank, decide, decide_v4, decide_v6, entry_matches};
+pub use decision::{
+    MAX_SEARCH_STEPS, Rank, decide, decide_v4, decide_v6, entry_matches, interval_v4,
+};
 pub use event::{Event, RULE_FAILED_CLOSED, RULE_REFUSED_SHAPE, hook, verdict};
 pub use names::{CONFIG_AUDIT, DNS_ORIGINS_CAPACITY, EVENTS_BYTES, config, maps, programs, stats};
 pub use observe::{
@@ -45,8 +47,9 @@ pub use table::{
     ALL_PORTS, BPF_F_MMAPABLE, CHUNK_BITS, CHUNK_MASK, CHUNK_RECORDS, Chunk, HIT_CLASSES, HitCount,
     MAX_CLASS_LEN, MAX_DATA_CHUNKS, MAX_INTERVALS, MAX_RULES_PER_FAMILY, Record, TABLE_CLASSES,
     TABLE_FLAGS, V4_BUCKET_BASE_RECORD, V4_BUCKET_CHUNKS, V4_BUCKET_SHIFT, V4_BUCKETS,
-    V4_LOOPBACK_RECORD, V4Record, V6_BUCKET_BITS, V6_BUCKET_CHUNKS, V6_BUCKET_MAX_PREFIX,
-    V6_BUCKET_RECORD, V6_BUCKETS, V6Record, pack_ports,
+    V4_CHUNK_BUCKET_BITS, V4_KEY_BITS, V4_KEYS, V4_LOOPBACK_RECORD, V4_SLOT_BITS, V4_SLOTS,
+    V4Record, V6_BUCKET_BITS, V6_BUCKET_CHUNKS, V6_BUCKET_MAX_PREFIX, V6_BUCKET_RECORD, V6_BUCKETS,
+    V6Record, pack_ports,
 };
 pub use word::Proto;
 

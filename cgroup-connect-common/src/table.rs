@@ -15,13 +15,16 @@
 //!
 //! Chunk 0 is the index: its record 0 is the header (`key` = `n`, `word` = the default
 //! verdict), and its record `1 + k` is the fence of data chunk `k`: the start of its first
-//! interval. An IPv4 index also holds where its bucket table starts
-//! ([`V4_BUCKET_BASE_RECORD`]) and 127.0.0.1's verdict for any port ([`V4_LOOPBACK_RECORD`]);
-//! an IPv6 index where its bucket table starts and the address bits it is on
-//! ([`V6_BUCKET_RECORD`]).
+//! interval. An IPv6 index also holds where its bucket table starts and the address bits it
+//! is on ([`V6_BUCKET_RECORD`]).
 //!
-//! A decision is a binary search of the fences, a binary search in one chunk, then at most
-//! [`MAX_CLASS_LEN`] entries of a class: see [`crate::decide`]. The lookups are inlined by the
+//! IPv4 tables are packed instead (see [`V4_BUCKET_SHIFT`]): their intervals' words are
+//! `u32`s from chunk 1 on, the classes follow as records, then come a key array (two bytes an
+//! interval) and a bucket table, which the index names ([`V4_BUCKET_BASE_RECORD`]); it also
+//! holds 127.0.0.1's verdict for any port ([`V4_LOOPBACK_RECORD`]), and no fences.
+//!
+//! An IPv6 decision searches between its bucket's boundaries, then tries at most
+//! [`MAX_CLASS_LEN`] entries of a class: see [`crate::decide_v6`]. The lookups are inlined by the
 //! verifier (see [`TABLE_CLASSES`]). The whole table is swapped at once (it is an inner map of
 //! an array of maps), so every decision sees one policy or the other.
 
@@ -56,20 +59,40 @@ pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// `BPF_F_INNER_MAP`: that would let sizes vary, and stop the verifier inlining lookups.
 pub const TABLE_FLAGS: u32 = BPF_F_MMAPABLE;
 
-/// IPv4 tables also have a bucket table: for each run of `2^V4_BUCKET_SHIFT` addresses
-/// (the top 15 bits of an address), the number of the interval that holds its first address.
-/// A decision then searches only between two bucket boundaries.
-pub const V4_BUCKET_SHIFT: u32 = 17;
-/// Buckets of an IPv4 table; the bucket table has one more entry, the last interval.
+/// IPv4 tables are packed (DXR's range table: Zec, Rizzo and Mikuc, 2012): for each run of
+/// `2^V4_BUCKET_SHIFT` addresses (a bucket: the top 16 bits of an address), the bucket table
+/// holds the number of the first interval that starts in it, and each interval's start is kept
+/// as its low 16 bits only, two bytes, in a key array of its own. A decision reads two
+/// neighbouring bucket entries, searches the bucket's keys (about 30 at a million rules: one or
+/// two cache lines), then reads one word: one chunk lookup each. See [`crate::decide_v4`].
+///
+/// A bucket's keys never cross a chunk of the key array: where they would, the bucket starts
+/// the next chunk, and the entries before it repeat the last interval with key `0xffff`.
+pub const V4_BUCKET_SHIFT: u32 = 16;
+/// Buckets of an IPv4 table.
 pub const V4_BUCKETS: u32 = 1 << (32 - V4_BUCKET_SHIFT);
-/// Where the index chunk of an IPv4 table says which chunk its bucket table starts in.
+/// log2 of the buckets of one chunk of the bucket table: slot `j` of its chunk `c` is the entry
+/// of bucket `c * 2^V4_CHUNK_BUCKET_BITS + j`, for `j` up to and with `2^V4_CHUNK_BUCKET_BITS`
+/// (the next chunk's first bucket, or for the last, the number of entries), so a bucket's two
+/// entries are always in one chunk.
+pub const V4_CHUNK_BUCKET_BITS: u32 = CHUNK_BITS;
+/// Where the index chunk of an IPv4 table says which chunk its bucket table starts in (`key`)
+/// and which chunk its key array starts in (`word`).
 pub const V4_BUCKET_BASE_RECORD: u32 = CHUNK_RECORDS - 1;
 /// Where the index chunk of an IPv4 table holds, in its `word`, the verdict of 127.0.0.1 for a
 /// call to `0.0.0.0` that may go there ([`crate::reached_v4`]): its verdict word if no port or
 /// protocol rule covers it, else the first of its class's entries that blocks, else the last.
 pub const V4_LOOPBACK_RECORD: u32 = CHUNK_RECORDS - 2;
-/// Chunks the bucket table takes: two `u32` entries a record.
-pub const V4_BUCKET_CHUNKS: u32 = (V4_BUCKETS + 1).div_ceil(2).div_ceil(CHUNK_RECORDS);
+/// Chunks the bucket table takes.
+pub const V4_BUCKET_CHUNKS: u32 = V4_BUCKETS >> V4_CHUNK_BUCKET_BITS;
+/// `u32` slots of an IPv4 chunk: an interval's word, a bucket entry.
+pub const V4_SLOTS: u32 = 2 * CHUNK_RECORDS;
+/// log2 of [`V4_SLOTS`].
+pub const V4_SLOT_BITS: u32 = CHUNK_BITS + 1;
+/// Two-byte keys of an IPv4 chunk.
+pub const V4_KEYS: u32 = 4 * CHUNK_RECORDS;
+/// log2 of [`V4_KEYS`].
+pub const V4_KEY_BITS: u32 = CHUNK_BITS + 2;
 
 /// IPv6 tables also have a bucket table, on the `V6_BUCKET_BITS` bits that follow the longest
 /// prefix their rules' intervals share (at most [`V6_BUCKET_MAX_PREFIX`] bits, so that the
@@ -143,7 +166,56 @@ impl<R> Chunk<R> {
     }
 }
 
-/// A record of the IPv4 table. `key` is also the interval's first address (as a number).
+impl Chunk<V4Record> {
+    /// The `u32` at `i % V4_SLOTS` of an IPv4 chunk read as `u32`s (records' `key`, then
+    /// `word`): the interval words and the bucket table.
+    #[inline(always)]
+    #[must_use]
+    pub fn slot(&self, i: u32) -> u32 {
+        self.slots()[(i & (V4_SLOTS - 1)) as usize]
+    }
+
+    /// The two-byte key at `i % V4_KEYS` of an IPv4 chunk read as `u16`s: the key array.
+    #[inline(always)]
+    #[must_use]
+    pub fn key16(&self, i: u32) -> u16 {
+        self.keys16()[(i & (V4_KEYS - 1)) as usize]
+    }
+
+    /// The chunk as `u32`s.
+    #[inline(always)]
+    #[must_use]
+    pub fn slots(&self) -> &[u32; V4_SLOTS as usize] {
+        // SAFETY: `V4Record` is `#[repr(C)]`, two `u32`s without padding, so the records are
+        // `V4_SLOTS` `u32`s, at the same alignment.
+        unsafe { &*core::ptr::from_ref(&self.records).cast() }
+    }
+
+    /// The chunk as `u16`s.
+    #[inline(always)]
+    #[must_use]
+    pub fn keys16(&self) -> &[u16; V4_KEYS as usize] {
+        // SAFETY: as in `slots`; a `u16` is aligned at 2, less than a record's 4.
+        unsafe { &*core::ptr::from_ref(&self.records).cast() }
+    }
+
+    /// The chunk as `u32`s, to write (userspace).
+    #[must_use]
+    pub fn slots_mut(&mut self) -> &mut [u32; V4_SLOTS as usize] {
+        // SAFETY: as in `slots`.
+        unsafe { &mut *core::ptr::from_mut(&mut self.records).cast() }
+    }
+
+    /// The chunk as `u16`s, to write (userspace).
+    #[must_use]
+    pub fn keys16_mut(&mut self) -> &mut [u16; V4_KEYS as usize] {
+        // SAFETY: as in `keys16`.
+        unsafe { &mut *core::ptr::from_mut(&mut self.records).cast() }
+    }
+}
+
+/// A record of the IPv4 table.: a class entry (`key` = ports, `word` = verdict), or
+/// the header and index records; intervals are packed (see [`V4_BUCKET_SHIFT`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct V4Record {

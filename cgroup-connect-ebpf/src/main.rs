@@ -1044,23 +1044,24 @@ fn finish(attempt: &Attempt, word: Option<u32>) -> Result<i32, i32> {
     Ok(block_or_audit(attempt, rule, audit))
 }
 
-/// `word`, with what the verifier learned of it on the way here forgotten: written a byte at a
-/// time to the stack and read back whole, it is a plain number to the verifier (a partly
-/// written stack slot reads as unknown). The paths of the table searches then reach the
+/// `word`, with what the verifier learned of it on the way here forgotten: written to the stack
+/// at an offset that is not a multiple of 8 and read back, it is a plain number to the verifier
+/// (it keeps the bounds of a number spilled to an 8-aligned slot only; any other write makes
+/// the bytes plain data, which read as unknown). The paths of the table searches then reach the
 /// counting, observing and reporting below in one state, which the verifier checks once
 /// instead of once per path (6.1's verifier otherwise passes its 1M-instruction limit on
-/// connect6, which searches both tables).
+/// connect6, which searches both tables). One store and one load of the same four bytes: the
+/// load is served from the store (a byte-wise write read back whole waited for the stores).
 #[inline(always)]
 fn forget_bounds(word: u32) -> u32 {
     #[repr(C, align(8))]
-    struct Slot([u8; 4]);
-    let mut slot = Slot([0; 4]);
-    for (k, byte) in word.to_ne_bytes().into_iter().enumerate() {
-        // SAFETY: a write inside a local array; volatile keeps the compiler from folding it.
-        unsafe { core::ptr::write_volatile(&raw mut slot.0[k], byte) };
+    struct Slot([u32; 2]);
+    let mut slot = Slot([0; 2]);
+    // SAFETY: a write and a read of a local; volatile keeps the compiler from folding them.
+    unsafe {
+        core::ptr::write_volatile(&raw mut slot.0[1], word);
+        core::ptr::read_volatile(&raw const slot.0[1])
     }
-    // SAFETY: reads the local, 8-aligned array whole.
-    unsafe { core::ptr::read_volatile((&raw const slot).cast::<u32>()) }
 }
 
 /// Refuses a packet for its shape ([`RULE_REFUSED_SHAPE`]), or only reports it in audit mode.

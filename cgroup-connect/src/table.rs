@@ -10,8 +10,9 @@ use std::{collections::HashMap, net::IpAddr};
 use cgroup_connect_common::{
     ALL_PORTS, CHUNK_RECORDS, Chunk, MAX_CLASS_LEN, MAX_INTERVALS, MAX_RULES_PER_FAMILY, Proto,
     Rank, Record, TABLE_CLASSES, V4_BUCKET_BASE_RECORD, V4_BUCKET_CHUNKS, V4_BUCKET_SHIFT,
-    V4_BUCKETS, V4_LOOPBACK_RECORD, V4Record, V6_BUCKET_BITS, V6_BUCKET_CHUNKS,
-    V6_BUCKET_MAX_PREFIX, V6_BUCKET_RECORD, V6_BUCKETS, V6Record, pack_ports, word,
+    V4_BUCKETS, V4_CHUNK_BUCKET_BITS, V4_KEYS, V4_LOOPBACK_RECORD, V4_SLOTS, V4Record,
+    V6_BUCKET_BITS, V6_BUCKET_CHUNKS, V6_BUCKET_MAX_PREFIX, V6_BUCKET_RECORD, V6_BUCKETS, V6Record,
+    interval_v4, pack_ports, word,
 };
 use ipnet::IpNet;
 
@@ -110,18 +111,8 @@ pub fn compile(
     }
     let (v4_rules, v6_rules) = (v4.len(), v6.len());
     let dw = default_word(default);
-    let mut v4 = compile_family("IPv4", u128::from(u32::MAX), V4_MAX_INTERVALS, dw, v4)?
-        .into_chunks(
-            |start, key, word| V4Record {
-                key: if key == START {
-                    u32::try_from(start).expect("IPv4 addresses fit u32")
-                } else {
-                    key
-                },
-                word,
-            },
-            dw,
-        );
+    let mut v4 =
+        compile_family("IPv4", u128::from(u32::MAX), V4_MAX_INTERVALS, dw, v4)?.into_v4_chunks(dw);
     let mut v6 = compile_family("IPv6", u128::MAX, V6_MAX_INTERVALS, dw, v6)?.into_chunks(
         |start, key, word| {
             let (hi, lo) = halves(start);
@@ -129,7 +120,6 @@ pub fn compile(
         },
         dw,
     );
-    add_v4_buckets(&mut v4);
     add_v6_buckets(&mut v6);
     v4[0].records[V4_LOOPBACK_RECORD as usize].word = loopback_word(&v4);
     let most = *TABLE_CLASSES.last().expect("classes");
@@ -141,10 +131,11 @@ pub fn compile(
     Ok(Tables { v4, v6, v4_rules, v6_rules, max_rule_id, nat64: Vec::new() })
 }
 
-/// Most intervals of an IPv4 table: its bucket table takes some of the chunks.
-const V4_MAX_INTERVALS: u32 = MAX_INTERVALS - V4_BUCKET_CHUNKS * CHUNK_RECORDS;
+/// Most intervals of an IPv4 table: as many as an IPv6 one. Packed, they take 6 bytes each
+/// (a word and a two-byte key), so the largest class holds them with room to spare.
+const V4_MAX_INTERVALS: u32 = MAX_INTERVALS;
 
-/// Most intervals of an IPv6 table: its bucket table takes a chunk.
+/// Most intervals of an IPv6 table: its bucket table takes three chunks.
 const V6_MAX_INTERVALS: u32 = MAX_INTERVALS - V6_BUCKET_CHUNKS * CHUNK_RECORDS;
 
 /// A rule reduced to what the sweep needs: 16 bytes for IPv4 (its start a `u32`), 32 for IPv6
@@ -430,33 +421,92 @@ impl Compiled {
     }
 }
 
-/// Appends the bucket table to an IPv4 table and records where it starts (see
-/// `V4_BUCKET_SHIFT`): entry `b` is the interval that holds address `b << V4_BUCKET_SHIFT`,
-/// entry `V4_BUCKETS` the last interval.
-fn add_v4_buckets(chunks: &mut Vec<Chunk<V4Record>>) {
-    let count = chunks[0].records[0].key as usize;
-    let start =
-        |i: usize| chunks[1 + i / CHUNK_RECORDS as usize].records[i % CHUNK_RECORDS as usize].key;
-    let mut entries = Vec::with_capacity(V4_BUCKETS as usize + 1);
-    let mut i = 0;
-    for b in 0..V4_BUCKETS {
-        let first_address = b << V4_BUCKET_SHIFT;
-        while i + 1 < count && start(i + 1) <= first_address {
-            i += 1;
+impl Compiled {
+    /// The packed IPv4 table (see `V4_BUCKET_SHIFT`): the index chunk; from chunk 1, the
+    /// intervals' words (one `u32` slot each), then the classes' entries as records (a run
+    /// never crosses a chunk); from its own chunk, the intervals' two-byte keys (the low bits
+    /// of their starts); from its own chunk, the bucket table. Entries are numbered as the
+    /// intervals, with the padding that keeps each bucket's keys in one chunk.
+    fn into_v4_chunks(self, default: u32) -> Vec<Chunk<V4Record>> {
+        let (chunk_len, slots, keys) =
+            (CHUNK_RECORDS as usize, V4_SLOTS as usize, V4_KEYS as usize);
+        let n = self.intervals.len();
+        let Starts::V4(starts) = &self.intervals.starts else {
+            unreachable!("IPv4 intervals have IPv4 starts")
+        };
+        let bucket = |i: usize| (starts[i] >> V4_BUCKET_SHIFT) as usize;
+        // Each bucket's first entry, and the entries in all: a bucket whose keys would cross
+        // a chunk of the key array starts the next one.
+        let mut entries = Vec::with_capacity(V4_BUCKETS as usize + 1);
+        let (mut i, mut at) = (0, 0);
+        for b in 0..V4_BUCKETS as usize {
+            let from = i;
+            while i < n && bucket(i) == b {
+                i += 1;
+            }
+            if i > from && at % keys + (i - from) > keys {
+                at = at.next_multiple_of(keys);
+            }
+            entries.push(at);
+            at += i - from;
         }
-        entries.push(u32::try_from(i).expect("intervals fit u32"));
+        entries.push(at);
+        let total = at;
+        // Classes follow the words, as records; one that would cross a chunk starts the next.
+        let mut offsets = Vec::with_capacity(self.classes.len());
+        let mut next = total.div_ceil(2);
+        for class in &self.classes {
+            if next % chunk_len + class.len() > chunk_len {
+                next = next.next_multiple_of(chunk_len);
+            }
+            offsets.push(u32::try_from(next).expect("records fit u32"));
+            next += class.len();
+        }
+        let key_base = 1 + next.div_ceil(chunk_len);
+        let bucket_base = key_base + total.div_ceil(keys);
+        let mut chunks = zeroed_chunks::<V4Record>(bucket_base + V4_BUCKET_CHUNKS as usize);
+        let mut put = |e: usize, key: u16, word: u32| {
+            chunks[1 + e / slots].slots_mut()[e % slots] = word;
+            chunks[key_base + e / keys].keys16_mut()[e % keys] = key;
+        };
+        let (mut e, mut last) = (0, default);
+        for (i, &slot) in self.intervals.slots.iter().enumerate() {
+            // Padding before a bucket that starts a chunk: the interval before, which holds
+            // the rest of its own bucket, with the highest key.
+            while e < entries[bucket(i)] {
+                put(e, u16::MAX, last);
+                e += 1;
+            }
+            last = match slot {
+                Slot::Direct(w) => w,
+                Slot::Class(id) => offsets[id as usize],
+            };
+            #[expect(clippy::cast_possible_truncation, reason = "the low 16 bits")]
+            put(e, starts[i] as u16, last);
+            e += 1;
+        }
+        for (class, &first) in self.classes.iter().zip(&offsets) {
+            for (k, &(key, word)) in class.iter().enumerate() {
+                let g = first as usize + k;
+                chunks[1 + g / chunk_len].records[g % chunk_len] = V4Record { key, word };
+            }
+        }
+        let per_chunk = 1usize << V4_CHUNK_BUCKET_BITS;
+        for c in 0..V4_BUCKET_CHUNKS as usize {
+            for j in 0..=per_chunk {
+                chunks[bucket_base + c].slots_mut()[j] =
+                    u32::try_from(entries[c * per_chunk + j]).expect("entries fit u32");
+            }
+        }
+        let count = u32::try_from(n).expect("checked against MAX_INTERVALS");
+        let index = &mut chunks[0].records;
+        index[0] = V4Record { key: count, word: default };
+        index[V4_BUCKET_BASE_RECORD as usize] = V4Record {
+            key: u32::try_from(bucket_base).expect("few chunks"),
+            word: u32::try_from(key_base).expect("few chunks"),
+        };
+        chunks
     }
-    entries.push(u32::try_from(count - 1).expect("intervals fit u32"));
-    let base = chunks.len();
-    chunks.extend(zeroed_chunks::<V4Record>(V4_BUCKET_CHUNKS as usize));
-    for (r, pair) in entries.chunks(2).enumerate() {
-        let record =
-            &mut chunks[base + r / CHUNK_RECORDS as usize].records[r % CHUNK_RECORDS as usize];
-        record.key = pair[0];
-        record.word = pair.get(1).copied().unwrap_or(0);
-    }
-    chunks[0].records[V4_BUCKET_BASE_RECORD as usize].key =
-        u32::try_from(base).expect("few chunks");
 }
 
 /// Appends the bucket table to an IPv6 table and describes its window in the index (see
@@ -514,10 +564,8 @@ fn add_v6_buckets(chunks: &mut Vec<Chunk<V6Record>>) {
 fn loopback_word(chunks: &[Chunk<V4Record>]) -> u32 {
     let record =
         |g: u32| chunks[1 + (g / CHUNK_RECORDS) as usize].records[(g % CHUNK_RECORDS) as usize];
-    let count = chunks[0].records[0].key;
-    let lo = cgroup_connect_common::LOOPBACK4;
-    let interval = (0..count).rev().find(|&i| record(i).key <= lo).expect("interval 0 starts at 0");
-    let word = record(interval).word;
+    let word = interval_v4(|i| chunks.get(i as usize), cgroup_connect_common::LOOPBACK4)
+        .expect("a table just made is well-formed");
     if word & word::DIRECT != 0 {
         return word;
     }
@@ -681,7 +729,11 @@ mod tests {
     fn empty_rules_give_the_default() {
         for default in [Action::Allow, Action::Block] {
             let t = compile(default, []).unwrap();
-            assert_eq!(t.v4.len(), 2 + V4_BUCKET_CHUNKS as usize, "index, one data chunk, buckets");
+            assert_eq!(
+                t.v4.len(),
+                3 + V4_BUCKET_CHUNKS as usize,
+                "index, one data chunk, one key chunk, buckets"
+            );
             assert_eq!(t.v4[0].records[0].key, 1, "one interval");
             let w = lookup(&t, "1.2.3.4".parse().unwrap(), 1, Proto::Tcp).unwrap();
             assert_eq!(word::blocks(w), default == Action::Block);
@@ -840,16 +892,17 @@ mod tests {
         })
     }
 
-    /// The capacity the README states: 4,169,727 scattered IPv4 host rules (the bucket
-    /// table takes two chunks) and 4,161,535 IPv6 ones (the bucket table takes three) fit, one
-    /// more does not.
+    /// The capacity the README states: 4,186,111 scattered IPv4 host rules (packed, in 389
+    /// chunks) and 4,161,535 IPv6 ones (the bucket table takes three chunks) fit, one more
+    /// does not.
     #[test]
     fn scattered_host_rules_fill_a_table_exactly() {
-        for (v6, fits, family, max) in
-            [(false, 4_169_727, "IPv4", 8_339_456u32), (true, 4_161_535, "IPv6", 8_323_072)]
-        {
+        for (v6, fits, family, max, chunks) in [
+            (false, 4_186_111, "IPv4", 8_372_224u32, 1 + 256 + 128 + V4_BUCKET_CHUNKS as usize),
+            (true, 4_161_535, "IPv6", 8_323_072, 512),
+        ] {
             let t = compile(Action::Allow, scattered(fits, v6)).unwrap();
-            assert_eq!(if v6 { t.v6.len() } else { t.v4.len() }, 512, "{family}");
+            assert_eq!(if v6 { t.v6.len() } else { t.v4.len() }, chunks, "{family}");
             let err = compile(Action::Allow, scattered(fits + 1, v6)).unwrap_err();
             assert!(
                 matches!(err, TableError::TooManyIntervals { count, max: m, .. }
@@ -858,12 +911,12 @@ mod tests {
             );
             assert!(err.to_string().contains(&format!("more than the {max} an {family} table")));
         }
-        // A full table with one class more: its entries need another chunk.
-        let mut rules: Vec<TableRule> = scattered(4_169_727, false).collect();
+        // A full IPv6 table with one class more: its entries need another chunk.
+        let mut rules: Vec<TableRule> = scattered(4_161_535, true).collect();
         rules.last_mut().unwrap().ports = Some(Ports { lo: 80, hi: 80 });
         let err = compile(Action::Allow, rules).unwrap_err();
         assert!(
-            matches!(err, TableError::TooManyChunks { family: "IPv4", chunks: 513, max: 512 }),
+            matches!(err, TableError::TooManyChunks { family: "IPv6", chunks: 513, max: 512 }),
             "{err}"
         );
     }
@@ -880,13 +933,48 @@ mod tests {
         let t = compile(Action::Allow, rules).unwrap();
         assert_eq!(t.v4_rules, 1_000_000);
         assert_eq!(t.v4[0].records[0].key, 2_000_001, "intervals");
+        // Bucket 10.0 is full (65,536 intervals start in it): it starts the second chunk of
+        // keys, after 65,535 entries of padding.
+        let entries = 65_536usize + 2_000_000;
         assert_eq!(
             t.v4.len(),
-            1 + 2_000_001usize.div_ceil(CHUNK_RECORDS as usize) + V4_BUCKET_CHUNKS as usize
+            1 + entries.div_ceil(V4_SLOTS as usize)
+                + entries.div_ceil(V4_KEYS as usize)
+                + V4_BUCKET_CHUNKS as usize,
+            "index, words, keys, buckets"
         );
         let w = lookup(&t, "10.0.0.200".parse().unwrap(), 1, Proto::Tcp).unwrap();
         assert_eq!((word::blocks(w), word::rule(w)), (true, 101));
         assert!(!word::blocks(lookup(&t, "10.0.0.201".parse().unwrap(), 1, Proto::Tcp).unwrap()));
+    }
+
+    /// Two buckets of 40,000 intervals each: the second would cross the first chunk of keys,
+    /// so it starts the next one, after padding that the first bucket's last addresses find.
+    #[test]
+    fn a_bucket_that_would_cross_a_key_chunk_starts_the_next() {
+        let host = |b: u32, k: u32| 0x0a00_0000 + (b << 16) + 2 * k;
+        let rules = (0..2).flat_map(|b| (0..20_000).map(move |k| (b, k))).map(|(b, k)| TableRule {
+            net: IpNet::new(std::net::Ipv4Addr::from(host(b, k)).into(), 32).unwrap(),
+            ports: None,
+            proto: Proto::Any,
+            action: Action::Block,
+            id: 1 + b * 20_000 + k,
+        });
+        let t = compile(Action::Allow, rules).unwrap();
+        assert_eq!(t.v4[0].records[0].key, 1 + 80_000, "intervals");
+        let bucket_base = t.v4[0].records[V4_BUCKET_BASE_RECORD as usize].key as usize;
+        let entry = |b: u32| t.v4[bucket_base].slot(b);
+        assert_eq!((entry(0x0a00), entry(0x0a01), entry(0x0a02)), (1, 65_536, 65_536 + 40_000));
+        let at = |a: u32| lookup(&t, IpAddr::V4(a.into()), 1, Proto::Tcp).unwrap();
+        for b in 0..2 {
+            for k in [0, 1, 9_999, 19_999] {
+                assert_eq!(word::rule(at(host(b, k))), 1 + b * 20_000 + k, "{b} {k}");
+                assert!(!word::blocks(at(host(b, k) + 1)), "{b} {k} + 1");
+            }
+            for a in [host(b, 0) - 1, host(b, 0) + 0xffff] {
+                assert!(!word::blocks(at(a)), "{a:#x}");
+            }
+        }
     }
 
     /// What the compiler holds per rule and per interval while it builds a table (a million
@@ -1005,6 +1093,56 @@ mod tests {
                 let got = lookup(&tables, addr, port, proto).expect("well-formed");
                 let want = oracle(default, &all, addr, port, proto);
                 prop_assert_eq!(word::blocks(got), want.0, "{}:{} {:?}", addr, port, proto);
+            }
+        }
+
+        /// IPv4 rules packed into few buckets, probed at and around their edges and the
+        /// buckets' edges: the bucket table and the two-byte keys find the rule the oracle
+        /// finds.
+        #[test]
+        fn packed_ipv4_buckets_match_the_oracle(
+            rules in proptest::collection::vec(
+                (0u32..0x3_0000, 14u8..=32, any::<bool>(), 1u32..1000, any::<bool>()),
+                0..40,
+            ),
+            probes in proptest::collection::vec(0u32..0x3_0000, 1..20),
+            deny in any::<bool>(),
+        ) {
+            const BASE: u32 = 0x0a00_0000;
+            let default = if deny { Action::Block } else { Action::Allow };
+            let all: Vec<TableRule> = rules
+                .iter()
+                .map(|&(at, len, block, id, port)| TableRule {
+                    net: IpNet::new(std::net::Ipv4Addr::from(BASE + at).into(), len).unwrap().trunc(),
+                    ports: port.then_some(Ports { lo: 80, hi: 80 }),
+                    proto: Proto::Any,
+                    action: if block { Action::Block } else { Action::Allow },
+                    id,
+                })
+                .collect();
+            // Rules of equal rank on one prefix tie; which of their ids reports is not the
+            // point here.
+            let mut seen = std::collections::HashSet::new();
+            let all: Vec<TableRule> =
+                all.into_iter().filter(|r| seen.insert((r.net, r.ports.is_some(), r.action))).collect();
+            let tables = compile(default, all.iter().copied()).unwrap();
+            let edges = all.iter().flat_map(|r| {
+                let IpNet::V4(n) = r.net else { unreachable!() };
+                let (lo, hi) = (u32::from(n.network()), u32::from(n.broadcast()));
+                [lo.wrapping_sub(1), lo, hi, hi.wrapping_add(1)]
+            });
+            let buckets = (0..4u32).flat_map(|b| {
+                let first = BASE + (b << 16);
+                [first - 1, first]
+            });
+            for a in probes.iter().map(|p| BASE + p).chain(edges).chain(buckets) {
+                let addr = IpAddr::V4(a.into());
+                for port in [80, 443] {
+                    let got = lookup(&tables, addr, port, Proto::Tcp).expect("well-formed");
+                    let want = oracle(default, &all, addr, port, Proto::Tcp);
+                    prop_assert_eq!(word::blocks(got), want.0, "{}:{}", addr, port);
+                    prop_assert_eq!(word::rule(got), want.1, "{}:{}", addr, port);
+                }
             }
         }
     }
