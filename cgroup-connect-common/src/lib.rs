@@ -82,4 +82,8 @@ mod pod {
     unsafe impl aya::Pod for super::HitCount {}
     // SAFETY: #[repr(C)], two u32s, every bit pattern valid.
     unsafe impl aya::Pod for super::dns::Origin {}
+    // SAFETY: #[repr(C)], two u64s.
+    unsafe impl aya::Pod for super::dns::LearnedKey {}
+    // SAFETY: #[repr(C)], a u64 and 16 u32s (72 bytes, 8-aligned, no padding).
+    unsafe impl aya::Pod for super::dns::LearnedClass {}
 }

@@ -125,8 +125,12 @@ pub mod maps {
     /// LRU hash: socket cookie -> [`crate::dns::Origin`], the resolver a DNS query of that
     /// socket was sent to before the programs sent it to the forwarder.
     pub const DNS_ORIGINS: &str = "dns_origins";
+    /// Hash: [`crate::dns::LearnedKey`] -> [`crate::dns::LearnedClass`], the addresses the DNS
+    /// forwarder learned that the tables do not hold yet; read only while
+    /// [`super::config::DNS_LEARNED`] is not 0.
+    pub const DNS_LEARNED: &str = "dns_learned";
     /// Every map an instance pins.
-    pub const PINNED: [&str; 22] = [
+    pub const PINNED: [&str; 23] = [
         RULES_V4[0],
         RULES_V4[1],
         RULES_V4[2],
@@ -149,6 +153,7 @@ pub mod maps {
         OBSERVE_STATS,
         DNS_ORIGINS,
         OBSERVE_CACHE,
+        DNS_LEARNED,
     ];
 }
 
@@ -171,8 +176,11 @@ pub mod config {
     /// The DNS forwarder's port on 127.0.0.1 (`blocker run --dns-port`), 0 when there is none:
     /// then DNS is judged like any other traffic and not redirected.
     pub const DNS_PORT: u32 = HITS_CLASS + 1;
+    /// Not 0 while [`super::maps::DNS_LEARNED`] may hold entries: only then do the programs
+    /// look there.
+    pub const DNS_LEARNED: u32 = DNS_PORT + 1;
     /// Number of words.
-    pub const LEN: u32 = DNS_PORT + 1;
+    pub const LEN: u32 = DNS_LEARNED + 1;
 }
 
 /// Indices of the [`maps::STATS`] totals.

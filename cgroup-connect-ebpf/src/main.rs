@@ -58,7 +58,7 @@ use cgroup_connect_common::{
     HitCount, LOOPBACK4, OBSERVE_CAPACITY, OBSERVE_SETS, ObserveSet, Observed, ObservedKey, Proto,
     RULE_FAILED_CLOSED, RULE_REFUSED_SHAPE, Record, Source, TABLE_CLASSES, TABLE_FLAGS,
     V4_LOOPBACK_RECORD, V4Record, V6Record, config, decide_v4, decide_v6,
-    dns::{DNS_PORT, Origin},
+    dns::{DNS_LEARNED_CAPACITY, DNS_PORT, LearnedClass, LearnedKey, Origin},
     hook, ip4_from_user, ip6_from_user, judge_reached, mapped_ip4, nat64_ip4, observe_set,
     observe_stats, or_peer,
     packet::{
@@ -224,6 +224,12 @@ static EVENTS: RingBuf<Event, { EVENTS_BYTES as usize }> = RingBuf::new();
 
 #[btf_map(name = "dns_origins")]
 static DNS_ORIGINS: LruHashMap<u64, Origin, { DNS_ORIGINS_CAPACITY as usize }> = LruHashMap::new();
+
+/// The DNS forwarder's learned addresses that the tables do not hold yet (see
+/// `dns_learned`).
+#[btf_map(name = "dns_learned")]
+static DNS_LEARNED: HashMap<LearnedKey, LearnedClass, { DNS_LEARNED_CAPACITY as usize }> =
+    HashMap::new();
 
 #[btf_map(name = "config")]
 static CONFIG: Array<u32, { config::LEN as usize }> = Array::new();
@@ -1029,7 +1035,7 @@ fn finish(attempt: &Attempt, word: Option<u32>) -> Result<i32, i32> {
         report(attempt, RULE_FAILED_CLOSED, verdict::BLOCKED);
         return Err(BLOCK);
     };
-    let word = forget_bounds(word);
+    let word = forget_bounds(dns_learned(attempt, forget_bounds(word)));
     let rule = word::rule(word);
     if rule != word::DEFAULT_RULE {
         hit(rule);
@@ -1042,6 +1048,30 @@ fn finish(attempt: &Attempt, word: Option<u32>) -> Result<i32, i32> {
         return Ok(ALLOW);
     }
     Ok(block_or_audit(attempt, rule, audit))
+}
+
+/// The verdict word of a destination the DNS forwarder learned and the tables do not hold yet
+/// (`DNS_LEARNED`: the forwarder writes it before it passes the answer on, and empties it once
+/// a table swap holds it), else `word`, the tables' own. Looked up only while
+/// `config::DNS_LEARNED` is not 0, so decisions pay one config read when it is empty. An IPv4
+/// destination is looked up in its IPv4-mapped form; userspace writes an address's mapped and
+/// NAT64 forms too. An entry past its time, or a missing config word, leaves the tables' word.
+#[inline(always)]
+fn dns_learned(attempt: &Attempt, word: u32) -> u32 {
+    if CONFIG.get(config::DNS_LEARNED).is_none_or(|n| *n == 0) {
+        return word;
+    }
+    #[expect(clippy::cast_possible_truncation, reason = "an IPv4 destination's low 32 bits")]
+    let key = if attempt.family == 4 {
+        LearnedKey::v4(attempt.addr.1 as u32)
+    } else {
+        LearnedKey { hi: attempt.addr.0, lo: attempt.addr.1 }
+    };
+    // SAFETY: a value of this map, read at once.
+    let Some(class) = (unsafe { DNS_LEARNED.get(key) }) else { return word };
+    // SAFETY: a plain helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    class.decide(now, attempt.port, Proto::from_ip_proto(attempt.protocol)).unwrap_or(word)
 }
 
 /// `word`, with what the verifier learned of it on the way here forgotten: written to the stack

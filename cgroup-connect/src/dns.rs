@@ -24,6 +24,8 @@ use std::{
 
 use aya::maps::{HashMap, Map, MapData};
 use cgroup_connect_common::dns::Origin;
+
+use crate::learned::{FastPath, Outcome};
 use hickory_proto::{
     op::Message,
     rr::{RData, RecordType},
@@ -50,11 +52,22 @@ const MAX_UDP_IN_FLIGHT: usize = 256;
 const MAX_TCP_IN_FLIGHT: usize = 64;
 
 /// An answer for the serving loop: the name asked and the CNAME targets it led to, and the A
-/// and AAAA records at its end with their TTLs. `done` says whether the addresses are in force.
+/// and AAAA records at its end with their TTLs. `done`, when the answer waits, says whether
+/// the addresses are in force; an answer passed on already had its new addresses put in the
+/// fast path's map (`written`, to fold into the tables).
 pub struct Learn {
     pub chain: Vec<String>,
     pub addrs: Vec<(IpAddr, u32)>,
-    pub done: oneshot::Sender<bool>,
+    pub done: Option<oneshot::Sender<bool>>,
+    pub written: Vec<(IpAddr, u64)>,
+}
+
+/// The fast path, shared by the forwarder's tasks and the serving loop, with the grace period
+/// of learned addresses.
+#[derive(Clone)]
+pub struct Fast {
+    pub path: Arc<Mutex<FastPath>>,
+    pub grace: Duration,
 }
 
 /// The forwarder's sockets, bound before the programs send anything to them.
@@ -88,14 +101,36 @@ impl Forwarder {
     ///
     /// # Errors
     /// The map cannot be opened.
-    pub fn spawn(self, origins: &Path, learn: mpsc::Sender<Learn>) -> anyhow::Result<()> {
+    pub fn spawn(
+        self,
+        origins: &Path,
+        learn: mpsc::Sender<Learn>,
+        fast: Option<Fast>,
+    ) -> anyhow::Result<()> {
         let data = MapData::from_pin(origins)?;
         let map: HashMap<MapData, u64, Origin> = HashMap::try_from(Map::LruHashMap(data))?;
         let origins: Origins = Arc::new(Mutex::new(map));
-        let udp = Arc::new(self.udp);
-        let port = self.port;
-        tokio::spawn(serve_udp(udp, port, origins.clone(), learn.clone()));
-        tokio::spawn(serve_tcp(self.tcp, port, origins, learn));
+        let (udp, tcp, port) = (self.udp.into_std()?, self.tcp.into_std()?, self.port);
+        // A thread of its own: the serving loop's swaps (tens of milliseconds of work on its
+        // thread) must not hold up the answers.
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new().name("dns-forwarder".into()).spawn(move || {
+            runtime.block_on(async move {
+                let sockets =
+                    UdpSocket::from_std(udp).and_then(|u| Ok((u, TcpListener::from_std(tcp)?)));
+                let (udp, tcp) = match sockets {
+                    Ok(sockets) => sockets,
+                    Err(e) => {
+                        tracing::error!("DNS forwarder: its sockets: {e}; the cgroup's DNS fails");
+                        return;
+                    }
+                };
+                tokio::join!(
+                    serve_udp(Arc::new(udp), port, origins.clone(), learn.clone(), fast.clone()),
+                    serve_tcp(tcp, port, origins, learn, fast),
+                );
+            });
+        })?;
         Ok(())
     }
 }
@@ -116,6 +151,7 @@ async fn serve_udp(
     port: u16,
     origins: Origins,
     learn: mpsc::Sender<Learn>,
+    fast: Option<Fast>,
 ) {
     let mut buf = vec![0; MAX_MESSAGE];
     let in_flight = Arc::new(Semaphore::new(MAX_UDP_IN_FLIGHT));
@@ -135,7 +171,8 @@ async fn serve_udp(
             continue;
         };
         let query = buf[..len].to_vec();
-        let (socket, origins, learn) = (socket.clone(), origins.clone(), learn.clone());
+        let (socket, origins, learn, fast) =
+            (socket.clone(), origins.clone(), learn.clone(), fast.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let Some(resolver) = origin_of(&origins, UDP, client, port) else {
@@ -148,7 +185,7 @@ async fn serve_udp(
                     return;
                 }
             };
-            if in_force(&answer, &learn).await {
+            if in_force(&answer, &learn, fast.as_ref()).await {
                 let _ = socket.send_to(&answer, client).await;
             }
         });
@@ -173,7 +210,13 @@ async fn ask_udp(resolver: SocketAddr, query: &[u8]) -> io::Result<Vec<u8>> {
     }
 }
 
-async fn serve_tcp(listener: TcpListener, port: u16, origins: Origins, learn: mpsc::Sender<Learn>) {
+async fn serve_tcp(
+    listener: TcpListener,
+    port: u16,
+    origins: Origins,
+    learn: mpsc::Sender<Learn>,
+    fast: Option<Fast>,
+) {
     let in_flight = Arc::new(Semaphore::new(MAX_TCP_IN_FLIGHT));
     loop {
         let Ok((client, peer)) = listener.accept().await else {
@@ -184,13 +227,13 @@ async fn serve_tcp(listener: TcpListener, port: u16, origins: Origins, learn: mp
             tracing::debug!("DNS forwarder: {MAX_TCP_IN_FLIGHT} TCP connections open, one closed");
             continue;
         };
-        let (origins, learn) = (origins.clone(), learn.clone());
+        let (origins, learn, fast) = (origins.clone(), learn.clone(), fast.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let Some(resolver) = origin_of(&origins, TCP, peer, port) else {
                 return;
             };
-            if let Err(e) = relay_tcp(client, resolver, &learn).await {
+            if let Err(e) = relay_tcp(client, resolver, &learn, fast.as_ref()).await {
                 tracing::debug!("DNS forwarder: TCP {resolver}: {e}");
             }
         });
@@ -202,6 +245,7 @@ async fn relay_tcp(
     mut client: TcpStream,
     resolver: SocketAddr,
     learn: &mpsc::Sender<Learn>,
+    fast: Option<&Fast>,
 ) -> io::Result<()> {
     let timeout = |e: tokio::time::error::Elapsed| io::Error::new(io::ErrorKind::TimedOut, e);
     let mut upstream = tokio::time::timeout(UPSTREAM_TIMEOUT, TcpStream::connect(resolver))
@@ -219,7 +263,7 @@ async fn relay_tcp(
             .await
             .map_err(timeout)??
             .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
-        if !in_force(&answer, learn).await {
+        if !in_force(&answer, learn, fast).await {
             return Ok(());
         }
         write_framed(&mut client, &answer).await?;
@@ -249,14 +293,42 @@ async fn write_framed(stream: &mut TcpStream, message: &[u8]) -> io::Result<()> 
 
 /// Puts the answer's addresses in force; true when the answer may go back: it has none, or
 /// they are in force. A message that does not parse goes back as it is: it names no address
-/// the caller could use.
-async fn in_force(answer: &[u8], learn: &mpsc::Sender<Learn>) -> bool {
+/// the caller could use. With the fast path, new addresses go into its map here (or, where
+/// it cannot take them, the answer waits for a swap); the serving loop learns the answer after.
+async fn in_force(answer: &[u8], learn: &mpsc::Sender<Learn>, fast: Option<&Fast>) -> bool {
     let Some((chain, addrs)) = answer_chain(answer) else { return true };
     if addrs.is_empty() {
         return true;
     }
+    if let Some(fast) = fast {
+        let outcome = match fast.path.lock() {
+            Ok(mut path) => path.learn(&chain, &addrs, fast.grace),
+            Err(_) => Outcome::Slow(Vec::new()),
+        };
+        let written = match outcome {
+            Outcome::Known => Vec::new(),
+            Outcome::Written(written) => written,
+            Outcome::Slow(written) => return wait_for_swap(chain, addrs, written, learn).await,
+        };
+        // In force already: the serving loop extends the names' time, folds new addresses
+        // into the tables and keeps them in the state. Its channel closed means the
+        // blocker is stopping.
+        return learn.send(Learn { chain, addrs, done: None, written }).await.is_ok();
+    }
+    wait_for_swap(chain, addrs, Vec::new(), learn).await
+}
+
+/// Hands an answer to the serving loop and waits until its addresses are in force (and the
+/// fast path's `written`, if any, taken out of its map).
+async fn wait_for_swap(
+    chain: Vec<String>,
+    addrs: Vec<(IpAddr, u32)>,
+    written: Vec<(IpAddr, u64)>,
+    learn: &mpsc::Sender<Learn>,
+) -> bool {
     let (done, in_force) = oneshot::channel();
-    if learn.send(Learn { chain, addrs, done }).await.is_err() {
+    let answer = Learn { chain, addrs, done: Some(done), written };
+    if learn.send(answer).await.is_err() {
         return false;
     }
     in_force.await.unwrap_or(false)

@@ -154,6 +154,15 @@ async fn compile(
     let started = Clock::now();
     names.sync(&policy.names()).await?;
     timings::add("resolve", started.elapsed());
+    if names.wants_fast() {
+        let fast = crate::learned::Policy {
+            rules: policy.name_rules(),
+            known: names.known(),
+            hosts: policy.host_addrs(),
+            nat64: policy.nat64.clone(),
+        };
+        names.set_fast(fast);
+    }
     let addrs: std::collections::HashMap<String, Vec<std::net::IpAddr>> =
         policy.names().into_iter().map(|n| (n.clone(), names.addrs(&n).collect())).collect();
     let paths = paths.clone();
@@ -219,8 +228,12 @@ pub async fn start(
     // Refusals that need neither the policy nor the programs come at once (checked again
     // under the lock): an unsafe folder, an instance that another process serves.
     paths.check_dirs()?;
-    if let Some(prev) = State::load(paths)?.filter(State::process_alive) {
-        bail!(BusyError { name: paths.name.clone(), pid: prev.pid.unwrap_or_default() });
+    if let Some(prev) = State::load(paths)? {
+        if prev.process_alive() {
+            bail!(BusyError { name: paths.name.clone(), pid: prev.pid.unwrap_or_default() });
+        }
+        // A restart keeps what the forwarder learned, until its time is up.
+        names.restore(&prev.learned);
     }
     tune_allocator();
     let checks = state.packet_checks();
@@ -255,6 +268,7 @@ pub async fn start(
     };
     state.counts = compiled.counts;
     state.nat64.clone_from(&compiled.tables.nat64);
+    state.learned = names.kept();
     let (instance, adopted, reattached, reader) =
         attach(paths, cgroup, &mut compiled, &mut state, prepared, read_events)?;
     drop(made);
@@ -447,6 +461,7 @@ pub async fn apply(
     let Compiled { policy, tables, counts, record } = compiled;
     state.counts = counts;
     state.nat64.clone_from(&tables.nat64);
+    state.learned = names.kept();
     drop(tables);
     state.save(paths)?;
     release_free_memory();

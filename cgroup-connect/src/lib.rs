@@ -18,6 +18,7 @@ pub mod explain;
 pub mod features;
 pub mod instance;
 pub mod learn;
+pub mod learned;
 pub mod loader;
 pub mod logging;
 pub mod metrics;

@@ -679,6 +679,10 @@ impl Instance {
                 // Pinned by a version without observe mode: `blocker learn` says so.
                 continue;
             }
+            if name == maps::DNS_LEARNED && !path.exists() {
+                // Pinned by a version without the forwarder's fast path: it goes the slow way.
+                continue;
+            }
             let map = MapData::from_pin(&path)
                 .and_then(Map::from_map_data)
                 .map_err(|source| LoadError::OpenMap { path, source })?;

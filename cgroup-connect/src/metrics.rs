@@ -91,6 +91,9 @@ pub struct DnsCounts {
     pub learned: u64,
     /// Learned addresses evicted (the oldest first) to stay within `--dns-max-learned`.
     pub evicted: u64,
+    /// New addresses put in force through the fast path (the `dns_learned` map) before their
+    /// answer was passed on, since start.
+    pub fast: u64,
 }
 
 /// [`DnsCounts`] shared between the serving loop, which sets them, and the scrapes.
@@ -98,6 +101,7 @@ pub struct DnsCounts {
 pub struct SharedDnsCounts {
     learned: AtomicU64,
     evicted: AtomicU64,
+    fast: AtomicU64,
 }
 
 impl SharedDnsCounts {
@@ -105,6 +109,7 @@ impl SharedDnsCounts {
     pub fn set(&self, counts: DnsCounts) {
         self.learned.store(counts.learned, Ordering::Relaxed);
         self.evicted.store(counts.evicted, Ordering::Relaxed);
+        self.fast.store(counts.fast, Ordering::Relaxed);
     }
 
     /// The counts last set.
@@ -113,6 +118,7 @@ impl SharedDnsCounts {
         DnsCounts {
             learned: self.learned.load(Ordering::Relaxed),
             evicted: self.evicted.load(Ordering::Relaxed),
+            fast: self.fast.load(Ordering::Relaxed),
         }
     }
 }
@@ -354,6 +360,13 @@ fn dns_families(dns: DnsCounts) -> Vec<Family> {
             Kind::Counter,
             dns.evicted,
         ),
+        Family::one(
+            "dns_fast_path_writes",
+            "New addresses the DNS forwarder put in force through its map of learned addresses, \
+             before passing the answer on (no table swap)",
+            Kind::Counter,
+            dns.fast,
+        ),
     ]
 }
 
@@ -527,7 +540,7 @@ mod tests {
             counts: Counts { rules: 1, ipv4: 1, ipv6: 0 },
             reloads: Reloads { reloads: 4, hostname_refreshes: 1, failed: 2, last: 1_700_000_000 },
             table_chunks: (2, 8),
-            dns: Some(DnsCounts { learned: 7, evicted: 3 }),
+            dns: Some(DnsCounts { learned: 7, evicted: 3, fast: 2 }),
         }
     }
 
@@ -556,6 +569,7 @@ mod tests {
             "cgroup_connect_last_reload_timestamp_seconds{instance=\"web\"} 1700000000",
             "cgroup_connect_dns_learned{instance=\"web\"} 7",
             "cgroup_connect_dns_evictions_total{instance=\"web\"} 3",
+            "cgroup_connect_dns_fast_path_writes_total{instance=\"web\"} 2",
         ] {
             assert!(om.contains(line), "no {line} in\n{om}");
             assert!(prom.contains(line), "no {line} in\n{prom}");

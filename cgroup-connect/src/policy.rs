@@ -478,6 +478,46 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// The hostname rules by name, with their ids (as [`Policy::table_rules`] numbers them),
+    /// for the DNS forwarder's fast path.
+    #[must_use]
+    pub fn name_rules(&self) -> std::collections::BTreeMap<String, Vec<crate::learned::NameRule>> {
+        let mut out: std::collections::BTreeMap<String, Vec<_>> = std::collections::BTreeMap::new();
+        for (sourced, id) in self.rules.iter().zip(1u32..) {
+            let rule = &sourced.rule;
+            if let Host::Name(name) = &rule.dest.host {
+                out.entry(name.to_string()).or_default().push(crate::learned::NameRule {
+                    id,
+                    ports: rule.dest.ports,
+                    proto: rule.dest.proto,
+                    action: rule.action,
+                });
+            }
+        }
+        out
+    }
+
+    /// The addresses that rules name as a /32 or /128 (as the tables hold them: a NAT64 /128
+    /// as IPv4), sorted.
+    #[must_use]
+    pub fn host_addrs(&self) -> Vec<IpAddr> {
+        let mut out: Vec<IpAddr> = self
+            .rules
+            .iter()
+            .filter_map(|r| match r.rule.dest.host {
+                Host::Net(net) => Some(self.ipv4_of(net)),
+                Host::Name(_) => None,
+            })
+            .filter(|net| net.prefix_len() == net.max_prefix_len())
+            .map(|net| net.addr())
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
 /// The IPv4 prefix `net` stands for when it is under the well-known NAT64 prefix or one of
 /// `nat64`, else `net`: how a rule's prefix goes into the tables.
 #[must_use]

@@ -89,6 +89,18 @@ pub struct Names {
     resolver: Option<TokioResolver>,
     names: BTreeMap<String, NameState>,
     learned: LearnedAddrs,
+    /// With the forwarder's fast path: each compile keeps what it needs of the policy.
+    wants_fast: bool,
+    fast: Option<crate::learned::Policy>,
+}
+
+/// A learned address as the instance's state keeps it across a restart: the name of the
+/// policy it stands for, and until when (seconds since the epoch).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeptAddr {
+    pub name: String,
+    pub addr: IpAddr,
+    pub until: u64,
 }
 
 /// Whether `name` is a wildcard (`*.example.com`).
@@ -299,6 +311,82 @@ impl Names {
         self.learned.expire(now)
     }
 
+    /// Asks each compile for what the forwarder's fast path needs ([`Names::take_fast`]).
+    pub fn want_fast(&mut self, wanted: bool) {
+        self.wants_fast = wanted;
+    }
+
+    /// Whether the fast path wants what a compile knows.
+    #[must_use]
+    pub fn wants_fast(&self) -> bool {
+        self.wants_fast
+    }
+
+    /// Keeps what the fast path needs of the policy just compiled.
+    pub fn set_fast(&mut self, policy: crate::learned::Policy) {
+        if self.wants_fast {
+            self.fast = Some(policy);
+        }
+    }
+
+    /// What the fast path needs of the policy compiled last, once.
+    pub fn take_fast(&mut self) -> Option<crate::learned::Policy> {
+        self.fast.take()
+    }
+
+    /// The names that stand for each address now.
+    #[must_use]
+    pub fn known(&self) -> BTreeMap<IpAddr, BTreeSet<String>> {
+        let mut known: BTreeMap<IpAddr, BTreeSet<String>> = BTreeMap::new();
+        for name in self.names.keys() {
+            for addr in self.addrs(name) {
+                known.entry(addr).or_default().insert(name.clone());
+            }
+        }
+        known
+    }
+
+    /// The learned addresses, for the instance's state.
+    #[must_use]
+    pub fn kept(&self) -> Vec<KeptAddr> {
+        let (now, wall) = (Instant::now(), std::time::SystemTime::now());
+        let epoch = |until: Instant| {
+            (wall + until.saturating_duration_since(now))
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        };
+        self.learned
+            .by_name
+            .iter()
+            .flat_map(|(name, l)| {
+                l.iter().map(move |(addr, e)| KeptAddr {
+                    name: name.clone(),
+                    addr: *addr,
+                    until: epoch(e.until),
+                })
+            })
+            .collect()
+    }
+
+    /// Learns again the addresses a state kept, those whose time is not up, for the names
+    /// the policy has (set by [`Names::sync`] at the next compile).
+    pub fn restore(&mut self, kept: &[KeptAddr]) {
+        let (now, wall) = (Instant::now(), std::time::SystemTime::now());
+        let now_epoch = wall.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        for k in kept.iter().filter(|k| k.until > now_epoch) {
+            let until = now + Duration::from_secs(k.until - now_epoch);
+            let order = self.learned.next_order;
+            self.learned.next_order += 1;
+            let entries = self.learned.by_name.entry(k.name.clone()).or_default();
+            if entries.insert(k.addr, Learned { until, order }).is_none() {
+                self.learned.count += 1;
+            }
+        }
+        while self.learned.count > self.learned.learning.max.max(1) {
+            self.learned.evict_oldest();
+        }
+    }
+
     /// Re-resolves the names that are due. Returns whether any name's addresses changed.
     /// Failures are reported on stderr and keep the name's addresses.
     ///
@@ -376,5 +464,28 @@ mod tests {
         assert_eq!(n.addrs("other.org").collect::<Vec<_>>(), vec![b, c]);
         assert!(n.expire(Instant::now() + Duration::from_secs(61)));
         assert_eq!(n.learned_count(), 0);
+    }
+
+    #[test]
+    fn kept_addresses_are_learned_again_until_their_time() {
+        let mut n = names(&["*.example.com"]);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(n.learn(&["www.example.com".to_owned()], &[(a, 60)]));
+        let mut kept = n.kept();
+        assert_eq!(kept.len(), 1);
+        kept.push(KeptAddr {
+            name: "*.example.com".into(),
+            addr: "192.0.2.2".parse().unwrap(),
+            until: 1,
+        });
+        let mut again = names(&["*.example.com"]);
+        again.restore(&kept);
+        assert_eq!(
+            again.addrs("*.example.com").collect::<Vec<_>>(),
+            vec![a],
+            "the expired one is not"
+        );
+        let until = again.next_refresh().expect("an expiry");
+        assert!(until > Instant::now() + Duration::from_secs(55), "keeps its time");
     }
 }

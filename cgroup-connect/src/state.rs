@@ -123,6 +123,10 @@ pub struct State {
     /// with no process serving the instance, that DNS fails. Absent without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_port: Option<u16>,
+    /// The addresses the DNS forwarder learned, as of the last swap: a restart learns them
+    /// again until their time is up. Absent without any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub learned: Vec<crate::resolve::KeptAddr>,
     /// When it was first attached, in seconds since the epoch.
     pub since: u64,
     /// The `blocker run` process serving it, if any.
@@ -235,6 +239,7 @@ impl State {
             allow_sockets: vec![],
             packet_programs: None,
             dns_port: None,
+            learned: Vec::new(),
             since,
             pid: None,
             pid_start: None,

@@ -163,6 +163,28 @@ impl DnsScene {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// The metrics endpoint's URL, from the blocker's `serving metrics on` line.
+    fn metrics_url(&self) -> String {
+        let blocker = self.blocker.as_ref().expect("started");
+        let line = blocker.wait_for_line("serving metrics on", Duration::from_secs(10));
+        line.expect("the metrics line").replace("serving metrics on ", "")
+    }
+
+    /// The value of the metric `cgroup_connect_NAME`, scraped from the cgroup, in the
+    /// namespace where the blocker serves them.
+    fn metric(&self, url: &str, name: &str) -> String {
+        let code = format!(
+            "import urllib.request\nprint(urllib.request.urlopen('{url}').read().decode())"
+        );
+        let out = self.client(&[PYTHON, "-c", &code]);
+        assert!(out.status.success(), "scrape {url}: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find(|l| l.starts_with(&format!("cgroup_connect_{name}{{")))
+            .and_then(|l| l.rsplit(' ').next())
+            .map_or_else(|| panic!("no {name} in\n{text}"), str::to_owned)
+    }
+
     /// Rewrites dnsmasq's hosts file and makes it re-read it.
     fn serve_hosts(&self, hosts: &str) {
         let _ = self.dir.write("hosts", hosts);
@@ -249,37 +271,13 @@ fn the_learned_and_evicted_counts_are_in_the_metrics() {
     }
     let args = ["--block", "*.wild.test", "--dns-max-learned", "1", "--metrics", "127.0.0.1:0"];
     let scene = DnsScene::new(&args);
-    let blocker = scene.blocker.as_ref().expect("started");
-    let line = blocker.wait_for_line("serving metrics on", Duration::from_secs(10));
-    let url = line.expect("the metrics line").replace("serving metrics on ", "");
-    // Scraped from the cgroup, in the namespace where the blocker serves them.
-    let scrape = || {
-        let code = format!(
-            "import urllib.request\nprint(urllib.request.urlopen('{url}').read().decode())"
-        );
-        let out = scene.client(&[PYTHON, "-c", &code]);
-        assert!(out.status.success(), "scrape {url}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let sample = |text: &str, name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(&format!("cgroup_connect_{name}{{")))
-            .and_then(|l| l.rsplit(' ').next())
-            .map_or_else(|| panic!("no {name} in\n{text}"), str::to_owned)
-    };
-    let text = scrape();
-    assert_eq!(
-        (sample(&text, "dns_learned"), sample(&text, "dns_evictions_total")),
-        ("0".into(), "0".into())
-    );
+    let url = scene.metrics_url();
+    let counts = || (scene.metric(&url, "dns_learned"), scene.metric(&url, "dns_evictions_total"));
+    assert_eq!(counts(), ("0".into(), "0".into()));
     assert_eq!(verdicts(&scene.resolve_and_connect("a.wild.test")), [("192.0.2.32", "blocked")]);
     assert_eq!(verdicts(&scene.resolve_and_connect("b.c.wild.test")), [("192.0.2.33", "blocked")]);
     // At most one learned address: the first went when the second came.
-    let text = scrape();
-    assert_eq!(
-        (sample(&text, "dns_learned"), sample(&text, "dns_evictions_total")),
-        ("1".into(), "1".into())
-    );
+    assert_eq!(counts(), ("1".into(), "1".into()));
 }
 
 #[test]
@@ -452,4 +450,93 @@ fn a_query_flood_to_a_silent_resolver_is_bounded() {
     // The flood's queries time out (5 s); then names resolve and are judged again.
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(verdicts(&scene.resolve_and_connect("a.wild.test")), [("192.0.2.32", "blocked")]);
+}
+
+/// A new address goes in through the fast path (the map of learned addresses, no swap waited
+/// for) and decides as the tables would with it: the hostname rule's /32 over a shorter
+/// block, its port rule only for its port, the shorter prefix for the others; and the same
+/// once the address is folded into the tables. An address a rule names as a /32 goes the slow
+/// way and decides by rank with that rule.
+#[test]
+fn the_fast_path_decides_as_the_tables_would() {
+    require_privileges!();
+    if !tools_present() {
+        return;
+    }
+    let scene = DnsScene::new(&[
+        "--allow",
+        "udp://192.0.2.53:53",
+        "--allow",
+        "tcp://192.0.2.53:53",
+        "--block",
+        "192.0.2.0/24",
+        "--allow",
+        "tcp://*.wild.test:80",
+        "--block",
+        "192.0.2.33",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let url = scene.metrics_url();
+    // Resolved, then ports 80 and 81 at once (before any swap could fold the address in).
+    let script = "import socket, sys\n\
+        ip = socket.getaddrinfo(sys.argv[1], 80, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]\n\
+        out = [ip]\n\
+        for port in (80, 81):\n\
+        \x20   s = socket.socket()\n\
+        \x20   try:\n\
+        \x20       s.connect((ip, port)); out.append('connected')\n\
+        \x20   except PermissionError: out.append('blocked')\n\
+        \x20   except ConnectionRefusedError: out.append('allowed')\n\
+        print(' '.join(out))\n";
+    let both = |name: &str| {
+        let out = scene.client(&[PYTHON, "-c", script, name]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let fast_writes = || scene.metric(&url, "dns_fast_path_writes_total");
+    assert_eq!(both("a.wild.test"), "192.0.2.32 allowed blocked");
+    assert_eq!(fast_writes(), "1", "192.0.2.32 went in through the fast path");
+    // Folded into the tables (50 ms later): the same verdicts.
+    std::thread::sleep(Duration::from_millis(500));
+    let script80 = |port: &str| {
+        format!(
+            "import socket\ns = socket.socket()\ntry:\n    s.connect(('192.0.2.32', {port})); \
+             print('connected')\nexcept PermissionError: print('blocked')\n\
+             except ConnectionRefusedError: print('allowed')\n"
+        )
+    };
+    for (port, want) in [("80", "allowed"), ("81", "blocked")] {
+        let out = scene.client(&[PYTHON, "-c", &script80(port)]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want, "port {port} folded");
+    }
+    // 192.0.2.33 is a /32 rule of its own: the slow way, the port rule beats it for port 80.
+    assert_eq!(both("b.c.wild.test"), "192.0.2.33 allowed blocked");
+    assert_eq!(fast_writes(), "1", "192.0.2.33 went the slow way");
+}
+
+/// A restart that adopts the pinned instance keeps enforcing what the forwarder learned
+/// before it, until the answer's TTL and the grace period are up.
+#[test]
+fn a_restart_keeps_the_learned_addresses_until_they_expire() {
+    require_privileges!();
+    if !tools_present() {
+        return;
+    }
+    let name = common::instance_name();
+    // A grace long enough for a stop and a start on a loaded machine.
+    let args = ["--block", "*.wild.test", "--name", &name, "--pin", "--dns-grace", "30s"];
+    let mut scene = DnsScene::new(&args);
+    assert_eq!(verdicts(&scene.resolve_and_connect("a.wild.test")), [("192.0.2.32", "blocked")]);
+    let (status, _) = scene.blocker.as_mut().expect("started").stop(libc::SIGTERM);
+    assert!(status.success(), "blocker exit: {status}");
+    assert_eq!(scene.connect("192.0.2.32"), "blocked", "the pinned instance alone");
+    scene.start(&args);
+    assert!(scene.blocker.as_ref().is_some_and(|b| b.attached_line.contains("adopted")));
+    assert_eq!(scene.connect("192.0.2.32"), "blocked", "kept across the restart");
+    // TTL 1 s plus 30 s of grace from the answer; bounded at 60 s.
+    let deadline = Instant::now() + Duration::from_mins(1);
+    while scene.connect("192.0.2.32") != "allowed" {
+        assert!(Instant::now() < deadline, "192.0.2.32 still blocked 60 s after its answer");
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }

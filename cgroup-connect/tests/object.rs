@@ -109,7 +109,7 @@ fn maps_are_the_named_ones_and_all_pinned() {
         .into_iter()
         .chain(maps::RULES_V6)
         .chain(maps::RULE_HITS)
-        .chain([maps::STATS, maps::EVENTS, maps::CONFIG, maps::DNS_ORIGINS])
+        .chain([maps::STATS, maps::EVENTS, maps::CONFIG, maps::DNS_ORIGINS, maps::DNS_LEARNED])
         .chain([maps::OBSERVED, maps::OBSERVE_STATS, maps::OBSERVE_CACHE])
         .chain(maps::REFERENCES)
         .collect();

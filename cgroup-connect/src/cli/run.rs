@@ -15,6 +15,7 @@ use crate::{
     dns::{self, Forwarder},
     events::{self, EventReader},
     instance,
+    learned::FastPath,
     metrics::{self, DnsCounts, Snapshot},
     pins::{self, InstancePaths},
     policy::Sources,
@@ -334,6 +335,7 @@ impl Say {
 /// An events reader and where its lines go.
 type Events = (EventReader, Box<dyn std::io::Write + Send>);
 
+#[expect(clippy::too_many_lines, reason = "the serving loop: one select branch per source")]
 async fn serve(
     args: &RunArgs,
     paths: &InstancePaths,
@@ -348,6 +350,7 @@ async fn serve(
     let mut signals = Signals::new(true)?;
     let mut names = Names::new();
     names.set_learning(Learning { grace: args.dns_grace, max: args.dns_max_learned });
+    names.want_fast(args.dns_port.is_some());
     // Bound before anything attaches, so a busy port leaves nothing behind.
     let forwarder = bind_forwarder(args.dns_port).await?;
     let listener = match metrics_addr {
@@ -366,10 +369,11 @@ async fn serve(
     let view = Arc::new(Mutex::new(PolicyView::new(paths)));
     // What can still fail fails before `attached` is printed, and then takes down what this
     // start made (a pinned instance that was adopted keeps enforcing, as before it).
-    let ready = dns_forwarder(paths, forwarder).and_then(|learned| {
-        let counts = learned.as_ref().map(|l| Arc::clone(&l.counts));
-        Ok((learned, reporting(&mut instance, paths, &view, sink, listener, counts.as_ref())?))
-    });
+    let ready =
+        dns_forwarder(paths, forwarder, names.take_fast(), args.dns_grace).and_then(|learned| {
+            let counts = learned.as_ref().map(|l| Arc::clone(&l.counts));
+            Ok((learned, reporting(&mut instance, paths, &view, sink, listener, counts.as_ref())?))
+        });
     let (mut learned, (mut events, metrics)) = match ready {
         Ok(ready) => ready,
         Err(e) => {
@@ -397,6 +401,7 @@ async fn serve(
     }
     loop {
         let refresh = names.next_refresh().map(tokio::time::Instant::from_std);
+        let fold_at = learned.as_ref().and_then(|l| l.fold_at);
         tokio::select! {
             changed = next_change(files.as_mut()) => match changed {
                 Ok(()) => {
@@ -416,7 +421,8 @@ async fn serve(
                     reload(paths, &mut names, Reload::Signal, say, files.as_mut(), args.audit, &view).await;
                 }
             },
-            Some(answer) = next_learned(learned.as_mut()) => learn(paths, &mut names, answer, say, args.audit, &view).await,
+            Some(answer) = next_learned(learned.as_mut()) => learn(paths, &mut names, answer, say, args.audit, &view, learned.as_mut()).await,
+            () = sleep_until(fold_at) => fold(paths, &mut names, say, args.audit, &view, learned.as_mut()).await,
             () = sleep_until(refresh) => {
                 if names.refresh().await {
                     reload(paths, &mut names, Reload::Refresh, say, files.as_mut(), args.audit, &view).await;
@@ -430,7 +436,9 @@ async fn serve(
             }
         }
         share_dns_counts(learned.as_ref(), &names);
+        fast_policy(learned.as_ref(), &mut names);
     }
+    fold(paths, &mut names, say, args.audit, &view, learned.as_mut()).await;
     if let Some(task) = metrics_task {
         task.abort();
     }
@@ -824,30 +832,101 @@ struct Learned {
     answers: tokio::sync::mpsc::Receiver<dns::Learn>,
     /// The learned addresses' counts, for the metrics (set after each turn of the loop).
     counts: Arc<metrics::SharedDnsCounts>,
+    /// The fast path, unless the instance's pins lack its map (pinned by an older version).
+    fast: Option<dns::Fast>,
+    /// Writes of the fast path's map that the serving loop learned and the tables do not
+    /// hold yet, and when to fold them in.
+    pending: Vec<(std::net::IpAddr, u64)>,
+    fold_at: Option<tokio::time::Instant>,
 }
 
+/// How long new addresses wait in the fast path's map before one swap folds them into the
+/// tables: answers that come together share a swap.
+const FOLD_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+/// How long after a failed fold the next one is tried.
+const FOLD_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Starts the forwarder (its port is in the programs since the start: the calls that came
-/// in between wait in its bound sockets).
+/// in between wait in its bound sockets), with the fast path for new addresses when the
+/// instance's pins have its map.
 fn dns_forwarder(
     paths: &InstancePaths,
     forwarder: Option<Forwarder>,
+    policy: Option<crate::learned::Policy>,
+    grace: std::time::Duration,
 ) -> anyhow::Result<Option<Learned>> {
+    use cgroup_connect_common::maps;
     let Some(forwarder) = forwarder else { return Ok(None) };
     let (tx, answers) = tokio::sync::mpsc::channel(1024);
-    forwarder.spawn(&paths.map(cgroup_connect_common::maps::DNS_ORIGINS), tx)?;
-    Ok(Some(Learned { answers, counts: Arc::default() }))
+    let fast = match FastPath::open(&paths.map(maps::DNS_LEARNED), &paths.map(maps::CONFIG)) {
+        Ok(mut path) => {
+            path.set_policy(policy.unwrap_or_default());
+            Some(dns::Fast { path: Arc::new(Mutex::new(path)), grace })
+        }
+        Err(e) => {
+            tracing::warn!(
+                "the DNS forwarder's fast path is off ({e:#}): each answer with a new address \
+                 waits for a table swap; restart the instance without its pins to have it"
+            );
+            None
+        }
+    };
+    forwarder.spawn(&paths.map(maps::DNS_ORIGINS), tx, fast.clone())?;
+    Ok(Some(Learned { answers, counts: Arc::default(), fast, pending: Vec::new(), fold_at: None }))
+}
+
+/// Gives the fast path what the last compile knew of the policy, if a swap was made.
+fn fast_policy(learned: Option<&Learned>, names: &mut Names) {
+    let Some(fast) = learned.and_then(|l| l.fast.as_ref()) else { return };
+    if let Some(policy) = names.take_fast() {
+        fast.path.lock().unwrap_or_else(PoisonError::into_inner).set_policy(policy);
+    }
+}
+
+/// Folds the fast path's pending addresses into the tables (one swap), then takes them out
+/// of its map; a failed swap leaves them there (they decide until their time is up) and tries
+/// again later. Also at the end of serving: into the tables and the state before a pinned
+/// instance goes on alone.
+async fn fold(
+    paths: &InstancePaths,
+    names: &mut Names,
+    say: Say,
+    audit: bool,
+    view: &Mutex<PolicyView>,
+    learned: Option<&mut Learned>,
+) {
+    let Some(learned) = learned else { return };
+    learned.fold_at = None;
+    if learned.pending.is_empty() {
+        return;
+    }
+    if !reload(paths, names, Reload::Learned, say, None, audit, view).await {
+        learned.fold_at = Some(tokio::time::Instant::now() + FOLD_RETRY);
+        return;
+    }
+    fast_policy(Some(learned), names);
+    if let Some(fast) = &learned.fast {
+        let mut path = fast.path.lock().unwrap_or_else(PoisonError::into_inner);
+        path.folded(&learned.pending);
+    }
+    learned.pending.clear();
 }
 
 /// Shares the counts of the addresses `names` learned with the metrics.
 fn share_dns_counts(learned: Option<&Learned>, names: &Names) {
     if let Some(learned) = learned {
         let n = u64::try_from(names.learned_count()).unwrap_or(u64::MAX);
-        learned.counts.set(DnsCounts { learned: n, evicted: names.evicted() });
+        let fast = learned
+            .fast
+            .as_ref()
+            .map_or(0, |f| f.path.lock().unwrap_or_else(PoisonError::into_inner).writes());
+        learned.counts.set(DnsCounts { learned: n, evicted: names.evicted(), fast });
     }
 }
 
 /// Puts an answer's addresses in force (a swap, when a name got a new one), then lets the
-/// forwarder pass it on; a failed swap drops it (fails closed).
+/// forwarder pass it on; a failed swap drops it (fails closed). An answer the fast path passed
+/// on already is learned, and its new addresses folded into the tables a little later.
 async fn learn(
     paths: &InstancePaths,
     names: &mut Names,
@@ -855,10 +934,29 @@ async fn learn(
     say: Say,
     audit: bool,
     view: &Mutex<PolicyView>,
+    learned: Option<&mut Learned>,
 ) {
-    let in_force = !names.learn(&answer.chain, &answer.addrs)
-        || reload(paths, names, Reload::Learned, say, None, audit, view).await;
-    let _ = answer.done.send(in_force);
+    let changed = names.learn(&answer.chain, &answer.addrs);
+    let Some(done) = answer.done else {
+        if let Some(learned) = learned
+            && (changed || !answer.written.is_empty())
+        {
+            learned.pending.extend(answer.written);
+            learned.fold_at.get_or_insert_with(|| tokio::time::Instant::now() + FOLD_DELAY);
+        }
+        return;
+    };
+    let in_force = !changed || reload(paths, names, Reload::Learned, say, None, audit, view).await;
+    if let Some(learned) = learned {
+        fast_policy(Some(learned), names);
+        if in_force && let Some(fast) = &learned.fast {
+            fast.path.lock().unwrap_or_else(PoisonError::into_inner).folded(&answer.written);
+        } else if !answer.written.is_empty() {
+            learned.pending.extend(answer.written);
+            learned.fold_at.get_or_insert_with(|| tokio::time::Instant::now() + FOLD_RETRY);
+        }
+    }
+    let _ = done.send(in_force);
 }
 
 async fn next_learned(learned: Option<&mut Learned>) -> Option<dns::Learn> {
