@@ -33,7 +33,9 @@ pub use decision::{
     MAX_SEARCH_STEPS, Rank, decide, decide_v4, decide_v6, entry_matches, interval_v4,
 };
 pub use event::{Event, RULE_FAILED_CLOSED, RULE_REFUSED_SHAPE, hook, verdict};
-pub use names::{CONFIG_AUDIT, DNS_ORIGINS_CAPACITY, EVENTS_BYTES, config, maps, programs, stats};
+pub use names::{
+    CONFIG_AUDIT, DNS_ORIGINS_CAPACITY, EVENTS_BYTES, TABLE_LAYOUT, config, maps, programs, stats,
+};
 pub use observe::{
     OBSERVE_CAPACITY, OBSERVE_SETS, ObserveSet, ObserveSlot, Observed, ObservedKey, observe_set,
     observe_stats,

@@ -179,9 +179,19 @@ pub mod config {
     /// Not 0 while [`super::maps::DNS_LEARNED`] may hold entries: only then do the programs
     /// look there.
     pub const DNS_LEARNED: u32 = DNS_PORT + 1;
+    /// The layout of the tables the instance's programs read ([`super::TABLE_LAYOUT`]),
+    /// written with every table swap. Userspace reads it before it uses a pinned instance's
+    /// maps: one pinned by a version whose programs read another layout (0: older than this
+    /// word) is refused, never fed tables it would misread.
+    pub const TABLE_LAYOUT: u32 = DNS_LEARNED + 1;
     /// Number of words.
-    pub const LEN: u32 = DNS_LEARNED + 1;
+    pub const LEN: u32 = TABLE_LAYOUT + 1;
 }
+
+/// The layout of the rule tables this version's programs read, kept in
+/// [`config::TABLE_LAYOUT`]: 2 is the packed IPv4 table and the IPv6 bucket window (1 was never
+/// written: the versions before the word).
+pub const TABLE_LAYOUT: u32 = 2;
 
 /// Indices of the [`maps::STATS`] totals.
 pub mod stats {

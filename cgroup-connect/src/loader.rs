@@ -31,8 +31,8 @@ use aya::{
 };
 use cgroup_connect_common::{
     CONFIG_AUDIT, HIT_CLASSES, HitCount, MAX_NAT64_PREFIXES, OBSERVE_CAPACITY, ObserveSet,
-    Observed, ObservedKey, TABLE_CLASSES, config, maps, observe_stats, packet::socket_kind,
-    programs, stats,
+    Observed, ObservedKey, TABLE_CLASSES, TABLE_LAYOUT, config, maps, observe_stats,
+    packet::socket_kind, programs, stats,
 };
 
 use crate::{
@@ -151,6 +151,14 @@ pub enum LoadError {
         #[source]
         source: MapError,
     },
+    /// A pinned instance's programs read another table layout than this version writes: it
+    /// was pinned by another version.
+    #[error(
+        "instance {name} was pinned by another version of cgroup-connect (its programs read \
+         table layout {found}, this version writes {TABLE_LAYOUT}): run `blocker detach {name}`, \
+         then `blocker run` again"
+    )]
+    Layout { name: String, found: u32 },
     /// A pinned link could not be opened.
     #[error("opening the pinned link {} failed", path.display())]
     OpenLink {
@@ -688,6 +696,11 @@ impl Instance {
                 .map_err(|source| LoadError::OpenMap { path, source })?;
             this.maps.insert(name, map);
         }
+        // A configuration map older than the layout word is too short to hold it: layout 0.
+        let found = this.config_word(config::TABLE_LAYOUT).unwrap_or(0);
+        if found != TABLE_LAYOUT {
+            return Err(LoadError::Layout { name: paths.name.clone(), found });
+        }
         for name in programs::LINKED {
             let path = paths.link(name);
             if path.exists() {
@@ -799,6 +812,7 @@ impl Instance {
             self.write_table(&maps::RULES_V4, config::V4_CLASS, maps::TABLE_V4, &tables.v4)?;
             self.write_table(&maps::RULES_V6, config::V6_CLASS, maps::TABLE_V6, &tables.v6)
         })?;
+        self.set_config_word(config::TABLE_LAYOUT, TABLE_LAYOUT)?;
         self.set_nat64(&tables.nat64)?;
         self.write_hits(tables.max_rule_id, hits)
     }

@@ -340,3 +340,43 @@ fn edits_to_an_instance_that_nothing_enforces_are_refused() {
     assert!(out.contains("2 rules"), "{out}");
     assert_eq!(outcome(connect_in(cg.path(), lo("127.0.0.4"))), Blocked);
 }
+
+/// A pinned instance whose programs read another table layout than this version writes (here
+/// its layout word set to 0, as an instance pinned before the word has it) is not fed tables
+/// it would misread: a `run` that would adopt it, and `stats`, are refused with a message
+/// that names the instance and `blocker detach`. It keeps enforcing, and detach removes it.
+#[test]
+fn an_instance_pinned_with_another_table_layout_is_refused_not_adopted() {
+    use cgroup_connect_common::{config, maps};
+    require_privileges!();
+    let cg = temp_cgroup();
+    let name = instance_name();
+    let path = cg.path().to_str().unwrap();
+    let run = ["--cgroup", path, "--name", &name, "--pin", "--block", "127.0.0.2"];
+    let mut first = Blocker::start(&run);
+    let (status, _) = first.stop(libc::SIGKILL);
+    assert!(!status.success());
+    let config_pin = Path::new("/sys/fs/bpf/cgroup-connect").join(&name).join(maps::CONFIG);
+    let bytes = |v: u32| v.to_ne_bytes().map(|b| b.to_string());
+    let key = bytes(config::TABLE_LAYOUT);
+    let value = bytes(0);
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "update", "pinned", config_pin.to_str().unwrap(), "key"])
+        .args(&key)
+        .arg("value")
+        .args(&value)
+        .output()
+        .unwrap_or_else(|e| panic!("bpftool: {e}"));
+    assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
+
+    let want = format!("instance {name} was pinned by another version of cgroup-connect");
+    for args in [[&["run"][..], &run[..]].concat(), vec!["stats", &name]] {
+        let out = blocker_output(&args, None);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} went ahead: {err}");
+        assert!(err.contains(&want) && err.contains(&format!("blocker detach {name}")), "{err}");
+    }
+    assert_eq!(outcome(connect_in(cg.path(), lo("127.0.0.2"))), Blocked, "still enforcing");
+    let _ = blocker_ok(&["detach", &name]);
+    assert_nothing_attached(cg.path());
+}
