@@ -134,15 +134,17 @@ pub(crate) fn wall_time(boot_ns: u64) -> SystemTime {
 /// takes it as a step of the clock rather than the jitter of reading two clocks.
 const CLOCK_JITTER: Duration = Duration::from_millis(20);
 
-/// The wall-clock time at which `CLOCK_BOOTTIME` was zero.
-fn clock_offset() -> Duration {
+/// `CLOCK_BOOTTIME` now: the clock the programs read (`bpf_ktime_get_boot_ns`).
+pub(crate) fn boot_time() -> Duration {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes a valid timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &raw mut ts) };
-    let boot = Duration::new(
-        u64::try_from(ts.tv_sec).unwrap_or(0),
-        u32::try_from(ts.tv_nsec).unwrap_or(0),
-    );
+    Duration::new(u64::try_from(ts.tv_sec).unwrap_or(0), u32::try_from(ts.tv_nsec).unwrap_or(0))
+}
+
+/// The wall-clock time at which `CLOCK_BOOTTIME` was zero.
+fn clock_offset() -> Duration {
+    let boot = boot_time();
     let wall = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     wall.saturating_sub(boot)
 }

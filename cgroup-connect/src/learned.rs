@@ -109,12 +109,9 @@ fn class_of(
     Some((ports, words))
 }
 
-/// The boot-time clock the programs read (`bpf_ktime_get_boot_ns`).
+/// The boot-time clock the programs read (`bpf_ktime_get_boot_ns`), in nanoseconds.
 fn boot_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: writes the timespec given.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &raw mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+    u64::try_from(crate::events::boot_time().as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl FastPath {
